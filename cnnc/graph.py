@@ -1,0 +1,296 @@
+"""Syntax tree -> networkx computation graph: layer names, labels, edges, checked attributes.
+
+A node is a layer (see docs/design.md for its attributes). `activation=relu` on a conv or a
+dense layer becomes a separate `relu` node named `<layer>.relu`, the same graph as a `relu`
+line after it; the passes fuse it back where that pays.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import networkx as nx
+
+from . import ops
+from .diagnostics import Loc, ModelError, did_you_mean
+from .syntax import Arg, Program, Statement, Value
+
+
+def inputs(g: nx.DiGraph, node: str) -> list[str]:
+    """A node's inputs in the order the model file lists them."""
+    return [u for u, _ in sorted(g.in_edges(node), key=lambda e: g.edges[e]["index"])]
+
+
+def consumers(g: nx.DiGraph, node: str) -> list[str]:
+    return list(g.successors(node))
+
+
+def build_graph(program: Program, name: str | None = None) -> nx.DiGraph:
+    """The computation graph of a parsed model file, before shape checks."""
+    layers = [s for s in program.statements if s.op not in ops.STATEMENTS]
+    header = [s for s in program.statements if s.op in ops.STATEMENTS]
+    g = nx.DiGraph(file=program.file, name=name or "model", loss=None, train={}, input=None, output=None)
+    for s in header:
+        read_statement(g, s, program.statements)
+    if not layers:
+        raise ModelError("the model has no layers", Loc(program.file, 1, 1, program.lines[0]),
+                         "start with `input CxHxW`, e.g. `input 1x28x28`")
+    names = automatic_names(layers)
+    check_labels(layers, names)
+    outputs: dict[str, str] = {}  # a name a statement can be referred by -> the node holding its output
+    previous = None
+    for stmt, auto in zip(layers, names):
+        previous = add_layer(g, stmt, stmt.label or auto, previous, outputs, layers, names)
+        outputs[auto] = previous
+        if stmt.label:
+            outputs[stmt.label] = previous
+    g.graph["output"] = previous
+    check_connected(g)
+    return g
+
+
+def read_statement(g: nx.DiGraph, s: Statement, statements) -> None:
+    """`model`, `loss` and `train`: the statements that are not layers."""
+    if s.label or s.inputs is not None:
+        raise ModelError(f"`{s.op}` is not a layer and takes no label or inputs", s.loc)
+    if s.op == "model":
+        if s is not statements[0]:
+            raise ModelError("`model NAME` must be the first statement", s.loc, "move it to the top")
+        g.graph["name"] = str(single_bare(s, "name", "model NAME, e.g. `model lenet5`").value)
+    elif s.op == "loss":
+        if g.graph["loss"]:
+            raise ModelError("a second `loss` statement", s.loc, "keep one")
+        value = single_bare(s, "name", "loss cross_entropy")
+        if value.value not in ops.LOSSES:
+            raise ModelError(f"unknown loss `{value.value}`", value.loc,
+                             "the losses are: " + ", ".join(ops.LOSSES))
+        g.graph["loss"] = value.value
+        g.graph["loss_loc"] = s.loc
+    elif s.op == "train":
+        if g.graph["train"]:
+            raise ModelError("a second `train` statement", s.loc, "keep one")
+        g.graph["train"] = keyed_values(s, ops.TRAIN_KEYS, "train", fill_defaults=False)
+
+
+def single_bare(s: Statement, kind: str, usage: str) -> Value:
+    if len(s.args) != 1 or s.args[0].key is not None or s.args[0].value.kind != kind:
+        raise ModelError(f"`{s.op}` takes one {kind}", s.loc, f"write `{usage}`")
+    return s.args[0].value
+
+
+def automatic_names(layers: list[Statement]) -> list[str]:
+    """`<op><n>`: n counts the layers of that op in file order, labeled ones included."""
+    counts: dict[str, int] = {}
+    names = []
+    for s in layers:
+        counts[s.op] = counts.get(s.op, 0) + 1
+        names.append(f"{s.op}{counts[s.op]}")
+    return names
+
+
+def check_labels(layers: list[Statement], names: list[str]) -> None:
+    seen: dict[str, Statement] = {}
+    automatic = dict(zip(names, layers))
+    for s, auto in zip(layers, names):
+        if not s.label:
+            continue
+        if s.label in seen:
+            raise ModelError(f"label `{s.label}` is already used at line {seen[s.label].loc.line}", s.loc,
+                             "give each labeled layer its own name")
+        owner = automatic.get(s.label)
+        if owner is not None and owner is not s:
+            raise ModelError(f"label `{s.label}` is the automatic name of the layer at line {owner.loc.line}",
+                             s.loc, "choose a label that is not `<op><n>` of another layer")
+        seen[s.label] = s
+
+
+def add_layer(g, stmt: Statement, name: str, previous, outputs, layers, names) -> str:
+    """Adds the node(s) of one layer statement; returns the node that holds its output."""
+    op = known_op(stmt)
+    attrs = keyed_values(stmt, op.keys, stmt.op)
+    if op.name == "input":
+        attrs = {"shape": input_shape(stmt)}
+        if g.graph["input"]:
+            raise ModelError("a second `input`", stmt.loc, "a model has one input")
+        g.graph["input"] = name
+    if op.name in ("maxpool", "avgpool") and attrs["stride"] is None:
+        attrs["stride"] = attrs["size"]
+    sources = input_names(stmt, op, previous, outputs, layers, names)
+    g.add_node(name, op=op.name, attrs=attrs, loc=stmt.loc)
+    for i, src in enumerate(sources):
+        g.add_edge(src, name, index=i)
+    activation = attrs.get("activation", "none")
+    if activation == "none":
+        return name
+    act = f"{name}.{activation}"
+    g.add_node(act, op=activation, attrs={}, loc=stmt.loc)
+    g.add_edge(name, act, index=0)
+    return act
+
+
+def known_op(stmt: Statement) -> ops.Op:
+    op = ops.OPS.get(stmt.op)
+    if op is None:
+        guess = did_you_mean(stmt.op, list(ops.OPS) + list(ops.STATEMENTS))
+        valid = ", ".join(list(ops.OPS) + list(ops.STATEMENTS))
+        hint = (f"did you mean `{guess}`? " if guess else "") + f"the ops are: {valid}"
+        raise ModelError(f"unknown op `{stmt.op}`", stmt.op_loc, hint)
+    return op
+
+
+def input_names(stmt: Statement, op: ops.Op, previous, outputs, layers, names) -> list[str]:
+    """The nodes a layer takes: the layer before it, or the ones its input list names."""
+    if op.max_inputs == 0:
+        if stmt.inputs is not None:
+            raise ModelError("`input` takes no input list", stmt.op_loc)
+        if previous is not None:
+            raise ModelError("`input` must be the first layer", stmt.loc, "move it above the other layers")
+        return []
+    if previous is None:
+        raise ModelError(f"`{stmt.op}` comes before the model's input", stmt.loc,
+                         "the first layer is `input CxHxW`, e.g. `input 1x28x28`")
+    if stmt.inputs is None:
+        if op.min_inputs > 1:
+            raise ModelError(f"`{stmt.op}` needs at least {op.min_inputs} inputs", stmt.loc,
+                             f"name them: `{stmt.op}(a, b)`")
+        return [previous]
+    refs = stmt.inputs
+    if len(refs) < op.min_inputs or (op.max_inputs is not None and len(refs) > op.max_inputs):
+        wanted = f"at least {op.min_inputs}" if op.max_inputs is None else str(op.max_inputs)
+        raise ModelError(f"`{stmt.op}` takes {wanted} input{'s' if wanted != '1' else ''}, "
+                         f"not {len(refs)}", stmt.loc)
+    seen = set()
+    for ref in refs:
+        if ref.name not in outputs:
+            raise unknown_layer(ref, stmt, layers, names, outputs)
+        if ref.name in seen:
+            raise ModelError(f"`{ref.name}` is listed twice", ref.loc)
+        seen.add(ref.name)
+    return [outputs[r.name] for r in refs]
+
+
+def unknown_layer(ref, stmt: Statement, layers, names, outputs) -> ModelError:
+    """Reported at the statement, the caret under the name it cannot find."""
+    loc = replace(stmt.loc, mark=ref.loc.column, width=len(ref.name))
+    later = [s for s, auto in zip(layers, names) if ref.name in (s.label, auto)]
+    if later:
+        return ModelError(f"{stmt.op} takes `{ref.name}`, which is defined later, at line {later[0].loc.line}",
+                          loc, "a layer can only take layers above it")
+    guess = did_you_mean(ref.name, outputs)
+    hint = f"did you mean `{guess}`?" if guess else "name a layer above this one, by its label or `<op><n>`"
+    return ModelError(f"{stmt.op} takes `{ref.name}`, but no layer has that name", loc, hint)
+
+
+def input_shape(stmt: Statement) -> tuple[int, ...]:
+    usage = "write `input CxHxW`, e.g. `input 1x28x28` or `input 3x32x32`"
+    bare = [a for a in stmt.args if a.key is None]
+    if len(bare) != 1 or bare[0].value.kind not in ("dims", "int"):
+        raise ModelError("`input` needs a shape", stmt.loc, usage)
+    value = bare[0].value
+    dims = value.value if value.kind == "dims" else (value.value,)
+    if len(dims) != 3:
+        raise ModelError(f"input shape `{value.text}` has {len(dims)} dimension(s), not 3", value.loc, usage)
+    if min(dims) < 1:
+        raise ModelError(f"input shape `{value.text}` has a zero dimension", value.loc, usage)
+    return tuple(dims)
+
+
+def keyed_values(stmt: Statement, keys: dict[str, ops.Key], what: str, fill_defaults=True) -> dict:
+    """The statement's key=value pairs checked against the op's keys, defaults filled in."""
+    given: dict[str, Arg] = {}
+    for arg in stmt.args:
+        if arg.key is None:
+            if what == "input":
+                continue
+            raise ModelError(f"unexpected value `{arg.value.text}`", arg.loc,
+                             f"`{what}` takes key=value pairs: " + (", ".join(keys) or "none"))
+        if arg.key not in keys:
+            raise unknown_key(arg, keys, what)
+        if arg.key in given:
+            raise ModelError(f"`{arg.key}` is given twice", arg.loc, "keep one")
+        given[arg.key] = arg
+    values = {}
+    for key, spec in keys.items():
+        if key in given:
+            values[key] = check_value(given[key], spec)
+        elif spec.default is ops.REQUIRED:
+            raise ModelError(f"`{what}` needs `{key}`", stmt.loc, f"add {key}=..., {spec.doc}")
+        elif fill_defaults:
+            values[key] = spec.default
+    return values
+
+
+def unknown_key(arg: Arg, keys, what: str) -> ModelError:
+    guess = did_you_mean(arg.key, keys)
+    valid = ", ".join(keys) if keys else "none"
+    hint = (f"did you mean `{guess}`? " if guess else "") + f"the keys of `{what}` are: {valid}"
+    return ModelError(f"`{what}` has no key `{arg.key}`", arg.loc, hint)
+
+
+def check_value(arg: Arg, spec: ops.Key):
+    """The value of one key, normalized, or a ModelError saying what kind of value it takes."""
+    v = arg.value
+    kind = spec.kind
+
+    def wrong(expected: str):
+        return ModelError(f"`{arg.key}` must be {expected}, not `{v.text}`", v.loc)
+
+    if kind == "count":
+        if v.kind != "int" or v.value < 1:
+            raise wrong("a positive integer")
+        return v.value
+    if kind == "nonnegative_int":
+        if v.kind != "int" or v.value < 0:
+            raise wrong("an integer >= 0")
+        return v.value
+    if kind == "pair":
+        return positive_pair(v, wrong)
+    if kind == "padding":
+        if v.kind == "name":
+            if v.value not in ops.PADDINGS:
+                raise wrong("valid, same, full, an integer or HxW")
+            return v.value
+        if v.kind == "int" and v.value >= 0:
+            return (v.value, v.value)
+        if v.kind == "dims" and len(v.value) == 2:
+            return v.value
+        raise wrong("valid, same, full, an integer >= 0 or HxW")
+    if kind == "bool":
+        if v.kind != "bool":
+            raise wrong("true or false")
+        return v.value
+    if kind == "activation":
+        if v.kind != "name" or v.value not in ops.ACTIVATIONS:
+            raise wrong("one of " + ", ".join(ops.ACTIVATIONS))
+        return v.value
+    if kind.startswith("choice:"):
+        choices = kind.split(":", 1)[1].split(",")
+        if v.kind != "name" or v.value not in choices:
+            raise wrong("one of " + ", ".join(choices))
+        return v.value
+    number = float(v.value) if v.kind in ("int", "float") else None
+    if kind == "positive" and (number is None or number <= 0):
+        raise wrong("a number > 0")
+    if kind == "nonnegative" and (number is None or number < 0):
+        raise wrong("a number >= 0")
+    if kind == "fraction" and (number is None or not 0 <= number < 1):
+        raise wrong("a number from 0 up to (not including) 1")
+    assert number is not None, kind
+    return number
+
+
+def positive_pair(v: Value, wrong) -> tuple[int, int]:
+    if v.kind == "int" and v.value >= 1:
+        return (v.value, v.value)
+    if v.kind == "dims" and len(v.value) == 2 and min(v.value) >= 1:
+        return v.value
+    raise wrong("a positive integer or HxW")
+
+
+def check_connected(g: nx.DiGraph) -> None:
+    """Every layer must contribute to the output: a dangling branch is a mistake, not dead code."""
+    needed = nx.ancestors(g, g.graph["output"]) | {g.graph["output"]}
+    for node in g.nodes:
+        if node not in needed:
+            raise ModelError(f"the output of `{node}` is never used", g.nodes[node]["loc"],
+                             f"the network's output is the last layer, `{g.graph['output']}`; "
+                             "use this layer in an input list or remove it")

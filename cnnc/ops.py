@@ -1,0 +1,136 @@
+"""The one table of ops: their keys, defaults, value kinds, input counts, parameters and FLOPs.
+
+The parser's checks, the shape rules, the summary, the DOT labels and docs/language.md all read
+this table, so an op or a key is added here and nowhere else.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+REQUIRED = object()  # the default of a key the user must give
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of an op: the kind of value it takes (see syntax.check_value) and its default."""
+
+    kind: str
+    default: object = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the language: its keys, how many inputs it takes, and what it is."""
+
+    name: str
+    doc: str
+    keys: dict[str, Key] = field(default_factory=dict)
+    min_inputs: int = 1
+    max_inputs: int = 1
+    shown: tuple[str, ...] = ()  # keys shown in DOT labels and the summary
+    positional: str | None = None  # the kind of a bare value (`input 1x28x28`)
+
+
+ACTIVATIONS = ("none", "relu", "sigmoid", "tanh")
+PADDINGS = ("valid", "same", "full")
+
+_WINDOW = {
+    "size": Key("pair", doc="window size K or KhxKw"),
+    "stride": Key("pair", None, "stride S or ShxSw; defaults to size"),
+    "padding": Key("padding", "valid", "valid, same, full, P or PhxPw"),
+}
+
+OPS: dict[str, Op] = {op.name: op for op in [
+    Op("input", "the network's input, a shape CxHxW", min_inputs=0, max_inputs=0, positional="shape"),
+    Op("conv", "2-d convolution", {
+        "filters": Key("count", doc="number of output channels"),
+        "size": Key("pair", doc="kernel size K or KhxKw"),
+        "stride": Key("pair", (1, 1), "stride S or ShxSw"),
+        "padding": Key("padding", "valid", "valid, same, full, P or PhxPw"),
+        "bias": Key("bool", True, "add a learned bias"),
+        "activation": Key("activation", "none", "none or relu, sigmoid, tanh after it"),
+    }, shown=("filters", "size", "stride", "padding")),
+    Op("maxpool", "max pooling; padding never wins", dict(_WINDOW), shown=("size", "stride", "padding")),
+    Op("avgpool", "average pooling over the real (not padded) elements", dict(_WINDOW),
+       shown=("size", "stride", "padding")),
+    Op("globalavgpool", "average over each channel's whole plane"),
+    Op("relu", "max(0, x)"),
+    Op("sigmoid", "1 / (1 + exp(-x))"),
+    Op("tanh", "hyperbolic tangent"),
+    Op("softmax", "softmax over the last axis"),
+    Op("dropout", "zeroes a fraction of values in training; identity in inference",
+       {"rate": Key("fraction", 0.5, "fraction of values dropped")}, shown=("rate",)),
+    Op("batchnorm", "batch normalization over channels", {
+        "eps": Key("positive", 1e-5, "added to the variance"),
+        "momentum": Key("fraction", 0.1, "weight of the batch in the running statistics"),
+    }),
+    Op("flatten", "C x H x W -> C*H*W, in C, H, W order"),
+    Op("dense", "fully connected layer", {
+        "units": Key("count", doc="number of outputs"),
+        "bias": Key("bool", True, "add a learned bias"),
+        "activation": Key("activation", "none", "none or relu, sigmoid, tanh after it"),
+    }, shown=("units",)),
+    Op("add", "elementwise sum of inputs of one shape", min_inputs=2, max_inputs=None),
+    Op("concat", "join inputs along channels", min_inputs=2, max_inputs=None),
+]}
+
+# Statements that are not layers: `model NAME`, `loss KIND`, `train KEY=VALUE ...`.
+LOSSES = ("cross_entropy",)
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+TRAIN_KEYS: dict[str, Key] = {
+    "optimizer": Key("choice:sgd,adam", "sgd", "sgd or adam"),
+    "lr": Key("positive", 0.01, "learning rate"),
+    "momentum": Key("fraction", 0.0, "SGD momentum"),
+    "nesterov": Key("bool", False, "Nesterov momentum (SGD)"),
+    "weight_decay": Key("nonnegative", 0.0, "L2 penalty added to the gradient"),
+    "batch": Key("count", 32, "batch size"),
+    "epochs": Key("count", 1, "number of epochs"),
+    "seed": Key("nonnegative_int", 0, "seed of initialization, shuffling and dropout"),
+    "schedule": Key("choice:constant,step,cosine", "constant", "learning-rate schedule"),
+    "step_size": Key("count", 1, "epochs between decays (step schedule)"),
+    "gamma": Key("positive", 0.1, "decay factor (step schedule)"),
+}
+STATEMENTS = ("model", "loss", "train")
+
+
+def param_shapes(op: str, attrs: dict, in_shape: tuple) -> dict[str, tuple]:
+    """The parameters a layer owns, kind -> shape, in PyTorch layout."""
+    if op == "conv":
+        kh, kw = attrs["size"]
+        shapes = {"weight": (attrs["filters"], in_shape[0], kh, kw)}
+        return shapes | ({"bias": (attrs["filters"],)} if attrs["bias"] else {})
+    if op == "dense":
+        shapes = {"weight": (attrs["units"], in_shape[0])}
+        return shapes | ({"bias": (attrs["units"],)} if attrs["bias"] else {})
+    if op == "batchnorm":
+        c = (in_shape[0],)
+        return {"gamma": c, "beta": c, "running_mean": c, "running_var": c}
+    return {}
+
+
+BUFFER_KINDS = ("running_mean", "running_var")  # saved with the weights, not trained
+
+
+def flops(op: str, attrs: dict, in_shapes: list[tuple], out_shape: tuple) -> int:
+    """Floating-point operations of one forward pass per image (a multiply-add counts as 2)."""
+    out = math.prod(out_shape)
+    if op == "conv":
+        kh, kw = attrs["size"]
+        return 2 * out * in_shapes[0][0] * kh * kw
+    if op == "dense":
+        return 2 * out * in_shapes[0][0]
+    if op in ("maxpool", "avgpool"):
+        kh, kw = attrs["size"]
+        return out * kh * kw
+    if op == "globalavgpool":
+        return math.prod(in_shapes[0])
+    if op in ("add",):
+        return out * (len(in_shapes) - 1)
+    if op in ("sigmoid", "tanh", "softmax", "batchnorm"):
+        return 4 * out
+    if op in ("relu", "dropout"):
+        return out
+    return 0

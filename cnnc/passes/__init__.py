@@ -1,0 +1,30 @@
+"""The optimization passes: each a function graph -> graph that never mutates its input.
+
+A pipeline is a list of passes; `optimize` runs it and reports which passes changed something.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import networkx as nx
+
+from .drop_dropout import drop_dropout
+from .fold_batchnorm import fold_batchnorm
+from .fuse_activation import fuse_conv_relu, fuse_dense_relu
+from .fuse_softmax_cross_entropy import fuse_softmax_cross_entropy
+
+Pass = Callable[[nx.DiGraph], nx.DiGraph]
+
+INFERENCE: list[Pass] = [drop_dropout, fold_batchnorm, fuse_conv_relu, fuse_dense_relu]
+TRAINING: list[Pass] = [fuse_softmax_cross_entropy, fuse_conv_relu, fuse_dense_relu]
+
+
+def optimize(g: nx.DiGraph, passes: list[Pass]) -> tuple[nx.DiGraph, list[tuple[str, int]]]:
+    """Runs the passes in order; returns the result and (pass name, nodes removed) for each that changed the graph."""
+    applied = []
+    for run in passes:
+        after = run(g)
+        if not nx.utils.graphs_equal(after, g):
+            applied.append((run.__name__, g.number_of_nodes() - after.number_of_nodes()))
+        g = after
+    return g, applied

@@ -1,0 +1,175 @@
+"""Model-file text -> syntax tree: the Lark parser, a Transformer to plain dataclasses, positions kept."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+import lark
+
+from .diagnostics import Loc, ModelError
+
+
+@dataclass(frozen=True)
+class Value:
+    """A literal: kind is 'int', 'float', 'name', 'bool' or 'dims' (a tuple of ints)."""
+
+    kind: str
+    value: object
+    text: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Arg:
+    """`key=value`, or a bare value (key None) as in `input 1x28x28`."""
+
+    key: str | None
+    value: Value
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A layer named in an input list."""
+
+    name: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Statement:
+    op: str
+    label: str | None
+    inputs: tuple[Ref, ...] | None
+    args: tuple[Arg, ...]
+    loc: Loc  # the statement's start (its label, or its op)
+    op_loc: Loc
+
+
+@dataclass(frozen=True)
+class Program:
+    file: str
+    statements: tuple[Statement, ...]
+    lines: tuple[str, ...] = field(repr=False)
+
+
+@lru_cache(maxsize=1)
+def parser() -> lark.Lark:
+    grammar = resources.files("cnnc").joinpath("grammar/cnn.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(source: str | bytes, file: str = "<model>") -> Program:
+    """Parse a model file's text (or bytes, which must be UTF-8) into a Program."""
+    text = decode(source, file) if isinstance(source, bytes) else source
+    lines = tuple(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    try:
+        tree = parser().parse(text)
+    except lark.UnexpectedInput as err:
+        raise parse_error(err, file, lines) from None
+    return Program(file, tuple(ToStatements(file, lines).transform(tree).children), lines)
+
+
+def decode(data: bytes, file: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        before = data[: err.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        text = data.split(b"\n")[line - 1].decode("utf-8", "replace").rstrip("\r")
+        raise ModelError(f"byte 0x{data[err.start]:02x} is not UTF-8 text", Loc(file, line, column, text),
+                         "save the model file as UTF-8") from None
+
+
+def locate(file: str, lines, line: int, column: int, width: int = 1) -> Loc:
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    return Loc(file, line, column, text, width)
+
+
+class ToStatements(lark.Transformer):
+    """Turns Lark's tree into Statements; every node keeps its file, line and column."""
+
+    def __init__(self, file: str, lines):
+        super().__init__()
+        self.file, self.lines = file, lines
+
+    def _loc(self, token: lark.Token) -> Loc:
+        return locate(self.file, self.lines, token.line, token.column, len(token))
+
+    def start(self, statements):
+        return lark.Tree("program", [s for s in statements if s is not None])
+
+    def statement(self, children):
+        label, op, inputs, *args = children
+        op_loc = self._loc(op)
+        loc = label[1] if label else op_loc
+        if label:
+            width = op.end_column - label[1].column if op.line == label[1].line else len(label[0])
+            loc = Loc(loc.file, loc.line, loc.column, loc.text, width)
+        return Statement(str(op), label[0] if label else None, inputs, tuple(args), loc, op_loc)
+
+    def label(self, children):
+        (name,) = children
+        return str(name), self._loc(name)
+
+    def inputs(self, names):
+        return tuple(Ref(str(n), self._loc(n)) for n in names if n is not None)
+
+    def keyed(self, children):
+        key, value = children
+        return Arg(str(key), value, self._loc(key))
+
+    def bare(self, children):
+        (value,) = children
+        return Arg(None, value, value.loc)
+
+    def dims(self, children):
+        (tok,) = children
+        return Value("dims", tuple(int(d) for d in tok.split("x")), str(tok), self._loc(tok))
+
+    def int(self, children):
+        (tok,) = children
+        return Value("int", int(tok), str(tok), self._loc(tok))
+
+    def float(self, children):
+        (tok,) = children
+        return Value("float", float(tok), str(tok), self._loc(tok))
+
+    def name(self, children):
+        (tok,) = children
+        if tok in ("true", "false"):
+            return Value("bool", tok == "true", str(tok), self._loc(tok))
+        return Value("name", str(tok), str(tok), self._loc(tok))
+
+
+def parse_error(err: lark.UnexpectedInput, file: str, lines) -> ModelError:
+    """A parser error as a diagnostic a person understands."""
+    line, column = max(err.line, 1), max(err.column, 1)
+    if isinstance(err, lark.UnexpectedEOF) or line > len(lines):
+        line = len(lines)
+        column = len(lines[-1]) + 1
+    loc = locate(file, lines, line, column)
+    if isinstance(err, lark.UnexpectedCharacters):
+        char = lines[line - 1][column - 1] if column <= len(lines[line - 1]) else "?"
+        return ModelError(f"unexpected character {char!r}", loc,
+                          "a statement is `[label:] op [(inputs)] key=value ...`; `#` starts a comment")
+    token = getattr(err, "token", None)
+    key = _dangling_key(lines[line - 1], column)
+    if token is not None and token.type in ("_NL", "$END") and key is not None:
+        return ModelError(f"`{key}=` is missing its value", loc, f"write {key}=VALUE, e.g. size=3")
+    if token is not None and token.type in ("_NL", "$END"):
+        return ModelError("the statement ends too early", loc,
+                          "a statement is `[label:] op [(inputs)] key=value ...`")
+    shown = str(token) if token is not None and token.type not in ("_NL", "$END") else "end of line"
+    return ModelError(f"unexpected `{shown}`", locate(file, lines, line, column, max(len(shown), 1)),
+                      "a statement is `[label:] op [(inputs)] key=value ...`")
+
+
+def _dangling_key(text: str, column: int) -> str | None:
+    """The key of a `key=` that ends right before the column, if there is one."""
+    import re
+
+    match = re.search(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*$", text[: column - 1])
+    return match.group(1) if match else None
