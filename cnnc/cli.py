@@ -45,7 +45,61 @@ def parser() -> argparse.ArgumentParser:
                    help="which pipeline `optimized` means (default: inference)")
     d.add_argument("-o", "--output", type=Path)
     d.set_defaults(run=run_dot)
+
+    t = sub.add_parser("train", help="train a model on a data set")
+    t.add_argument("model", type=Path)
+    t.add_argument("data", type=Path, help="image folders, an .npz, or a folder of MNIST IDX files")
+    t.add_argument("--epochs", type=positive(int))
+    t.add_argument("--batch", type=positive(int))
+    t.add_argument("--lr", type=positive(float))
+    t.add_argument("--seed", type=nonnegative_int)
+    t.add_argument("--optimizer", choices=("sgd", "adam"))
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--schedule", choices=("constant", "step", "cosine"))
+    t.add_argument("--limit", type=positive(int), help="train on the first N training images only")
+    t.add_argument("--out", type=Path, help="weights file (default: MODEL.npz in the current folder)")
+    t.add_argument("--resume", type=Path, help="a checkpoint (WEIGHTS.ckpt.npz) to continue from")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar; one line per epoch")
+    t.set_defaults(run=run_train)
+
+    e = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix on the test split")
+    e.add_argument("model", type=Path)
+    e.add_argument("data", type=Path)
+    e.add_argument("--weights", type=Path, required=True)
+    e.set_defaults(run=run_eval)
+
+    r = sub.add_parser("predict", help="the class of each image")
+    r.add_argument("model", type=Path)
+    r.add_argument("images", type=Path, nargs="+")
+    r.add_argument("--weights", type=Path, required=True)
+    r.add_argument("--classes", help="comma-separated class names (default: from the weights' checkpoint)")
+    r.set_defaults(run=run_predict)
+
+    x = sub.add_parser("export", help="write the model and its weights as ONNX")
+    x.add_argument("model", type=Path)
+    x.add_argument("--weights", type=Path, required=True)
+    x.add_argument("-o", "--output", type=Path, required=True)
+    x.set_defaults(run=run_export)
     return p
+
+
+def positive(kind):
+    def convert(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
 
 
 def write(text: str, output: Path | None) -> None:
@@ -59,22 +113,30 @@ def write(text: str, output: Path | None) -> None:
 
 
 def run_compile(args) -> int:
-    from .frontend import check_file, optimized
+    from .frontend import check_file
 
     parsed = check_file(args.model)
-    graph, applied = optimized(parsed)
-    if args.emit == "json":
-        from .export.json import to_json
-
-        write(to_json(graph), args.output)
-    elif args.emit == "dot":
+    if args.emit in ("json", "dot"):
         from .export.dot import to_dot
+        from .export.json import to_json
+        from .frontend import optimized
 
-        write(to_dot(graph), args.output)
-    else:
-        from .summary import render_summary
+        graph, _ = optimized(parsed)
+        write(to_json(graph) if args.emit == "json" else to_dot(graph), args.output)
+        return 0
+    from .runtime import Network
 
-        write(render_summary(parsed, graph, applied), args.output)
+    net = Network(parsed)
+    if args.emit == "python":
+        from .lower.standalone import standalone
+
+        write(standalone(net.source), args.output)
+        return 0
+    from .summary import render_summary
+
+    seconds = net.compile()
+    kernels = f"kernels: {net.module.__name__} compiled in {seconds:.2f} s (cache: {net.module.__file__})"
+    write(render_summary(parsed, net.graph, net.passes, [kernels]), args.output)
     return 0
 
 
@@ -91,3 +153,69 @@ def run_dot(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def load_network(path: Path, weights: Path | None = None, seed: int = 0):
+    """The model compiled, with weights loaded when given; also its source text."""
+    from .frontend import check_file
+    from .runtime import Network
+    from .train.checkpoint import load_weights
+
+    graph = check_file(path)
+    net = Network(graph, seed=seed)
+    if weights is not None:
+        for name, value in load_weights(weights, {n: v.shape for n, v in net.params.items()}).items():
+            net.params[name] = value
+    return net
+
+
+def run_train(args) -> int:
+    from .diagnostics import ModelError
+    from .frontend import check_file
+    from .runtime import Network
+    from .train.data import load_dataset
+    from .train.loop import recipe
+    from .train.run import train
+
+    graph = check_file(args.model)
+    if not graph.graph["loss"]:
+        raise ModelError(f"{args.model}: the model has no `loss` statement", hint="add `loss cross_entropy`")
+    r = recipe(graph.graph["train"], epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+               optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
+               schedule=args.schedule)
+    net = Network(graph, seed=r.seed)
+    data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
+    if args.limit:
+        data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
+    out = args.out or Path(args.model.stem + ".npz")
+    return train(net, data, r, out, args.resume, args.quiet, args.model.read_bytes().decode("utf-8", "replace"))
+
+
+def run_eval(args) -> int:
+    from .train.data import load_dataset
+    from .train.evaluate import evaluate, render_evaluation
+
+    net = load_network(args.model, args.weights)
+    data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
+    write(render_evaluation(evaluate(net, data)), None)
+    return 0
+
+
+def run_predict(args) -> int:
+    from .train.data import load_images
+    from .train.evaluate import class_names, render_predictions
+
+    net = load_network(args.model, args.weights)
+    x = load_images(args.images, net.input_shape)
+    names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])
+    write(render_predictions(args.images, net.forward(x), names), None)
+    return 0
+
+
+def run_export(args) -> int:
+    from .export.onnx import export_onnx
+
+    net = load_network(args.model, args.weights)
+    export_onnx(net, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0

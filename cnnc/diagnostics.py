@@ -85,6 +85,10 @@ class DataError(CnncError):
         return self.render()
 
 
+class InputError(CnncError, ValueError):
+    """Arrays handed to a compiled network that do not fit it (shape, dtype, labels)."""
+
+
 def _display_width(prefix: str) -> int:
     return len(prefix.expandtabs(1))
 

@@ -6,6 +6,7 @@ line after it; the passes fuse it back where that pays.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import networkx as nx
@@ -53,6 +54,9 @@ def read_statement(g: nx.DiGraph, s: Statement, statements) -> None:
     if s.label or s.inputs is not None:
         raise ModelError(f"`{s.op}` is not a layer and takes no label or inputs", s.loc)
     if s.op == "model":
+        if statements[0].op == "model" and s is not statements[0]:
+            raise ModelError(f"a second `model` statement (the first is at line {statements[0].loc.line})", s.loc,
+                             "keep one")
         if s is not statements[0]:
             raise ModelError("`model NAME` must be the first statement", s.loc, "move it to the top")
         g.graph["name"] = str(single_bare(s, "name", "model NAME, e.g. `model lenet5`").value)
@@ -163,7 +167,7 @@ def input_names(stmt: Statement, op: ops.Op, previous, outputs, layers, names) -
         if ref.name not in outputs:
             raise unknown_layer(ref, stmt, layers, names, outputs)
         if ref.name in seen:
-            raise ModelError(f"`{ref.name}` is listed twice", ref.loc)
+            raise ModelError(f"`{ref.name}` is listed twice", ref.loc, "a layer takes each input once")
         seen.add(ref.name)
     return [outputs[r.name] for r in refs]
 
@@ -172,6 +176,9 @@ def unknown_layer(ref, stmt: Statement, layers, names, outputs) -> ModelError:
     """Reported at the statement, the caret under the name it cannot find."""
     loc = replace(stmt.loc, mark=ref.loc.column, width=len(ref.name))
     later = [s for s, auto in zip(layers, names) if ref.name in (s.label, auto)]
+    if later and later[0] is stmt:
+        return ModelError(f"{stmt.op} takes `{ref.name}`, its own output", loc,
+                          "a layer can only take layers above it")
     if later:
         return ModelError(f"{stmt.op} takes `{ref.name}`, which is defined later, at line {later[0].loc.line}",
                           loc, "a layer can only take layers above it")
@@ -183,6 +190,8 @@ def unknown_layer(ref, stmt: Statement, layers, names, outputs) -> ModelError:
 def input_shape(stmt: Statement) -> tuple[int, ...]:
     usage = "write `input CxHxW`, e.g. `input 1x28x28` or `input 3x32x32`"
     bare = [a for a in stmt.args if a.key is None]
+    if len(bare) > 1:
+        raise ModelError(f"unexpected value `{bare[1].value.text}` after the input's shape", bare[1].loc, usage)
     if len(bare) != 1 or bare[0].value.kind not in ("dims", "int"):
         raise ModelError("`input` needs a shape", stmt.loc, usage)
     value = bare[0].value
@@ -268,6 +277,8 @@ def check_value(arg: Arg, spec: ops.Key):
             raise wrong("one of " + ", ".join(choices))
         return v.value
     number = float(v.value) if v.kind in ("int", "float") else None
+    if number is not None and not math.isfinite(number):
+        raise wrong("a finite number")
     if kind == "positive" and (number is None or number <= 0):
         raise wrong("a number > 0")
     if kind == "nonnegative" and (number is None or number < 0):

@@ -134,3 +134,21 @@ def flops(op: str, attrs: dict, in_shapes: list[tuple], out_shape: tuple) -> int
     if op in ("relu", "dropout"):
         return out
     return 0
+
+
+def show_value(value) -> str:
+    """A key's value as the user writes it: `3` for a square pair (3, 3), `3x5` otherwise."""
+    if isinstance(value, tuple):
+        return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    return str(value)
+
+
+def describe(op: str, attrs: dict) -> str:
+    """`filters=6 size=5 padding=same`: the keys the table shows, leaving out unremarkable defaults."""
+    parts = []
+    for key in OPS[op].shown:
+        value = attrs[key]
+        if key == "padding" and value == "valid" or key == "stride" and value in ((1, 1), attrs["size"]):
+            continue
+        parts.append(f"{key}={show_value(value)}")
+    return " ".join(parts)

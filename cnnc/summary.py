@@ -1,7 +1,9 @@
 """The table `cnnc compile` prints: one row per layer of the optimized graph, and the totals."""
 from __future__ import annotations
 
+import io
 import math
+from collections import defaultdict
 
 import networkx as nx
 from rich import box
@@ -14,16 +16,24 @@ from .ops import BUFFER_KINDS
 
 def summary_rows(parsed: nx.DiGraph, optimized: nx.DiGraph):
     """(name, op, shape, parameters, FLOPs) per optimized node; fused members are counted in."""
-    params = parameter_shapes(parsed)
+    counts = layer_parameter_counts(parsed)
     rows = []
     for node in nx.topological_sort(optimized):
         data = optimized.nodes[node]
         members = [node] + data.get("fused", [])
         ops_ = [parsed.nodes[m]["op"] for m in members]
-        count = sum(math.prod(s) for name, s in params.items() if name.rsplit(".", 1)[0] in members)
+        count = sum(counts[m] for m in members)
         flops = sum(layer_flops(parsed, m) for m in members)
         rows.append((node, "+".join(ops_), show(data["shape"]), count, flops))
     return rows
+
+
+def layer_parameter_counts(parsed: nx.DiGraph) -> dict[str, int]:
+    """Layer name -> the number of values in its parameters (0 for a layer without any)."""
+    counts = defaultdict(int)
+    for name, shape in parameter_shapes(parsed).items():
+        counts[name.rsplit(".", 1)[0]] += math.prod(shape)
+    return counts
 
 
 def render_summary(parsed, optimized, applied, extra_lines=(), width=100) -> str:
@@ -37,7 +47,7 @@ def render_summary(parsed, optimized, applied, extra_lines=(), width=100) -> str
     params = parameter_shapes(parsed)
     total = sum(math.prod(s) for s in params.values())
     frozen = sum(math.prod(s) for n, s in params.items() if n.rsplit(".", 1)[1] in BUFFER_KINDS)
-    console = Console(width=width, record=True, file=open("/dev/null", "w"), color_system=None)
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     console.print(table)
     lines = [line.rstrip() for line in console.export_text().rstrip().splitlines()]
     passes = ", ".join(f"{name} (-{removed} node{'s' if removed != 1 else ''})" if removed else name

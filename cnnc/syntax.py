@@ -56,31 +56,50 @@ class Program:
 
 @lru_cache(maxsize=1)
 def parser() -> lark.Lark:
+    # No propagate_positions: every position we report comes from a token, and filling in
+    # each tree node's meta doubles the parse time of a long model.
     grammar = resources.files("cnnc").joinpath("grammar/cnn.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return lark.Lark(grammar, parser="lalr", maybe_placeholders=True)
 
 
 def parse(source: str | bytes, file: str = "<model>") -> Program:
     """Parse a model file's text (or bytes, which must be UTF-8) into a Program."""
-    text = decode(source, file) if isinstance(source, bytes) else source
-    lines = tuple(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    text = normalize(decode(source, file) if isinstance(source, bytes) else source)
+    lines = tuple(text.split("\n"))
     try:
         tree = parser().parse(text)
+        statements = ToStatements(file, lines).transform(tree).children
     except lark.UnexpectedInput as err:
         raise parse_error(err, file, lines) from None
-    return Program(file, tuple(ToStatements(file, lines).transform(tree).children), lines)
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, ModelError):
+            raise err.orig_exc from None
+        raise
+    return Program(file, tuple(statements), lines)
+
+
+def normalize(text: str) -> str:
+    """Without a byte-order mark, and with every line ending (CRLF, CR) as `\\n`, so that Lark's
+    line numbers and ours agree."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def decode(data: bytes, file: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        before = data[: err.start]
-        line = before.count(b"\n") + 1
-        column = len(before) - (before.rfind(b"\n") + 1) + 1
-        text = data.split(b"\n")[line - 1].decode("utf-8", "replace").rstrip("\r")
-        raise ModelError(f"byte 0x{data[err.start]:02x} is not UTF-8 text", Loc(file, line, column, text),
-                         "save the model file as UTF-8") from None
+        raise undecodable(data, err, file) from None
+
+
+def undecodable(data: bytes, err: UnicodeDecodeError, file: str) -> ModelError:
+    """The first byte that is not UTF-8, located by line and character (not byte) column."""
+    body = data.removeprefix(b"\xef\xbb\xbf")  # the utf-8-sig codec counts err.start without it
+    before = normalize(body[: err.start].decode("utf-8"))
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    text = normalize(body.decode("utf-8", "replace")).split("\n")[line - 1]
+    return ModelError(f"byte 0x{body[err.start]:02x} is not UTF-8 text", Loc(file, line, column, text),
+                      "save the model file as UTF-8")
 
 
 def locate(file: str, lines, line: int, column: int, width: int = 1) -> Loc:
@@ -127,11 +146,18 @@ class ToStatements(lark.Transformer):
 
     def dims(self, children):
         (tok,) = children
-        return Value("dims", tuple(int(d) for d in tok.split("x")), str(tok), self._loc(tok))
+        return Value("dims", tuple(self._int(tok, d) for d in tok.split("x")), str(tok), self._loc(tok))
 
     def int(self, children):
         (tok,) = children
-        return Value("int", int(tok), str(tok), self._loc(tok))
+        return Value("int", self._int(tok, tok), str(tok), self._loc(tok))
+
+    def _int(self, tok: lark.Token, digits: str) -> int:
+        # A bound keeps every later int -> float conversion and every size product finite.
+        if len(digits.lstrip("+-")) > 18:
+            shown = tok if len(tok) <= 24 else f"{tok[:20]}..."
+            raise ModelError(f"the number `{shown}` is too large", self._loc(tok), "numbers have at most 18 digits")
+        return int(digits)
 
     def float(self, children):
         (tok,) = children
@@ -147,7 +173,9 @@ class ToStatements(lark.Transformer):
 def parse_error(err: lark.UnexpectedInput, file: str, lines) -> ModelError:
     """A parser error as a diagnostic a person understands."""
     line, column = max(err.line, 1), max(err.column, 1)
-    if isinstance(err, lark.UnexpectedEOF) or line > len(lines):
+    token = getattr(err, "token", None)
+    at_end = token is not None and token.type == "$END"
+    if isinstance(err, lark.UnexpectedEOF) or at_end or line > len(lines):
         line = len(lines)
         column = len(lines[-1]) + 1
     loc = locate(file, lines, line, column)
@@ -155,7 +183,6 @@ def parse_error(err: lark.UnexpectedInput, file: str, lines) -> ModelError:
         char = lines[line - 1][column - 1] if column <= len(lines[line - 1]) else "?"
         return ModelError(f"unexpected character {char!r}", loc,
                           "a statement is `[label:] op [(inputs)] key=value ...`; `#` starts a comment")
-    token = getattr(err, "token", None)
     key = _dangling_key(lines[line - 1], column)
     if token is not None and token.type in ("_NL", "$END") and key is not None:
         return ModelError(f"`{key}=` is missing its value", loc, f"write {key}=VALUE, e.g. size=3")

@@ -46,8 +46,11 @@ def _im2col(x, n0, n1, kh, kw, sh, sw, pt, pl, oh, ow, cols):
                             continue
                         src = x[c, n, p * sh + i - pt]
                         dst[:q0] = 0
-                        for q in range(q0, q1):
-                            dst[q] = src[q * sw + j - pl]
+                        if sw == 1:  # a plain block copy, which LLVM turns into memcpy
+                            dst[q0:q1] = src[q0 + j - pl:q1 + j - pl]
+                        else:
+                            for q in range(q0, q1):
+                                dst[q] = src[q * sw + j - pl]
                         dst[q1:] = 0
 
 
@@ -65,8 +68,11 @@ def _col2im_add(cols, n0, n1, kh, kw, sh, sw, pt, pl, oh, ow, dx):
                     for p in range(p0, p1):
                         src = row[((n - n0) * oh + p) * ow:((n - n0) * oh + p + 1) * ow]
                         dst = dx[c, n, p * sh + i - pt]
-                        for q in range(q0, q1):
-                            dst[q * sw + j - pl] += src[q]
+                        if sw == 1:
+                            dst[q0 + j - pl:q1 + j - pl] += src[q0:q1]
+                        else:
+                            for q in range(q0, q1):
+                                dst[q * sw + j - pl] += src[q]
 
 
 @njit(cache=True, fastmath=True)

@@ -1,6 +1,7 @@
 """The optimization passes: each a function graph -> graph that never mutates its input.
 
-A pipeline is a list of passes; `optimize` runs it and reports which passes changed something.
+A pass with nothing to do returns its input itself. A pipeline is a list of passes; `optimize`
+runs it and reports which passes changed something.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def optimize(g: nx.DiGraph, passes: list[Pass]) -> tuple[nx.DiGraph, list[tuple[
     applied = []
     for run in passes:
         after = run(g)
-        if not nx.utils.graphs_equal(after, g):
+        if after is not g and (after.number_of_nodes() != g.number_of_nodes() or not nx.utils.graphs_equal(after, g)):
             applied.append((run.__name__, g.number_of_nodes() - after.number_of_nodes()))
         g = after
     return g, applied

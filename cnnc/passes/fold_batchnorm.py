@@ -11,14 +11,23 @@ from .rewrite import copy, merge_into, only_consumer
 
 
 def fold_batchnorm(g: nx.DiGraph) -> nx.DiGraph:
+    pairs = conv_batchnorm_pairs(g)
+    if not pairs:
+        return g
     g = copy(g)
-    for node in list(g.nodes):
-        if node not in g:
-            continue
-        data = g.nodes[node]
+    for conv, bn in pairs:
+        merge_into(g, conv, bn, folded_bn=bn, folded_eps=g.nodes[bn]["attrs"]["eps"])
+    return g
+
+
+def conv_batchnorm_pairs(g: nx.DiGraph) -> list[tuple[str, str]]:
+    """(conv, batchnorm) where the batchnorm is the conv's only consumer. The pairs share no
+    node, so folding one leaves the others as they were found."""
+    pairs = []
+    for node, data in g.nodes(data=True):
         if data["op"] != "conv" or data.get("activation") or data.get("folded_bn"):
             continue
         nxt = only_consumer(g, node)
         if nxt is not None and g.nodes[nxt]["op"] == "batchnorm":
-            merge_into(g, node, nxt, folded_bn=nxt)
-    return g
+            pairs.append((node, nxt))
+    return pairs

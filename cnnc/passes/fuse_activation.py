@@ -7,14 +7,26 @@ from .rewrite import copy, merge_into, only_consumer
 
 
 def fuse_relu_after(op: str, g: nx.DiGraph) -> nx.DiGraph:
+    pairs = layer_relu_pairs(op, g)
+    if not pairs:
+        return g
     g = copy(g)
-    for node in list(g.nodes):
-        if node not in g or g.nodes[node]["op"] != op or g.nodes[node].get("activation"):
+    for layer, relu in pairs:
+        merge_into(g, layer, relu, activation="relu")
+    return g
+
+
+def layer_relu_pairs(op: str, g: nx.DiGraph) -> list[tuple[str, str]]:
+    """(layer, relu) where the relu is the layer's only consumer. The pairs share no node, so
+    fusing one leaves the others as they were found."""
+    pairs = []
+    for node, data in g.nodes(data=True):
+        if data["op"] != op or data.get("activation"):
             continue
         nxt = only_consumer(g, node)
         if nxt is not None and g.nodes[nxt]["op"] == "relu":
-            merge_into(g, node, nxt, activation="relu")
-    return g
+            pairs.append((node, nxt))
+    return pairs
 
 
 def fuse_conv_relu(g: nx.DiGraph) -> nx.DiGraph:

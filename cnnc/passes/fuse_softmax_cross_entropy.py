@@ -15,10 +15,10 @@ def fuse_softmax_cross_entropy(g: nx.DiGraph) -> nx.DiGraph:
     out = g.graph["output"]
     if g.graph["loss"] != "cross_entropy" or g.nodes[out]["op"] != "softmax":
         return g
-    g = copy(g)
     logits = inputs(g, out)[0]
     if g.out_degree(logits) > 1:  # the logits feed another layer too: keep the softmax
         return g
+    g = copy(g)
     bypass(g, out, logits)
     g.graph["loss"] = "softmax_cross_entropy"
     return g

@@ -85,11 +85,12 @@ class Dataset:
 # Entry points
 
 
-def load_dataset(path, input_shape, num_classes=None, split=SPLITS) -> Dataset:
+def load_dataset(path, input_shape, num_classes=None, split=SPLITS, progress=None) -> Dataset:
     """Read DATA in whichever of the three layouts it has, checked against the model's (C, H, W).
 
     `split` names the splits to load ("train", "test"); the others are left None. Labels must
-    lie in [0, num_classes) when num_classes is given.
+    lie in [0, num_classes) when num_classes is given. Decoding a folder of images takes a while
+    (about 0.5 ms an image), so `progress(done, total)`, if given, is called as images are read.
     """
     path = Path(path)
     input_shape = tuple(int(d) for d in input_shape)
@@ -106,7 +107,7 @@ def load_dataset(path, input_shape, num_classes=None, split=SPLITS) -> Dataset:
         raise DataError(path, f"not a data set: {EXPECTED_LAYOUTS}", hint=hint)
     layout = _detect_layout(path)
     if layout == "images":
-        return _load_image_folders(path, input_shape, num_classes, split)
+        return _load_image_folders(path, input_shape, num_classes, split, progress)
     if layout == "idx":
         return _load_idx_folder(path, input_shape, num_classes, split)
     return _load_npz(layout, input_shape, num_classes, split)
@@ -190,22 +191,26 @@ def _detect_layout(folder: Path):
 # Layout 1: folders of images
 
 
-def _load_image_folders(root: Path, input_shape, num_classes, split) -> Dataset:
+def _load_image_folders(root: Path, input_shape, num_classes, split, progress) -> Dataset:
     class_root = root / "train" if (root / "train").is_dir() else root / "test"
     _require_splits(root, split, {s: (root / s).is_dir() for s in SPLITS}, "folder")
     classes = _class_folders(class_root)
     if num_classes is not None and len(classes) > num_classes:
         raise DataError(class_root, f"has {len(classes)} class folders but the model's output "
                         f"has {num_classes} classes")
-    out = {}
-    for s in SPLITS:
-        if s in split and (root / s).is_dir():
-            out[s] = _read_split_folder(root / s, classes, input_shape)
+    # List every split before decoding any image: layout mistakes surface at once, and the
+    # progress total is known.
+    listed = {s: _list_split_folder(root / s, classes)
+              for s in SPLITS if s in split and (root / s).is_dir()}
+    counter = _Progress(progress, sum(len(files) for files, _ in listed.values()))
+    out = {s: (_to_float(_decode_all(files, input_shape, counter)), labels)
+           for s, (files, labels) in listed.items()}
     return _dataset(out, classes, f"image folders in {root}")
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    entries = os.scandir(split_dir)
+    names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if not names:
         raise DataError(split_dir, "has no class folders; expected "
                         f"{split_dir.name}/<class>/*.png, one folder per class",
@@ -213,8 +218,8 @@ def _class_folders(split_dir: Path) -> list[str]:
     return names
 
 
-def _read_split_folder(split_dir: Path, classes: list[str], input_shape):
-    """Images and labels of one split, labels numbered by the position in `classes`."""
+def _list_split_folder(split_dir: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The image files of one split and their labels, numbered by position in `classes`."""
     files, labels = [], []
     for name in _class_folders(split_dir):
         if name not in classes:
@@ -226,7 +231,19 @@ def _read_split_folder(split_dir: Path, classes: list[str], input_shape):
                             f"(expected files ending in {', '.join(IMAGE_SUFFIXES)})")
         files += images
         labels += [classes.index(name)] * len(images)
-    return _to_float(_decode_all(files, input_shape)), np.asarray(labels, dtype=np.int64)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+class _Progress:
+    """Calls progress(done, total) every `every` images and at the end, when a callback is given."""
+
+    def __init__(self, callback, total: int, every: int = 500):
+        self.callback, self.total, self.every, self.done = callback, total, every, 0
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.callback and (self.done % self.every == 0 or self.done == self.total):
+            self.callback(self.done, self.total)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -237,12 +254,14 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
-def _decode_all(files: list[Path], input_shape) -> np.ndarray:
+def _decode_all(files: list[Path], input_shape, counter: _Progress | None = None) -> np.ndarray:
     """Decode every file into one preallocated uint8 N x C x H x W array (the files are counted
     first, so 100,000 images cost one array and no list of small ones)."""
     out = np.empty((len(files), *input_shape), dtype=np.uint8)
     for i, f in enumerate(files):
         out[i] = _decode(f, input_shape)
+        if counter is not None:
+            counter.advance()
     return out
 
 
@@ -259,6 +278,10 @@ def _decode(path: Path, input_shape) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith(("I", "F")):
+                raise DataError(path, f"has more than 8 bits per pixel (mode {im.mode}); the "
+                                f"model takes 8-bit {c}x{h}x{w} images",
+                                hint="save it as 8-bit; cnnc does not resize or convert images")
             channels, mode = _channels(im, c)
             if channels != c or im.size != (w, h):
                 raise DataError(path, f"the model takes {c}x{h}x{w} images but this one is "
@@ -286,8 +309,6 @@ def _channels(im, wanted: int) -> tuple[int, str]:
         if wanted == 1 and not _gray_palette(im):
             return 3, "P with colour palette"
         return wanted if wanted in (1, 3) else 3, mode
-    if mode.startswith(("I", "F")):
-        return 1, f"{mode}, more than 8 bits per pixel"
     return len(im.getbands()), mode
 
 
@@ -324,7 +345,8 @@ def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
                 continue
             for k in (f"x_{s}", f"y_{s}"):
                 if k not in keys:
-                    raise DataError(path, f"has no array '{k}' (it holds {', '.join(sorted(keys))})")
+                    holds = ", ".join(sorted(keys))
+                    raise DataError(path, f"has no array '{k}' (it holds {holds})")
             x = _read_npz_entry(archive, f"x_{s}", path)
             x = _images_from_array(x, input_shape, path, f"x_{s}")
             y = _labels_from_array(_read_npz_entry(archive, f"y_{s}", path), path, f"y_{s}")

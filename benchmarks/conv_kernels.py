@@ -1,0 +1,110 @@
+"""Times cnnc's conv and pool kernels beside PyTorch on the lenet5 and vgg_small layer shapes.
+
+Run: python benchmarks/conv_kernels.py [--quick]. Figures are medians over interleaved runs
+(cnnc, torch, cnnc, ...) so that load from other processes hits both sides alike; ratio is
+cnnc time / torch time (below 1 means cnnc is faster).
+"""
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnc.kernels.conv import conv2d_backward, conv2d_forward
+from cnnc.kernels.pool import maxpool_backward, maxpool_forward
+
+# name, C, F, H (=W), K, padding per side (same for odd K), relu, need_dx (False: first layer)
+CONVS = [
+    ("lenet conv1 1->6 5x5 same 28", 1, 6, 28, 5, 2, True, False),
+    ("lenet conv2 6->16 5x5 valid 14", 6, 16, 14, 5, 0, True, True),
+    ("vgg conv1 3->32 3x3 same 32", 3, 32, 32, 3, 1, True, False),
+    ("vgg conv2 32->32 3x3 same 32", 32, 32, 32, 3, 1, True, True),
+    ("vgg conv3 32->64 3x3 same 16", 32, 64, 16, 3, 1, True, True),
+    ("vgg conv4 64->64 3x3 same 16", 64, 64, 16, 3, 1, True, True),
+]
+POOLS = [("lenet pool1 6x28", 6, 28), ("vgg pool1 32x32", 32, 32), ("vgg pool2 64x16", 64, 16)]
+
+
+def race(ours, theirs, reps):
+    """Median seconds of each callable, run alternately after one warm-up call each."""
+    ours(), theirs()
+    a, b = [], []
+    for _ in range(reps):
+        for fn, times in ((ours, a), (theirs, b)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return float(np.median(a)), float(np.median(b))
+
+
+def conv_cases(name, C, Fo, H, K, pad, relu, need_dx, n, rng):
+    OH = H + 2 * pad - K + 1
+    x = rng.standard_normal((C, n, H, H), dtype=np.float32)
+    w = rng.standard_normal((Fo, C, K, K), dtype=np.float32) * np.float32((C * K * K) ** -0.5)
+    b = rng.standard_normal(Fo, dtype=np.float32)
+    out = np.empty((Fo, n, OH, OH), np.float32)
+    dout = rng.standard_normal(out.shape, dtype=np.float32)
+    dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
+
+    def ours_fwd():
+        conv2d_forward(x, w, b, out, 1, 1, pad, pad, relu)
+
+    def ours_step():
+        conv2d_forward(x, w, b, out, 1, 1, pad, pad, relu)
+        conv2d_backward(x, w, out, dout, dx, dw, db, 1, 1, pad, pad, relu, need_dx)
+
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2, 3)))
+    xg = xt.clone().requires_grad_(need_dx)
+    wt, bt = torch.from_numpy(w).requires_grad_(), torch.from_numpy(b).requires_grad_()
+    gt = torch.from_numpy(np.ascontiguousarray(dout.transpose(1, 0, 2, 3)))
+
+    def torch_fwd():
+        with torch.no_grad():
+            F.relu(F.conv2d(xt, wt, bt, padding=pad))
+
+    def torch_step():
+        wt.grad = bt.grad = xg.grad = None
+        F.relu(F.conv2d(xg, wt, bt, padding=pad)).backward(gt)
+
+    flops = 2 * Fo * C * K * K * OH * OH * n
+    return (("fwd", ours_fwd, torch_fwd, flops), ("fwd+bwd", ours_step, torch_step, flops * (3 if need_dx else 2)))
+
+
+def pool_cases(C, H, n, rng):
+    x = rng.standard_normal((C, n, H, H), dtype=np.float32)
+    out = np.empty((C, n, H // 2, H // 2), np.float32)
+    arg = np.empty(out.shape, np.int32)
+    dx = np.zeros_like(x)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2, 3))).requires_grad_()
+    gt = torch.from_numpy(np.ascontiguousarray(out.transpose(1, 0, 2, 3)))
+
+    def ours_step():
+        maxpool_forward(x, out, arg, 2, 2, 2, 2, 0, 0)
+        maxpool_backward(out, arg, dx)
+
+    def torch_step():
+        xt.grad = None
+        F.max_pool2d(xt, 2).backward(gt)
+
+    return (("fwd+bwd", ours_step, torch_step, 0),)
+
+
+def main():
+    quick = "--quick" in sys.argv
+    batches = (1, 64) if quick else (1, 64, 256)
+    rng = np.random.default_rng(0)
+    print(f"torch threads {torch.get_num_threads()}")
+    print(f"{'layer':34} {'N':>4} {'pass':8} {'cnnc ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")
+    rows = [(spec[0], n, conv_cases(*spec, n, rng)) for spec in CONVS for n in batches]
+    rows += [(name, n, pool_cases(C, H, n, rng)) for name, C, H in POOLS for n in batches]
+    for name, n, cases in rows:
+        for label, ours, theirs, flops in cases:
+            reps = 30 if n == 1 else (5 if n == 256 else 10)
+            a, b = race(ours, theirs, reps)
+            rate = f"{flops / a * 1e-9:8.1f}" if flops else ""
+            print(f"{name:34} {n:4} {label:8} {a * 1e3:9.3f} {b * 1e3:9.3f} {a / b:6.2f} {rate}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The network and its weights as an ONNX model (opset 17), one ONNX node per layer of the parsed graph.
+
+The parsed graph is exported, not the optimized one: ONNX runtimes do their own fusion, and an
+unfused file maps one to one onto the model file a person wrote.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..diagnostics import DataError
+from ..graph import inputs
+
+OPSET = 17
+
+
+def pads_of(data: dict) -> list[int]:
+    top, bottom, left, right = data["pads"]
+    return [top, left, bottom, right]
+
+
+def layer_nodes(name: str, data: dict, srcs: list[str], params: dict) -> tuple[list, list[str]]:
+    """The ONNX nodes of one layer, and the names of the initializers they read."""
+    op, attrs = data["op"], data["attrs"]
+    if op == "conv":
+        weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
+        return [helper.make_node("Conv", srcs + weights, [name], name=name, kernel_shape=list(attrs["size"]),
+                                 strides=list(attrs["stride"]), pads=pads_of(data))], weights
+    if op in ("maxpool", "avgpool"):
+        extra = {"count_include_pad": 0} if op == "avgpool" else {}
+        onnx_op = "MaxPool" if op == "maxpool" else "AveragePool"
+        return [helper.make_node(onnx_op, srcs, [name], name=name, kernel_shape=list(attrs["size"]),
+                                 strides=list(attrs["stride"]), pads=pads_of(data), **extra)], []
+    if op == "dense":
+        weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
+        return [helper.make_node("Gemm", srcs + weights, [name], name=name, transB=1)], weights
+    if op == "batchnorm":
+        weights = [f"{name}.{k}" for k in ("gamma", "beta", "running_mean", "running_var")]
+        return [helper.make_node("BatchNormalization", srcs + weights, [name], name=name,
+                                 epsilon=attrs["eps"], momentum=1 - attrs["momentum"])], weights
+    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "dropout": "Identity",
+              "globalavgpool": "GlobalAveragePool", "add": "Sum", "concat": "Concat",
+              "softmax": "Softmax", "flatten": "Flatten"}
+    extra = {"concat": {"axis": 1}, "softmax": {"axis": -1}, "flatten": {"axis": 1}}.get(op, {})
+    return [helper.make_node(simple[op], srcs, [name], name=name, **extra)], []
+
+
+def to_onnx(g: nx.DiGraph, params: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """An ONNX model of a shape-checked (parsed) graph with these parameter values."""
+    nodes, used = [], []
+    for node in nx.topological_sort(g):
+        data = g.nodes[node]
+        if data["op"] == "input":
+            continue
+        srcs = ["input" if g.nodes[s]["op"] == "input" else s for s in inputs(g, node)]
+        made, weights = layer_nodes(node, data, srcs, params)
+        nodes += made
+        used += weights
+    out = g.graph["output"]
+    nodes.append(helper.make_node("Identity", [out], ["output"], name="output"))
+    in_shape = g.nodes[g.graph["input"]]["shape"]
+    graph = helper.make_graph(
+        nodes, g.graph["name"],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *in_shape])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", *g.nodes[out]["shape"]])],
+        [numpy_helper.from_array(np.asarray(params[w], np.float32), w) for w in used])
+    model = helper.make_model(graph, producer_name="cnnc", opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # onnxruntime releases read IR 8 with opset 17
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(net, path) -> None:
+    """Writes the network with its current parameters to an .onnx file."""
+    model = to_onnx(net.parsed, {name: view for name, view in net.params.items()})
+    try:
+        Path(path).write_bytes(model.SerializeToString())
+    except OSError as err:
+        raise DataError(path, f"cannot write: {err.strerror or err}") from None

@@ -1,0 +1,195 @@
+"""The compiled network: parameters in one flat vector, and forward / loss_and_grads calling the kernels.
+
+The generated module is written to a cache folder named by the hash of its source and imported
+from there, so Numba's `cache=True` keeps its machine code between runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from .diagnostics import InputError
+from .frontend import check_file, check_source, optimized
+from .lower.context import ParamLayout
+from .lower.program import Lowered, lower
+from .ops import BUFFER_KINDS
+
+
+def cache_dir() -> Path:
+    """Where generated modules live: $CNNC_CACHE_DIR, else the user's cache folder."""
+    root = os.environ.get("CNNC_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnnc"
+    return Path(root)
+
+
+def load_module(source: str):
+    """Imports generated source from the cache (writing it there first if it is new)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    name = f"cnnc_model_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    if not path.exists() or path.read_text() != source:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+class Params(MutableMapping):
+    """name -> float32 view into the flat vector; assigning copies into the view, so kernels see it."""
+
+    def __init__(self, vector: np.ndarray, layout: ParamLayout):
+        self._views = {name: vector[o:o + math.prod(s)].reshape(s) for name, (o, s) in layout.slots.items()}
+
+    def __getitem__(self, name):
+        return self._views[name]
+
+    def __setitem__(self, name, value):
+        view = self._views[name]
+        value = np.asarray(value)
+        if value.shape != view.shape:
+            raise ValueError(f"{name} is {view.shape}, not {value.shape}")
+        view[...] = value
+
+    def __delitem__(self, name):
+        raise TypeError("parameters cannot be removed")
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self):
+        return len(self._views)
+
+
+def initialize(vector: np.ndarray, layout: ParamLayout, seed: int) -> None:
+    """He-normal weights (the layers mostly feed ReLUs), zero biases, batchnorm as identity."""
+    rng = np.random.default_rng(seed)
+    for name, (offset, shape) in layout.slots.items():
+        kind = name.rsplit(".", 1)[1]
+        view = vector[offset:offset + math.prod(shape)]
+        if kind == "weight":
+            fan_in = math.prod(shape[1:])
+            view[:] = rng.standard_normal(view.size, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
+        elif kind in ("gamma", "running_var"):
+            view[:] = 1.0
+        else:
+            view[:] = 0.0
+
+
+class Network:
+    """A compiled model: `graph`, `params`, `forward(x)` and `loss_and_grads(x, y)`."""
+
+    def __init__(self, parsed: nx.DiGraph, seed: int = 0, optimize: bool = True):
+        self.parsed = parsed
+        if optimize:
+            self.graph, self.passes = optimized(parsed, "inference")
+            self.training_graph, self.training_passes = optimized(parsed, "training")
+        else:
+            self.graph, self.passes = parsed, []
+            self.training_graph, self.training_passes = parsed, []
+        self.layout = ParamLayout.of(parsed)
+        self.lowered: Lowered = lower(self.graph, self.training_graph, self.layout, parsed.graph["file"])
+        self.vector = np.zeros(self.layout.size, np.float32)
+        self.params = Params(self.vector, self.layout)
+        initialize(self.vector, self.layout, seed)
+        self.grad_vector = np.zeros(self.layout.trainable, np.float32)
+        self.grads = Params(self.grad_vector, _trainable_only(self.layout))
+        self.dropout_rng = np.random.default_rng(seed + 1)
+        started = time.perf_counter()
+        self.module = load_module(self.lowered.source)
+        self.load_seconds = time.perf_counter() - started
+        self.compile_seconds = None
+
+    @property
+    def name(self) -> str:
+        return self.parsed.graph["name"]
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.lowered.input_shape
+
+    @property
+    def source(self) -> str:
+        return self.lowered.source
+
+    def compile(self) -> float:
+        """Compiles (or loads from Numba's cache) every kernel now; returns the seconds it took."""
+        started = time.perf_counter()
+        x = np.ones((1,) + self.input_shape, np.float32)
+        self.forward(x)
+        if self.parsed.graph["loss"]:
+            saved, rng = self.vector.copy(), self.dropout_rng.bit_generator.state
+            self.loss_and_grads(x, np.zeros(1, np.int64))  # the probe must not move running statistics
+            self.vector[:], self.dropout_rng.bit_generator.state = saved, rng
+        self.compile_seconds = time.perf_counter() - started
+        return self.compile_seconds
+
+    def check_input(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        expected = "N x " + "x".join(map(str, self.input_shape))
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise InputError(f"{self.name} takes float32 images of shape {expected}, not {'x'.join(map(str, x.shape))}")
+        if x.dtype != np.float32:
+            if not np.issubdtype(x.dtype, np.number):
+                raise InputError(f"{self.name} takes float32 images, not {x.dtype}")
+            x = x.astype(np.float32)
+        if x.shape[0] == 0:
+            raise InputError(f"{self.name} needs at least one image")
+        return np.ascontiguousarray(x)
+
+    def forward(self, x) -> np.ndarray:
+        """Inference: batchnorm uses running statistics, dropout passes values through."""
+        return self.module.forward(self.check_input(x), self.vector)
+
+    def loss_and_grads(self, x, y) -> tuple[float, dict]:
+        """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.
+
+        Updates batchnorm running statistics, as a training step's forward pass does. The
+        gradients are views into `grad_vector`, overwritten by the next call.
+        """
+        loss, _ = self.loss_grads_correct(x, y)
+        return loss, self.grads
+
+    def loss_grads_correct(self, x, y) -> tuple[float, int]:
+        """loss_and_grads for the training loop: the loss and how many images it got right."""
+        if not self.parsed.graph["loss"]:
+            raise InputError(f"{self.name} has no `loss` statement; add `loss cross_entropy` to train it")
+        x = self.check_input(x)
+        y = np.ascontiguousarray(np.asarray(y), dtype=np.int64)
+        classes = self.lowered.output_shape[0]
+        if y.shape != (x.shape[0],):
+            raise InputError(f"labels must be a vector of {x.shape[0]} integers, not shape {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            raise InputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
+        seed = int(self.dropout_rng.integers(0, 2**31 - 1))
+        loss, correct = self.module.loss_and_grads(x, y, self.vector, self.grad_vector, seed)
+        return float(loss), int(correct)
+
+
+def _trainable_only(layout: ParamLayout) -> ParamLayout:
+    shapes = {n: s for n, (o, s) in layout.slots.items() if n.rsplit(".", 1)[1] not in BUFFER_KINDS}
+    return ParamLayout(shapes)
+
+
+def compile(path, seed: int = 0, optimize: bool = True) -> Network:
+    """Compiles a model file into a Network (parameters initialized from `seed`)."""
+    return Network(check_file(path), seed, optimize)
+
+
+def compile_source(text: str, seed: int = 0, optimize: bool = True, file: str = "<model>") -> Network:
+    return Network(check_source(text, file), seed, optimize)

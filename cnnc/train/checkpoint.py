@@ -1,0 +1,281 @@
+"""Weights files and resume checkpoints: what `cnnc train --out`/`--resume` write and read.
+
+- A weights file (``--out WEIGHTS.npz``, ``--weights``) is a plain ``.npz`` keyed by parameter name
+  (``conv1.weight``, ``bn1.running_mean``, ...), float32 arrays in PyTorch layouts, so
+  ``{k: torch.from_numpy(v) for k, v in np.load(path).items()}`` is a PyTorch state_dict.
+- The checkpoint that ``--resume`` continues from is kept beside it as ``WEIGHTS.ckpt.npz``
+  (``checkpoint_path``): ``runs/lenet.npz`` -> ``runs/lenet.ckpt.npz``, ``w`` -> ``w.ckpt.npz``.
+  It is an .npz too: every numpy array of the state is an entry named by its path in the state
+  (``params/conv1.weight``, ``optimizer/exp_avg``) and everything else (ints of any size, floats,
+  strings, lists, None, nested dicts, i.e. the epoch, class names, model name and hash, and the
+  RNG's bit-generator state with its 128-bit integers) is JSON in the entry ``__cnnc_checkpoint__``,
+  so a state round-trips exactly (tuples come back as lists). numpy scalars keep their dtype.
+  The trainer's state holds, by convention: ``params`` (dict name -> array), ``optimizer``
+  (the optimizer's state_dict), ``epoch`` (epochs completed), ``rng`` (``rng_state(rng)``),
+  ``classes`` (list of str), ``model`` (model name) and ``model_hash`` (``source_hash(text)``);
+  ``check_resume`` compares the last two with the model being trained.
+
+Every file is written atomically: into a temporary file in the destination folder, flushed and
+fsynced, then moved over the destination with os.replace. A crash or Ctrl-C mid-write leaves the
+previous file intact and no partial file behind. Problems with a user's files are DataErrors
+naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from cnnc.diagnostics import DataError
+
+FORMAT_KEY = "__cnnc_checkpoint__"
+FORMAT_VERSION = 1
+CHECKPOINT_SUFFIX = ".ckpt.npz"
+
+
+def checkpoint_path(weights_path) -> Path:
+    """The resume checkpoint kept beside a weights file: WEIGHTS.npz -> WEIGHTS.ckpt.npz."""
+    p = Path(weights_path)
+    stem = p.name[: -len(".npz")] if p.name.lower().endswith(".npz") else p.name
+    return p.with_name(stem + CHECKPOINT_SUFFIX)
+
+
+def source_hash(text: str) -> str:
+    """A hash of a model's source text, to tell whether a checkpoint belongs to this model."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+def save_weights(path, params: dict) -> None:
+    """Write parameters as an .npz keyed by parameter name, atomically."""
+    arrays = {}
+    for name, value in params.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"parameter names must be non-empty strings, got {name!r}")
+        arrays[name] = np.ascontiguousarray(value)
+    atomic_write_npz(path, arrays)
+
+
+def load_weights(path, expected: dict) -> dict[str, np.ndarray]:
+    """Read a weights .npz and check it against `expected` (name -> shape, or an array whose
+    shape is used): every name present, no others, same shapes. Returns float32 arrays.
+    A checkpoint file is accepted too: its parameters are used."""
+    stored = _read_npz(path)
+    if FORMAT_KEY in stored:
+        stored = _unflatten(path, stored).get("params", {})
+    shapes = {name: tuple(getattr(s, "shape", s)) for name, s in expected.items()}
+    missing = [n for n in shapes if n not in stored]
+    unexpected = sorted(n for n in stored if n not in shapes)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"lacks {_names(missing)}")
+        if unexpected:
+            parts.append(f"has parameters the model does not: {_names(unexpected)}")
+        raise DataError(path, "does not match the model: " + "; ".join(parts),
+                        hint="were these weights trained with another model file?")
+    out = {}
+    for name, shape in shapes.items():
+        array = np.asarray(stored[name])
+        if array.shape != shape:
+            raise DataError(path, f"{name} is {_shape(array.shape)} in the file but the model's "
+                            f"is {_shape(shape)}")
+        if array.dtype.kind not in "fiu":
+            raise DataError(path, f"{name} has dtype {array.dtype}; expected float32")
+        out[name] = array.astype(np.float32)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write a resume checkpoint (see the module docstring for what it holds), atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    tree = _flatten(state, "", arrays)
+    arrays[FORMAT_KEY] = np.array(json.dumps({"version": FORMAT_VERSION, "state": tree}))
+    atomic_write_npz(path, arrays)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by save_checkpoint, exactly as it was saved."""
+    stored = _read_npz(path)
+    if FORMAT_KEY not in stored:
+        raise DataError(path, "is not a cnnc checkpoint",
+                        hint=f"--resume takes the {CHECKPOINT_SUFFIX} file that `cnnc train` "
+                        "keeps beside its --out weights")
+    return _unflatten(path, stored)
+
+
+def check_resume(path, checkpoint: dict, model: str, model_hash: str) -> None:
+    """A DataError when a checkpoint was written for another model or another version of it."""
+    saved_model, saved_hash = checkpoint.get("model"), checkpoint.get("model_hash")
+    if saved_model != model:
+        raise DataError(path, f"this checkpoint is for model '{saved_model}', not '{model}'")
+    if saved_hash != model_hash:
+        raise DataError(path, f"model '{model}' has changed since this checkpoint was written",
+                        hint="resume with the model file as it was, or train from scratch")
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    """The generator's bit-generator state, a JSON-able dict (plus arrays for MT19937)."""
+    return rng.bit_generator.state
+
+
+def generator_from_state(state: dict) -> np.random.Generator:
+    """A numpy Generator continuing exactly where the one `rng_state` was taken from stopped."""
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
+def _flatten(value, key: str, arrays: dict):
+    """The JSON tree of `value`; its arrays and numpy scalars go into `arrays` under their path."""
+    if isinstance(value, dict):
+        tree = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not k or k.startswith("__"):
+                raise ValueError(f"checkpoint keys must be non-empty strings not starting "
+                                 f"with '__', got {k!r}")
+            tree[k] = _flatten(v, f"{key}/{k}" if key else k, arrays)
+        return tree
+    if isinstance(value, (list, tuple)):
+        return [_flatten(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype == object:
+            raise ValueError(f"checkpoint entry {key} is an object array")
+        if key in arrays:
+            raise ValueError(f"two checkpoint entries share the path {key}")
+        arrays[key] = np.asarray(value)
+        return {"__array__" if isinstance(value, np.ndarray) else "__scalar__": key}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"checkpoint entry {key} has type {type(value).__name__}, which an .npz "
+                     "cannot hold")
+
+
+def _unflatten(path, stored: dict) -> dict:
+    try:
+        header = json.loads(str(stored[FORMAT_KEY][()]))
+        version, tree = header["version"], header["state"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(path, "damaged checkpoint: its header is unreadable") from None
+    if version != FORMAT_VERSION:
+        raise DataError(path, f"checkpoint format {version} is not the supported {FORMAT_VERSION}")
+
+    def build(node):
+        if isinstance(node, dict) and len(node) == 1 and {"__array__", "__scalar__"} & set(node):
+            key = node.get("__array__", node.get("__scalar__"))
+            if key not in stored:
+                raise DataError(path, f"damaged checkpoint: entry {key} is missing")
+            return stored[key] if "__array__" in node else stored[key][()]
+        if isinstance(node, dict):
+            return {k: build(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [build(v) for v in node]
+        return node
+
+    return build(tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def atomic_write_npz(path, arrays: dict) -> None:
+    """Write an .npz into a temporary file beside `path`, fsync, then os.replace it over `path`.
+
+    The temporary file is removed on any failure, KeyboardInterrupt included, so the previous
+    file at `path` (if any) is either kept whole or replaced by the complete new one.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise DataError(path, f"cannot write: the folder {folder} does not exist")
+    # Not tempfile.mkstemp: its files are 0600, and the weights should get the usual umask mode.
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise DataError(path, f"cannot write here: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_npz(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        _remove_quietly(tmp)
+        if isinstance(e, OSError):
+            raise DataError(path, f"cannot write: {e.strerror or e}") from None
+        raise
+    _fsync_folder(folder)
+
+
+def _write_npz(f, arrays: dict) -> None:
+    """What np.savez writes (a zip of .npy members), without its keyword-argument interface, where
+    an array named `file` or `allow_pickle` would collide with the function's own arguments."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; best effort, as not every platform can open a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _read_npz(path) -> dict[str, np.ndarray]:
+    """Every entry of an .npz, read eagerly so that a damaged file fails here, as a DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "no such file")
+    if path.is_dir():
+        raise DataError(path, "is a folder, not an .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise DataError(path, "is not an .npz file (a zip of .npy arrays)") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(path, "is a single .npy array, not an .npz of named arrays")
+    try:
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise DataError(path, f"the .npz file is damaged ({e})") from None
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape)) if len(shape) else "a scalar"

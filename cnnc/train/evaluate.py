@@ -1,0 +1,65 @@
+"""`cnnc eval` and `cnnc predict`: accuracy, per-class accuracy, the confusion matrix, and predictions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..diagnostics import DataError
+from ..runtime import Network
+from .checkpoint import checkpoint_path, load_checkpoint
+from .data import Dataset
+from .loop import accuracy
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    classes: list[str]
+    confusion: np.ndarray  # confusion[true, predicted] counts
+
+
+def evaluate(net: Network, data: Dataset) -> Evaluation:
+    if data.x_test is None:
+        raise DataError(data.source, "has no test split to evaluate on")
+    acc, predicted = accuracy(net, data.x_test, data.y_test)
+    k = net.lowered.output_shape[0]
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (data.y_test, predicted), 1)
+    classes = list(data.classes) + [str(i) for i in range(len(data.classes), k)]
+    return Evaluation(acc, classes[:k], confusion)
+
+
+def render_evaluation(ev: Evaluation) -> str:
+    total = ev.confusion.sum()
+    lines = [f"accuracy {ev.accuracy:.4f} ({np.trace(ev.confusion):,} of {total:,})", "", "per class:"]
+    width = max(len(c) for c in ev.classes)
+    for i, name in enumerate(ev.classes):
+        count = ev.confusion[i].sum()
+        acc = f"{ev.confusion[i, i] / count:.4f}" if count else "  -   "
+        lines.append(f"  {name:<{width}}  {acc}  ({count:,} images)")
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
+    cell = max(len(f"{ev.confusion.max():,}"), 3)
+    lines.append(" " * (width + 2) + " ".join(f"{i:>{cell}}" for i in range(len(ev.classes))))
+    for i, name in enumerate(ev.classes):
+        lines.append(f"  {name:<{width}}" + " ".join(f"{v:>{cell},}" for v in ev.confusion[i]))
+    lines.append("  columns: " + ", ".join(f"{i}={c}" for i, c in enumerate(ev.classes)))
+    return "\n".join(lines)
+
+
+def class_names(weights: Path, k: int) -> list[str]:
+    """The class names saved in the checkpoint beside the weights, or 0..k-1 without one."""
+    ckpt = checkpoint_path(weights)
+    if ckpt.exists():
+        classes = load_checkpoint(ckpt).get("classes") or []
+        if len(classes) == k:
+            return [str(c) for c in classes]
+    return [str(i) for i in range(k)]
+
+
+def render_predictions(paths, probs: np.ndarray, names: list[str]) -> str:
+    if len(names) != probs.shape[1]:
+        raise DataError("--classes", f"gives {len(names)} names but the model has {probs.shape[1]} classes")
+    best = probs.argmax(axis=1)
+    return "\n".join(f"{path}\t{names[b]}\t{probs[i, b]:.4f}" for i, (path, b) in enumerate(zip(paths, best)))

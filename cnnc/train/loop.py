@@ -1,0 +1,155 @@
+"""The training loop: recipe, epochs of batches, progress, evaluation and a checkpoint after each epoch.
+
+A run is reproducible: the seed fixes initialization, shuffling and dropout, and a checkpoint
+holds all of that state, so a resumed run ends with the same weights as one never interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import ops
+from ..diagnostics import CnncError
+from ..runtime import Network
+from . import checkpoint
+from .data import Dataset, batches
+from .optim import learning_rate, make_optimizer
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: the model file's `train` line, then the command line's flags, over these defaults."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch: int = 32
+    epochs: int = 1
+    seed: int = 0
+    schedule: str = "constant"
+    step_size: int = 1
+    gamma: float = 0.1
+
+
+assert {f.name for f in fields(Recipe)} == set(ops.TRAIN_KEYS), "Recipe and ops.TRAIN_KEYS must agree"
+
+
+def recipe(train_line: dict, **overrides) -> Recipe:
+    """The model's `train` values with the flags that were given (None means not given) on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(Recipe(), **{**train_line, **given})
+
+
+def optimizer_for(r: Recipe):
+    if r.optimizer == "adam":
+        return make_optimizer("adam", lr=r.lr, weight_decay=r.weight_decay)
+    return make_optimizer("sgd", lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay)
+
+
+def epoch_lr(r: Recipe, epoch: int) -> float:
+    extra = {"step_size": r.step_size, "gamma": r.gamma} if r.schedule == "step" else {}
+    return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
+
+
+def accuracy(net: Network, x: np.ndarray, y: np.ndarray, batch: int = 256) -> tuple[float, np.ndarray]:
+    """Accuracy of inference over a split, and the predicted class of every image."""
+    predicted = np.concatenate([net.forward(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
+    return float((predicted == y).mean()), predicted
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    test_accuracy: float | None
+    seconds: float
+    images_per_second: float
+
+
+class Trainer:
+    """One training run of a network on a data set, resumable from its checkpoint."""
+
+    def __init__(self, net: Network, data: Dataset, r: Recipe, out: Path, model_text: str):
+        self.net, self.data, self.recipe, self.out = net, data, r, Path(out)
+        self.model_hash = checkpoint.source_hash(model_text)
+        self.optimizer = optimizer_for(r)
+        self.rng = np.random.default_rng(r.seed)
+        self.epoch = 0  # epochs completed
+
+    def resume(self, path) -> None:
+        state = checkpoint.load_checkpoint(path)
+        checkpoint.check_resume(path, state, self.net.name, self.model_hash)
+        if list(state["classes"]) != list(self.data.classes):
+            raise CnncError(f"{path}: the checkpoint's classes differ from the data's")
+        for name, value in state["params"].items():
+            self.net.params[name] = value
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng = checkpoint.generator_from_state(state["rng"])
+        self.net.dropout_rng = checkpoint.generator_from_state(state["dropout_rng"])
+        self.epoch = int(state["epoch"])
+
+    def save(self) -> None:
+        """Weights, then the checkpoint; each file is replaced atomically, never left half written.
+
+        Ctrl-C during the save waits until both files are written, so they always agree.
+        """
+        with deferred_interrupt():
+            self._save()
+
+    def _save(self) -> None:
+        params = {name: view.copy() for name, view in self.net.params.items()}
+        checkpoint.save_weights(self.out, params)
+        checkpoint.save_checkpoint(checkpoint.checkpoint_path(self.out), {
+            "params": params, "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+            "rng": checkpoint.rng_state(self.rng), "dropout_rng": checkpoint.rng_state(self.net.dropout_rng),
+            "classes": list(self.data.classes), "model": self.net.name, "model_hash": self.model_hash,
+            "recipe": asdict(self.recipe)})
+
+    def run_epoch(self, progress=None) -> EpochReport:
+        net, r = self.net, self.recipe
+        lr = epoch_lr(r, self.epoch)
+        trainable = net.vector[: net.layout.trainable]
+        total_loss, correct, seen = 0.0, 0, 0
+        started = time.perf_counter()
+        for xb, yb in batches(self.data.x_train, self.data.y_train, r.batch, self.rng):
+            loss, right = net.loss_grads_correct(xb, yb)
+            if not np.isfinite(loss):
+                raise CnncError(f"the loss became {loss} in epoch {self.epoch + 1}; "
+                                f"try a smaller learning rate than {lr:g}")
+            self.optimizer.step(trainable, net.grad_vector, lr)
+            total_loss += loss * len(yb)
+            correct += right
+            seen += len(yb)
+            if progress:
+                progress(seen, total_loss / seen, seen / (time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        test = None
+        if self.data.x_test is not None:
+            test, _ = accuracy(net, self.data.x_test, self.data.y_test)
+        self.epoch += 1
+        return EpochReport(self.epoch, total_loss / seen, correct / seen, test, seconds, seen / seconds)
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Holds back Ctrl-C (SIGINT) until the block has finished, then raises it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

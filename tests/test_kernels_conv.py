@@ -1,0 +1,181 @@
+"""cnnc.kernels.conv against PyTorch: every padding mode, strides, fused bias+ReLU, gradients."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnc.kernels.conv import (conv2d_backward, conv2d_backward_chunked, conv2d_forward,
+                               conv2d_forward_chunked)
+
+RTOL = 1e-4
+
+
+def pads_1d(mode, size, k, s):
+    """(pad_before, out_size) along one axis; `mode` is 'valid', 'same', 'full' or an int."""
+    if mode == "valid":
+        return 0, (size - k) // s + 1
+    if mode == "same":
+        out = math.ceil(size / s)
+        return max((out - 1) * s + k - size, 0) // 2, out  # the extra zero goes after
+    p = k - 1 if mode == "full" else mode
+    return p, (size + 2 * p - k) // s + 1
+
+
+def randn(rng, *shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def cnhw(t):
+    """NCHW torch tensor -> CNHW numpy array."""
+    return np.ascontiguousarray(t.detach().numpy().transpose(1, 0, 2, 3))
+
+
+def nchw(a):
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2, 3)))
+
+
+def rel_err(a, ref):
+    return np.abs(a - ref).max() / np.abs(ref).max()
+
+
+class Layer:
+    """One random conv layer and its PyTorch reference; builds the kernels' arguments."""
+
+    def __init__(self, C, Fo, N, H, W, KH, KW, stride, mode_h, mode_w, bias, relu, seed=0):
+        rng = np.random.default_rng(seed)
+        self.sh, self.sw = stride
+        self.pt, self.OH = pads_1d(mode_h, H, KH, self.sh)
+        self.pl, self.OW = pads_1d(mode_w, W, KW, self.sw)
+        self.relu = relu
+        self.x = randn(rng, C, N, H, W)
+        self.w = randn(rng, Fo, C, KH, KW)
+        self.b = randn(rng, Fo) if bias else np.zeros(Fo, np.float32)
+        self.dout = randn(rng, Fo, N, self.OH, self.OW)
+        # PyTorch only pads symmetrically: pad explicitly (bottom/right get what the output needs)
+        pb = max((self.OH - 1) * self.sh + KH - H - self.pt, 0)
+        pr = max((self.OW - 1) * self.sw + KW - W - self.pl, 0)
+        self.xt = nchw(self.x).requires_grad_()
+        self.wt = torch.from_numpy(self.w.copy()).requires_grad_()
+        self.bt = torch.from_numpy(self.b.copy()).requires_grad_()
+        y = F.conv2d(F.pad(self.xt, (self.pl, pr, self.pt, pb)), self.wt, self.bt, stride=stride)
+        y = F.relu(y) if relu else y
+        y.backward(nchw(self.dout))
+        self.ref_out = cnhw(y)
+        self.ref_dx, self.ref_dw, self.ref_db = cnhw(self.xt.grad), self.wt.grad.numpy(), self.bt.grad.numpy()
+
+    def forward(self, nb=None):
+        out = np.empty((self.w.shape[0], self.x.shape[1], self.OH, self.OW), self.x.dtype)
+        args = (self.x, self.w, self.b, out, self.sh, self.sw, self.pt, self.pl, self.relu)
+        conv2d_forward(*args) if nb is None else conv2d_forward_chunked(*args, nb)
+        return out
+
+    def backward(self, out, dx, need_dx=True, nb=None):
+        dw = np.full_like(self.w, np.nan)  # overwritten, never read
+        db = np.full_like(self.b, np.nan)
+        args = (self.x, self.w, out, self.dout, dx, dw, db, self.sh, self.sw, self.pt, self.pl,
+                self.relu, need_dx)
+        conv2d_backward(*args) if nb is None else conv2d_backward_chunked(*args, nb)
+        return dw, db
+
+
+# (H, W, KH, KW, (stride_h, stride_w), mode_h, mode_w)
+GEOMETRIES = [
+    (8, 8, 3, 3, (1, 1), "valid", "valid"),
+    (9, 7, 3, 3, (1, 1), "same", "same"),
+    (8, 8, 4, 4, (1, 1), "same", "same"),      # even kernel: extra zero bottom/right
+    (9, 10, 2, 4, (2, 2), "same", "same"),
+    (7, 8, 3, 3, (3, 3), "same", "same"),
+    (6, 7, 3, 2, (1, 1), "full", "full"),
+    (8, 9, 3, 3, (2, 2), 1, 1),                # explicit P
+    (10, 8, 5, 3, (2, 1), 2, 0),               # explicit Ph x Pw, non-square stride
+    (11, 9, 3, 5, (3, 2), "valid", "valid"),   # strides that leave input unused
+    (5, 5, 5, 5, (1, 1), "valid", "valid"),    # the kernel covers the whole input
+    (9, 9, 1, 1, (2, 2), "valid", "valid"),    # 1x1 downsampling (resnet shortcut)
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_matches_torch(geometry, bias, relu):
+    layer = Layer(3, 4, 3, *geometry, bias=bias, relu=relu)
+    out = layer.forward()
+    assert rel_err(out, layer.ref_out) < RTOL
+    dout = layer.dout.copy()
+    prefill = randn(np.random.default_rng(1), *layer.x.shape)
+    dx = prefill.copy()
+    dw, db = layer.backward(out, dx)
+    assert np.array_equal(layer.dout, dout), "dout must not be modified"
+    assert rel_err(dw, layer.ref_dw) < RTOL
+    assert rel_err(db, layer.ref_db) < RTOL
+    assert rel_err(dx - prefill, layer.ref_dx) < RTOL  # added into, not overwritten
+
+
+def test_need_dx_false_leaves_dx_alone():
+    layer = Layer(2, 5, 2, 9, 8, 3, 3, (1, 1), "same", "same", bias=True, relu=True)
+    dx = randn(np.random.default_rng(2), *layer.x.shape)
+    before = dx.copy()
+    dw, db = layer.backward(layer.forward(), dx, need_dx=False)
+    assert np.array_equal(dx, before)
+    assert rel_err(dw, layer.ref_dw) < RTOL
+    assert rel_err(db, layer.ref_db) < RTOL
+
+
+@pytest.mark.parametrize("nb", [1, 2, 5])
+def test_batch_chunks(nb):
+    """Chunks that do not divide the batch (5 images, 2 per chunk) and the one-chunk path."""
+    layer = Layer(3, 4, 5, 9, 7, 3, 3, (2, 1), "same", "same", bias=True, relu=True)
+    out = layer.forward(nb=nb)
+    assert rel_err(out, layer.ref_out) < RTOL
+    dx = np.zeros_like(layer.x)
+    dw, db = layer.backward(out, dx, nb=nb)
+    assert rel_err(dw, layer.ref_dw) < RTOL
+    assert rel_err(db, layer.ref_db) < RTOL
+    assert rel_err(dx, layer.ref_dx) < RTOL
+
+
+@pytest.mark.parametrize("C, Fo, H, K, mode", [
+    (1, 6, 28, 5, "same"),    # lenet5
+    (6, 16, 14, 5, "valid"),
+    (3, 32, 32, 3, "same"),   # vgg_small
+    (32, 64, 16, 3, "same"),
+])
+def test_model_shapes(C, Fo, H, K, mode):
+    layer = Layer(C, Fo, 2, H, H, K, K, (1, 1), mode, mode, bias=True, relu=True)
+    out = layer.forward()
+    assert rel_err(out, layer.ref_out) < RTOL
+    dx = np.zeros_like(layer.x)
+    dw, db = layer.backward(out, dx)
+    assert rel_err(dw, layer.ref_dw) < RTOL
+    assert rel_err(dx, layer.ref_dx) < RTOL
+
+
+def test_finite_differences_float64():
+    """The backward is the adjoint of the forward: check dL/d(x, w, b) for L = sum(out * dout)."""
+    rng = np.random.default_rng(3)
+    sh, sw, pt, pl, OH, OW = 2, 1, 1, 0, 3, 3
+    x, w, b = randn(rng, 2, 2, 5, 4, dtype=np.float64), randn(rng, 3, 2, 3, 2, dtype=np.float64), randn(rng, 3, dtype=np.float64)
+    dout = randn(rng, 3, 2, OH, OW, dtype=np.float64)
+
+    def loss():
+        out = np.empty((3, 2, OH, OW))
+        conv2d_forward(x, w, b, out, sh, sw, pt, pl, False)
+        return (out * dout).sum(), out
+
+    _, out = loss()
+    dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
+    conv2d_backward(x, w, out, dout, dx, dw, db, sh, sw, pt, pl, False, True)
+    for param, grad in ((x, dx), (w, dw), (b, db)):
+        numeric = np.empty_like(param)
+        flat = param.reshape(-1)
+        for k in range(flat.size):
+            keep = flat[k]
+            flat[k] = keep + 1e-6
+            up = loss()[0]
+            flat[k] = keep - 1e-6
+            down = loss()[0]
+            flat[k] = keep
+            numeric.reshape(-1)[k] = (up - down) / 2e-6
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7)
