@@ -151,10 +151,6 @@ def run_dot(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def load_network(path: Path, weights: Path | None = None, seed: int = 0):
     """The model compiled, with weights loaded when given; also its source text."""
     from .frontend import check_file
@@ -219,3 +215,7 @@ def run_export(args) -> int:
     export_onnx(net, args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,14 @@ def inputs(g: nx.DiGraph, node: str) -> list[str]:
     return [u for u, _ in sorted(g.in_edges(node), key=lambda e: g.edges[e]["index"])]
 
 
+def in_file_order(g: nx.DiGraph) -> list[str]:
+    """The nodes in a topological order that keeps to the model file's order where the edges
+    leave a choice, so that summaries read like the file and the first error reported is the
+    first in the file."""
+    position = {node: i for i, node in enumerate(g)}
+    return list(nx.lexicographical_topological_sort(g, key=position.__getitem__))
+
+
 def consumers(g: nx.DiGraph, node: str) -> list[str]:
     return list(g.successors(node))
 
@@ -73,6 +81,14 @@ def read_statement(g: nx.DiGraph, s: Statement, statements) -> None:
         if g.graph["train"]:
             raise ModelError("a second `train` statement", s.loc, "keep one")
         g.graph["train"] = keyed_values(s, ops.TRAIN_KEYS, "train", fill_defaults=False)
+        check_train(s, g.graph["train"])
+
+
+def check_train(s: Statement, values: dict) -> None:
+    """Train keys that only work together; caught here rather than as a crash when training starts."""
+    if values.get("nesterov") and not values.get("momentum"):
+        nesterov = next(a for a in s.args if a.key == "nesterov")
+        raise ModelError("nesterov=true needs a momentum above 0", nesterov.loc, "add momentum=0.9, for example")
 
 
 def single_bare(s: Statement, kind: str, usage: str) -> Value:
@@ -211,7 +227,8 @@ def keyed_values(stmt: Statement, keys: dict[str, ops.Key], what: str, fill_defa
             if what == "input":
                 continue
             raise ModelError(f"unexpected value `{arg.value.text}`", arg.loc,
-                             f"`{what}` takes key=value pairs: " + (", ".join(keys) or "none"))
+                             f"`{what}` takes key=value pairs: " + ", ".join(keys) if keys
+                             else f"`{what}` takes no values")
         if arg.key not in keys:
             raise unknown_key(arg, keys, what)
         if arg.key in given:
@@ -229,9 +246,11 @@ def keyed_values(stmt: Statement, keys: dict[str, ops.Key], what: str, fill_defa
 
 
 def unknown_key(arg: Arg, keys, what: str) -> ModelError:
+    if not keys:
+        hint = "write `input CxHxW`, e.g. `input 1x28x28`" if what == "input" else f"`{what}` takes no keys"
+        return ModelError(f"`{what}` has no key `{arg.key}`", arg.loc, hint)
     guess = did_you_mean(arg.key, keys)
-    valid = ", ".join(keys) if keys else "none"
-    hint = (f"did you mean `{guess}`? " if guess else "") + f"the keys of `{what}` are: {valid}"
+    hint = (f"did you mean `{guess}`? " if guess else "") + f"the keys of `{what}` are: " + ", ".join(keys)
     return ModelError(f"`{what}` has no key `{arg.key}`", arg.loc, hint)
 
 

@@ -11,7 +11,7 @@ import networkx as nx
 
 from . import ops
 from .diagnostics import ModelError
-from .graph import inputs
+from .graph import in_file_order, inputs
 
 
 def show(shape: tuple) -> str:
@@ -22,7 +22,7 @@ def show(shape: tuple) -> str:
 def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
     """A copy of the graph with `shape` (and `pads`) on every node; a ModelError at the first mismatch."""
     g = g.copy()
-    for node in nx.topological_sort(g):
+    for node in in_file_order(g):
         data = g.nodes[node]
         sources = inputs(g, node)
         in_shapes = [g.nodes[s]["shape"] for s in sources]

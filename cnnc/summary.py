@@ -10,6 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .graph import in_file_order
 from .shapes import layer_flops, parameter_shapes, show
 from .ops import BUFFER_KINDS
 
@@ -18,7 +19,7 @@ def summary_rows(parsed: nx.DiGraph, optimized: nx.DiGraph):
     """(name, op, shape, parameters, FLOPs) per optimized node; fused members are counted in."""
     counts = layer_parameter_counts(parsed)
     rows = []
-    for node in nx.topological_sort(optimized):
+    for node in in_file_order(optimized):
         data = optimized.nodes[node]
         members = [node] + data.get("fused", [])
         ops_ = [parsed.nodes[m]["op"] for m in members]

@@ -1,6 +1,7 @@
 """Model-file text -> syntax tree: the Lark parser, a Transformer to plain dataclasses, positions kept."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -190,13 +191,18 @@ def parse_error(err: lark.UnexpectedInput, file: str, lines) -> ModelError:
         return ModelError("the statement ends too early", loc,
                           "a statement is `[label:] op [(inputs)] key=value ...`")
     shown = str(token) if token is not None and token.type not in ("_NL", "$END") else "end of line"
+    wrapped = re.fullmatch(r"(\s*)([A-Za-z_][A-Za-z0-9_]*)\s*", lines[line - 1][: column - 1])
+    if shown == "=" and wrapped:
+        # `key=value` opening a line: most likely the statement above, wrapped as in Python
+        indent, key = wrapped.groups()
+        return ModelError(f"`{key}=` begins a line, but keys go on the line of their op",
+                          locate(file, lines, line, len(indent) + 1, len(key)),
+                          "a statement is one line: join this one to the line above")
     return ModelError(f"unexpected `{shown}`", locate(file, lines, line, column, max(len(shown), 1)),
                       "a statement is `[label:] op [(inputs)] key=value ...`")
 
 
 def _dangling_key(text: str, column: int) -> str | None:
     """The key of a `key=` that ends right before the column, if there is one."""
-    import re
-
     match = re.search(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*$", text[: column - 1])
     return match.group(1) if match else None

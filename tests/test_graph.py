@@ -125,8 +125,8 @@ def test_values_are_normalized(text, key, value):
 
 
 def test_train_values_are_normalized_and_only_given_keys_kept():
-    g = graph("input 1x8x8", "train momentum=0 nesterov=true schedule=step step_size=3 gamma=0.5 seed=0")
-    assert g.graph["train"] == {"momentum": 0.0, "nesterov": True, "schedule": "step", "step_size": 3,
+    g = graph("input 1x8x8", "train momentum=0.5 nesterov=true schedule=step step_size=3 gamma=0.5 seed=0")
+    assert g.graph["train"] == {"momentum": 0.5, "nesterov": True, "schedule": "step", "step_size": 3,
                                 "gamma": 0.5, "seed": 0}
 
 

@@ -5,7 +5,7 @@ import networkx as nx
 import pydot
 
 from ..ops import describe
-from ..graph import inputs
+from ..graph import in_file_order, inputs
 from ..shapes import show
 
 
@@ -21,11 +21,11 @@ def to_dot(g: nx.DiGraph) -> str:
     # Quoted: a name from a file like `<model>` would otherwise read as an HTML-like DOT id.
     dot = pydot.Dot(quote(g.graph["name"]), graph_type="digraph", rankdir="TB")
     dot.set_node_defaults(shape="box", style="rounded", fontname="Helvetica")
-    for node in nx.topological_sort(g):
+    for node in in_file_order(g):
         data = g.nodes[node]
         style = {"style": "rounded,filled", "fillcolor": "lightyellow"} if data.get("fused") else {}
         dot.add_node(pydot.Node(quote(node), label=quote(node_label(node, data)), **style))
-    for node in nx.topological_sort(g):
+    for node in in_file_order(g):
         for src in inputs(g, node):
             dot.add_edge(pydot.Edge(quote(src), quote(node)))
     return dot.to_string()

@@ -5,7 +5,7 @@ import json
 
 import networkx as nx
 
-from ..graph import inputs
+from ..graph import in_file_order, inputs
 
 
 def node_record(name: str, data: dict, g: nx.DiGraph) -> dict:
@@ -20,5 +20,5 @@ def node_record(name: str, data: dict, g: nx.DiGraph) -> dict:
 
 def to_json(g: nx.DiGraph) -> str:
     graph = {k: v for k, v in g.graph.items() if k in ("name", "file", "input", "output", "loss", "train")}
-    nodes = [node_record(n, g.nodes[n], g) for n in nx.topological_sort(g)]
+    nodes = [node_record(n, g.nodes[n], g) for n in in_file_order(g)]
     return json.dumps({"model": graph, "nodes": nodes}, indent=2)

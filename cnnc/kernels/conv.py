@@ -1,99 +1,185 @@
-"""2-d convolution kernels (CNHW activations, OIHW weights): forward with fused bias+ReLU, and backward."""
+"""2-d convolution kernels (CNHW activations, OIHW weights): forward with fused bias+ReLU, and backward.
+
+The batch is processed in chunks of nb images. Per chunk the input is copied into a zero-padded
+buffer xp (C, nb, HP+1, WP) -- HP x WP is the input area the output windows cover, plus one zero
+row -- so that building the column matrix needs no bounds logic. The forward is then one BLAS
+product W (F, C*Kh*Kw) @ cols (C*Kh*Kw, columns) and an epilogue (bias, ReLU) that copies the
+result into out; the backward is g @ cols.T (dw) and W.T @ g scattered back into the padded
+buffer (dx).
+
+Column layout: output (n, p, q) sits at column (n*OH + p)*ld + q. For stride 1, ld = WP ("wide"):
+the columns of one kernel tap (c, i, j) and one image are then a single contiguous run of xp,
+starting at xp[c, n, i, j], so im2col is long block copies. The price is WP - OW extra
+(discarded) columns per output row, e.g. 18 for 16: 12% more product work, much less copying.
+For other strides ld = OW and im2col gathers one output row at a time.
+"""
 import numpy as np
 from numba import njit
 
-# Batch chunk size is picked so one chunk's column matrix stays about this many elements
-# (4 MB of float32): big enough for an efficient BLAS product, small enough for the caches.
+# Images per chunk are picked so one chunk's column matrix stays near this many elements
+# (4 MB of float32): big enough for an efficient product, small enough for the caches.
 COLS_ELEMS = 1 << 20
 
 
 @njit(cache=True)
-def _first_valid(offset, stride):
-    """Smallest q >= 0 with q*stride >= offset."""
-    return 0 if offset <= 0 else (offset + stride - 1) // stride
+def _layout(KH, KW, OH, OW, sh, sw):
+    """(HP, WP, wide, ld): the covered input area, whether the wide layout applies, the row stride."""
+    HP, WP = (OH - 1) * sh + KH, (OW - 1) * sw + KW
+    wide = sh == 1 and sw == 1
+    return HP, WP, wide, WP if wide else OW
 
 
 @njit(cache=True)
-def _valid_range(k, pad, stride, size, n_out):
-    """Output positions q in [lo, hi) whose input index q*stride + k - pad lies inside [0, size)."""
-    lo = _first_valid(pad - k, stride)
-    last = size - 1 + pad - k
-    hi = min(n_out, last // stride + 1) if last >= 0 else 0
-    return lo, max(lo, hi)
+def batch_chunk(rows, n, columns_per_image):
+    """Images per chunk so that the (rows, nb * columns_per_image) column matrix stays near COLS_ELEMS."""
+    return max(1, min(n, COLS_ELEMS // max(1, rows * columns_per_image)))
 
 
-@njit(cache=True)
-def batch_chunk(rows, n, per_image):
-    """Images per chunk so that the (rows, chunk*per_image) column matrix stays near COLS_ELEMS."""
-    return max(1, min(n, COLS_ELEMS // max(1, rows * per_image)))
+# Copy loops index views from 0 so that Numba can drop its negative-index checks and vectorize.
+@njit(cache=True, fastmath=True)
+def _zero(dst, count):
+    for k in range(count):
+        dst[k] = 0
 
 
 @njit(cache=True, fastmath=True)
-def _im2col(x, n0, n1, kh, kw, sh, sw, pt, pl, oh, ow, cols):
-    """cols[(c,i,j), (n-n0,p,q)] = x[c, n, p*sh+i-pt, q*sw+j-pl], zero where that is padding."""
+def _gather(dst, src, count, step):
+    if step == 1:
+        for k in range(count):
+            dst[k] = src[k]
+    else:
+        for k in range(count):
+            dst[k] = src[k * step]
+
+
+@njit(cache=True, fastmath=True)
+def _scatter_add(dst, src, count, step):
+    if step == 1:
+        for k in range(count):
+            dst[k] += src[k]
+    else:
+        for k in range(count):
+            dst[k * step] += src[k]
+
+
+@njit(cache=True)
+def _inside(pad, size, padded):
+    """[lo, hi): the padded-buffer indices that hold real input along one axis."""
+    lo = min(pad, padded)
+    return lo, max(lo, min(pad + size, padded))
+
+
+@njit(cache=True, fastmath=True)
+def _pad_chunk(x, n0, pt, pl, xp):
+    """xp[c, n, h, w] = x[c, n0+n, h-pt, w-pl], zero where that is padding (every element written)."""
     C, _, H, W = x.shape
+    m, HP1, WP = xp.shape[1], xp.shape[2], xp.shape[3]
+    h0, h1 = _inside(pt, H, HP1 - 1)
+    w0, w1 = _inside(pl, W, WP)
     for c in range(C):
-        for i in range(kh):
-            p0, p1 = _valid_range(i, pt, sh, H, oh)
-            for j in range(kw):
-                q0, q1 = _valid_range(j, pl, sw, W, ow)
-                row = cols[(c * kh + i) * kw + j]
-                for n in range(n0, n1):
-                    for p in range(oh):
-                        dst = row[((n - n0) * oh + p) * ow:((n - n0) * oh + p + 1) * ow]
-                        if p < p0 or p >= p1:
-                            dst[:] = 0
-                            continue
-                        src = x[c, n, p * sh + i - pt]
-                        dst[:q0] = 0
-                        if sw == 1:  # a plain block copy, which LLVM turns into memcpy
-                            dst[q0:q1] = src[q0 + j - pl:q1 + j - pl]
-                        else:
-                            for q in range(q0, q1):
-                                dst[q] = src[q * sw + j - pl]
-                        dst[q1:] = 0
+        for n in range(m):
+            plane = xp[c, n].reshape(-1)
+            _zero(plane, h0 * WP)
+            _zero(plane[h1 * WP:], (HP1 - h1) * WP)
+            for h in range(h0, h1):
+                row = plane[h * WP:]
+                _zero(row, w0)
+                _gather(row[w0:], x[c, n0 + n, h - pt], w1 - w0, 1)
+                _zero(row[w1:], WP - w1)
 
 
 @njit(cache=True, fastmath=True)
-def _col2im_add(cols, n0, n1, kh, kw, sh, sw, pt, pl, oh, ow, dx):
-    """The adjoint of _im2col: dx[c, n, p*sh+i-pt, q*sw+j-pl] += cols[(c,i,j), (n-n0,p,q)]."""
+def _unpad_add(dxp, n0, pt, pl, dx):
+    """dx[c, n0+n, h, w] += dxp[c, n, h+pt, w+pl]: the adjoint of _pad_chunk."""
     C, _, H, W = dx.shape
+    m, HP1, WP = dxp.shape[1], dxp.shape[2], dxp.shape[3]
+    h0, h1 = _inside(pt, H, HP1 - 1)
+    w0, w1 = _inside(pl, W, WP)
     for c in range(C):
-        for i in range(kh):
-            p0, p1 = _valid_range(i, pt, sh, H, oh)
-            for j in range(kw):
-                q0, q1 = _valid_range(j, pl, sw, W, ow)
-                row = cols[(c * kh + i) * kw + j]
-                for n in range(n0, n1):
-                    for p in range(p0, p1):
-                        src = row[((n - n0) * oh + p) * ow:((n - n0) * oh + p + 1) * ow]
-                        dst = dx[c, n, p * sh + i - pt]
-                        if sw == 1:
-                            dst[q0 + j - pl:q1 + j - pl] += src[q0:q1]
-                        else:
-                            for q in range(q0, q1):
-                                dst[q * sw + j - pl] += src[q]
+        for n in range(m):
+            for h in range(h0, h1):
+                _scatter_add(dx[c, n0 + n, h - pt], dxp[c, n, h, w0:], w1 - w0, 1)
 
 
 @njit(cache=True, fastmath=True)
-def _bias_relu_store(prod, b, relu, dst):
-    """dst = prod + b[:, None], then max(0, .) if relu; dst may alias prod."""
+def _im2col(xp, kh, kw, sh, sw, oh, ow, wide, cols):
+    """cols[(c,i,j), (n*oh+p)*ld + q] = xp[c, n, p*sh+i, q*sw+j]."""
+    C, m, WP = xp.shape[0], xp.shape[1], xp.shape[3]
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                for n in range(m):
+                    if wide:  # the extra zero row keeps the run inside the plane
+                        _gather(row[n * oh * WP:], xp[c, n].reshape(-1)[i * WP + j:], oh * WP, 1)
+                    else:
+                        for p in range(oh):
+                            _gather(row[(n * oh + p) * ow:], xp[c, n, p * sh + i, j:], ow, sw)
+
+
+@njit(cache=True, fastmath=True)
+def _col2im_add(cols, kh, kw, sh, sw, oh, ow, wide, dxp):
+    """dxp[c, n, p*sh+i, q*sw+j] += cols[(c,i,j), (n*oh+p)*ld + q]: the adjoint of _im2col.
+
+    In the wide layout the discarded columns are added too: they are exactly zero (W.T times
+    zero columns of g), so where they land does not matter."""
+    C, m, WP = dxp.shape[0], dxp.shape[1], dxp.shape[3]
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                for n in range(m):
+                    if wide:
+                        _scatter_add(dxp[c, n].reshape(-1)[i * WP + j:], row[n * oh * WP:], oh * WP, 1)
+                    else:
+                        for p in range(oh):
+                            _scatter_add(dxp[c, n, p * sh + i, j:], row[(n * oh + p) * ow:], ow, sw)
+
+
+@njit(cache=True, fastmath=True)
+def _bias_relu_store(prod, b, relu, n0, ld, out):
+    """out[f, n0+n, p, q] = prod[f, (n*OH+p)*ld + q] + b[f], then max(0, .) if relu."""
+    OH, OW = out.shape[2], out.shape[3]
+    m = prod.shape[1] // (OH * ld)
     for f in range(prod.shape[0]):
         bf = b[f]
-        src = prod[f]
-        d = dst[f]
-        if relu:
-            for k in range(src.shape[0]):
-                d[k] = max(src[k] + bf, 0)
-        else:
-            for k in range(src.shape[0]):
-                d[k] = src[k] + bf
+        for n in range(m):
+            for p in range(OH):
+                src = prod[f, (n * OH + p) * ld:]
+                dst = out[f, n0 + n, p]
+                if relu:
+                    for q in range(OW):
+                        dst[q] = max(src[q] + bf, 0)
+                else:
+                    for q in range(OW):
+                        dst[q] = src[q] + bf
+
+
+@njit(cache=True, fastmath=True)
+def _masked_grad(out, dout, relu, n0, ld, g, db):
+    """g[f, (n*OH+p)*ld + q] = dout[f, n0+n, p, q], zeroed where relu and out <= 0 and in the
+    discarded columns (a copy: dout may be shared); db += the sums."""
+    OH, OW = out.shape[2], out.shape[3]
+    m = g.shape[1] // (OH * ld)
+    for f in range(g.shape[0]):
+        s = 0.0
+        for n in range(m):
+            for p in range(OH):
+                dst = g[f, (n * OH + p) * ld:]
+                src, o = dout[f, n0 + n, p], out[f, n0 + n, p]
+                for q in range(OW):
+                    v = src[q] if not relu or o[q] > 0 else 0
+                    dst[q] = v
+                    s += v
+                _zero(dst[OW:], ld - OW)
+        db[f] += s
 
 
 @njit(cache=True, fastmath=True)
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu):
     F, C, KH, KW = w.shape
-    nb = batch_chunk(C * KH * KW, x.shape[1], out.shape[2] * out.shape[3])
+    _, _, wide, ld = _layout(KH, KW, out.shape[2], out.shape[3], stride_h, stride_w)
+    nb = batch_chunk(C * KH * KW, x.shape[1], out.shape[2] * ld)
     conv2d_forward_chunked(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu, nb)
 
 
@@ -101,46 +187,29 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu):
 def conv2d_forward_chunked(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu, nb):
     """conv2d_forward with nb images per chunk (exposed so tests and benchmarks can pick nb)."""
     F, C, KH, KW = w.shape
-    N = x.shape[1]
-    OH, OW = out.shape[2], out.shape[3]
-    rows, per_image = C * KH * KW, OH * OW
+    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
+    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    rows = C * KH * KW
     wmat = w.reshape(F, rows)
-    out2 = out.reshape(F, N * per_image)
-    cols_buf = np.empty(rows * nb * per_image, x.dtype)
-    prod_buf = np.empty(F * nb * per_image, x.dtype) if nb < N else cols_buf[:0]
+    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
+    prod_buf = np.empty(F * nb * OH * ld, x.dtype)
     for n0 in range(0, N, nb):
-        n1 = min(N, n0 + nb)
-        m = (n1 - n0) * per_image
-        cols = cols_buf[:rows * m].reshape(rows, m)
-        _im2col(x, n0, n1, KH, KW, stride_h, stride_w, pad_top, pad_left, OH, OW, cols)
-        if nb == N:  # one chunk: the product lands in out itself
-            np.dot(wmat, cols, out2)
-            _bias_relu_store(out2, b, relu, out2)
-        else:  # out's chunk columns are strided: product into scratch, epilogue copies
-            prod = prod_buf[:F * m].reshape(F, m)
-            np.dot(wmat, cols, prod)
-            _bias_relu_store(prod, b, relu, out2[:, n0 * per_image:n1 * per_image])
-
-
-@njit(cache=True, fastmath=True)
-def _masked_grad(out, dout, relu, g, db):
-    """g = dout masked by out > 0 when relu (a copy: dout may be shared); db += row sums of g."""
-    for f in range(g.shape[0]):
-        s = 0.0
-        gf, df, of = g[f], dout[f], out[f]
-        for k in range(gf.shape[0]):
-            v = df[k]
-            if relu and of[k] <= 0:
-                v = 0
-            gf[k] = v
-            s += v
-        db[f] += s
+        m = min(nb, N - n0)
+        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
+        cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
+        prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
+        _pad_chunk(x, n0, pad_top, pad_left, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
+        np.dot(wmat, cols, prod)
+        _bias_relu_store(prod, b, relu, n0, ld, out)
 
 
 @njit(cache=True, fastmath=True)
 def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, relu, need_dx):
     F, C, KH, KW = w.shape
-    nb = batch_chunk(C * KH * KW, x.shape[1], out.shape[2] * out.shape[3])
+    _, _, wide, ld = _layout(KH, KW, out.shape[2], out.shape[3], stride_h, stride_w)
+    nb = batch_chunk(C * KH * KW, x.shape[1], out.shape[2] * ld)
     conv2d_backward_chunked(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left,
                             relu, need_dx, nb)
 
@@ -150,30 +219,29 @@ def conv2d_backward_chunked(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad
                             relu, need_dx, nb):
     """conv2d_backward with nb images per chunk."""
     F, C, KH, KW = w.shape
-    N = x.shape[1]
-    OH, OW = out.shape[2], out.shape[3]
-    rows, per_image = C * KH * KW, OH * OW
+    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
+    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    rows = C * KH * KW
     wmat = w.reshape(F, rows)
-    out2 = out.reshape(F, N * per_image)
-    dout2 = dout.reshape(F, N * per_image)
     dw2 = dw.reshape(F, rows)
     dw_part = np.empty((F, rows), x.dtype)
-    cols_buf = np.empty(rows * nb * per_image, x.dtype)
-    g_buf = np.empty(F * nb * per_image, x.dtype)
+    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
+    g_buf = np.empty(F * nb * OH * ld, x.dtype)
     db[:] = 0
     for n0 in range(0, N, nb):
-        n1 = min(N, n0 + nb)
-        m = (n1 - n0) * per_image
-        span = slice(n0 * per_image, n1 * per_image)
-        g = g_buf[:F * m].reshape(F, m)
-        _masked_grad(out2[:, span], dout2[:, span], relu, g, db)
-        cols = cols_buf[:rows * m].reshape(rows, m)
-        _im2col(x, n0, n1, KH, KW, stride_h, stride_w, pad_top, pad_left, OH, OW, cols)
-        if n0 == 0:
-            np.dot(g, cols.T, dw2)
-        else:
-            np.dot(g, cols.T, dw_part)
+        m = min(nb, N - n0)
+        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
+        cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
+        g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
+        _masked_grad(out, dout, relu, n0, ld, g, db)
+        _pad_chunk(x, n0, pad_top, pad_left, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
+        np.dot(g, cols.T, dw2 if n0 == 0 else dw_part)
+        if n0 > 0:
             dw2 += dw_part
-        if need_dx:  # the columns are used up: reuse their buffer for the column gradient
+        if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
             np.dot(wmat.T, g, cols)
-            _col2im_add(cols, n0, n1, KH, KW, stride_h, stride_w, pad_top, pad_left, OH, OW, dx)
+            xp[:] = 0
+            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, OW, wide, xp)
+            _unpad_add(xp, n0, pad_top, pad_left, dx)

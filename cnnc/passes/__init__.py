@@ -25,7 +25,14 @@ def optimize(g: nx.DiGraph, passes: list[Pass]) -> tuple[nx.DiGraph, list[tuple[
     applied = []
     for run in passes:
         after = run(g)
-        if after is not g and (after.number_of_nodes() != g.number_of_nodes() or not nx.utils.graphs_equal(after, g)):
+        if changed(g, after):
             applied.append((run.__name__, g.number_of_nodes() - after.number_of_nodes()))
         g = after
     return g, applied
+
+
+def changed(before: nx.DiGraph, after: nx.DiGraph) -> bool:
+    """Whether a pass did something; a full comparison only when the cheap answers do not settle it."""
+    if after is before:
+        return False
+    return after.number_of_nodes() != before.number_of_nodes() or not nx.utils.graphs_equal(after, before)

@@ -37,9 +37,17 @@ def only_consumer(g: nx.DiGraph, node: str) -> str | None:
 
 
 def copy(g: nx.DiGraph) -> nx.DiGraph:
-    """A copy whose node attribute dicts can be changed without touching the original."""
-    out = nx.DiGraph(**g.graph)
+    """A copy that shares no list or dict with the original (`attrs`, `fused`, `train`), so that
+    neither a pass nor whoever uses its result can change the graph it was given."""
+    out = nx.DiGraph(**{k: own(v) for k, v in g.graph.items()})
     for node, data in g.nodes(data=True):
-        out.add_node(node, **{k: (list(v) if isinstance(v, list) else v) for k, v in data.items()})
+        out.add_node(node, **{k: own(v) for k, v in data.items()})
     out.add_edges_from(g.edges(data=True))
     return out
+
+
+def own(value):
+    """A fresh list or dict in place of a shared one; anything else (tuples, Locs) is immutable."""
+    if isinstance(value, list):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value

@@ -1,0 +1,120 @@
+"""Fuzzing the front end: whatever the bytes, the result is a checked graph or a ModelError, and a
+checked graph goes through both pipelines, the summary, DOT and JSON. Never any other exception."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cnnc import ops
+from cnnc.diagnostics import ModelError
+from cnnc.export.dot import to_dot
+from cnnc.export.json import to_json
+from cnnc.frontend import check_source, optimized
+from cnnc.summary import render_summary
+
+EXAMPLES = [p.read_text() for p in sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.cnn"))]
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def front_end(source: str | bytes) -> None:
+    """Everything the front end does with a model; only a ModelError may come out."""
+    try:
+        g = check_source(source, "fuzz.cnn")
+    except ModelError as err:
+        assert err.render().startswith(("fuzz.cnn:", "error:"))
+        return
+    for mode in ("inference", "training"):
+        after, applied = optimized(g, mode)
+        render_summary(g, after, applied)
+        to_dot(after)
+        json.loads(to_json(after))
+
+
+# -- random input -----------------------------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_random_bytes(data):
+    front_end(data)
+
+
+ALPHABET = "abcdefilnoprstuvxyz_0123456789 \t\r\n#:=(),.+-eEx\ufeff"
+
+
+@FUZZ
+@given(st.text(alphabet=ALPHABET, max_size=200))
+def test_random_text_from_the_alphabet(text):
+    front_end(text)
+
+
+WORDS = (list(ops.OPS) + list(ops.STATEMENTS) + list(ops.LOSSES) + list(ops.PADDINGS) + list(ops.ACTIVATIONS)
+         + ["true", "false", "a", "b", "input1", "conv1", "relu1"]
+         + [f"{key}=" for op in ops.OPS.values() for key in op.keys] + [f"{key}=" for key in ops.TRAIN_KEYS]
+         + ["0", "1", "2", "3", "-1", "0.5", "1e-3", "3x3", "2x1", "1x8x8", "3x16x16", "(", ")", ",", ":", "\n", "#"])
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(WORDS), max_size=40).map(" ".join))
+def test_random_statements_from_the_language_words(text):
+    front_end(text)
+
+
+# -- mutated examples -------------------------------------------------------------------------
+
+
+def delete_line(lines, i, _):
+    return lines[:i] + lines[i + 1:]
+
+
+def duplicate_line(lines, i, _):
+    return lines[:i + 1] + lines[i:]
+
+
+def swap_lines(lines, i, j):
+    lines = list(lines)
+    lines[i], lines[j] = lines[j], lines[i]
+    return lines
+
+
+def change_number(lines, i, j):
+    numbers = [-1, 0, 1, 2, 7, 64, 100000, 0.5, 1.5]
+    new = str(numbers[j % len(numbers)])
+    return lines[:i] + [re.sub(r"\d+(\.\d+)?", new, lines[i], count=1)] + lines[i + 1:]
+
+
+def drop_token(lines, i, j):
+    tokens = re.findall(r"\w+|[^\w\s]", lines[i])
+    if tokens:
+        del tokens[j % len(tokens)]
+    return lines[:i] + [" ".join(tokens)] + lines[i + 1:]
+
+
+MUTATIONS = [delete_line, duplicate_line, swap_lines, change_number, drop_token]
+
+
+@st.composite
+def mutated_example(draw):
+    lines = draw(st.sampled_from(EXAMPLES)).splitlines()
+    for _ in range(draw(st.integers(1, 3))):
+        if not lines:
+            break
+        mutate = draw(st.sampled_from(MUTATIONS))
+        i, j = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
+        lines = mutate(lines, i, j)
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(mutated_example())
+def test_mutated_examples(source):
+    front_end(source)
+
+
+def test_each_mutation_changes_a_layer_line():
+    lines = ["input 1x8x8", "conv filters=6 size=5 padding=same", "relu"]
+    assert all(mutate(lines, 1, 2) != lines for mutate in MUTATIONS)

@@ -1,0 +1,117 @@
+"""Elementwise kernels (relu, sigmoid, tanh, dropout, add) against PyTorch and their contracts."""
+import numpy as np
+import pytest
+import torch
+
+from cnnc.kernels.elementwise import (
+    add_forward, add_into, dropout_backward, dropout_forward, relu_backward, relu_forward,
+    sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward,
+)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+OPS = {
+    "relu": (relu_forward, relu_backward, torch.relu),
+    "sigmoid": (sigmoid_forward, sigmoid_backward, torch.sigmoid),
+    "tanh": (tanh_forward, tanh_backward, torch.tanh),
+}
+SHAPES = [(3, 2, 5, 4), (6, 7)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_activation_against_torch(name, shape):
+    fwd, bwd, ref = OPS[name]
+    rng = np.random.default_rng(len(shape))
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    out = np.empty_like(x)
+    fwd(x, out)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    assert rel_err(out, yt.detach().numpy()) < 1e-4
+
+    dout = rng.standard_normal(shape).astype(np.float32)
+    dout_before = dout.copy()
+    yt.backward(torch.tensor(dout))
+    dx0 = rng.standard_normal(shape).astype(np.float32)
+    dx = dx0.copy()
+    bwd(out, dout, dx)
+    assert np.array_equal(dout, dout_before)
+    assert rel_err(dx - dx0, xt.grad.numpy()) < 1e-4
+
+    inplace = x.copy()
+    fwd(inplace, inplace)
+    assert np.array_equal(inplace, out)
+
+
+def test_sigmoid_extremes_do_not_overflow():
+    x = np.array([-1000.0, -100.0, -20.0, 0.0, 20.0, 100.0, 1000.0], np.float32)
+    out = np.empty_like(x)
+    sigmoid_forward(x, out)
+    assert np.isfinite(out).all()
+    assert rel_err(out, torch.sigmoid(torch.tensor(x)).numpy()) < 1e-6
+    assert out[1] > 0  # sigmoid(-100) = 3.7e-44, a float32 subnormal, not 0 by cancellation
+
+
+def run_dropout(x, rate, seed):
+    out, mask = np.empty_like(x), np.empty_like(x)
+    dropout_forward(x, out, mask, rate, seed)
+    return out, mask
+
+
+def test_dropout_deterministic_rate_and_scaling():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 16, 16)).astype(np.float32)
+    rate = 0.3
+    out, mask = run_dropout(x, rate, 42)
+    out2, mask2 = run_dropout(x, rate, 42)
+    assert np.array_equal(mask, mask2) and np.array_equal(out, out2)
+    _, mask3 = run_dropout(x, rate, 43)
+    assert not np.array_equal(mask, mask3)
+
+    scale = np.float32(1 / (1 - rate))
+    assert set(np.unique(mask)) == {0, scale}
+    kept = (mask != 0).mean()
+    sd = np.sqrt(rate * (1 - rate) / x.size)
+    assert abs(kept - (1 - rate)) < 5 * sd
+    assert abs((mask3 != 0).mean() - (1 - rate)) < 5 * sd
+    agree = ((mask != 0) == (mask3 != 0)).mean()  # independent draws agree w.p. p^2 + q^2
+    p_agree = rate**2 + (1 - rate) ** 2
+    assert abs(agree - p_agree) < 5 * np.sqrt(p_agree * (1 - p_agree) / x.size)
+    assert np.array_equal(out, x * mask)
+    # inverted dropout keeps the mean: E[mask] = 1
+    assert abs(mask.mean() - 1) < 5 * sd * scale
+
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    dx0 = rng.standard_normal(x.shape).astype(np.float32)
+    dx = dx0.copy()
+    dropout_backward(mask, dout, dx)
+    np.testing.assert_allclose(dx, dx0 + dout * mask, rtol=1e-6, atol=1e-6)  # FMA rounding
+
+
+def test_dropout_vectors_and_edge_rates():
+    x = np.random.default_rng(1).standard_normal((5, 300)).astype(np.float32)
+    out, mask = run_dropout(x, 0.0, 3)
+    assert np.array_equal(out, x) and (mask == 1).all()
+    out, mask = run_dropout(x, 1.0, 3)
+    assert (out == 0).all() and (mask == 0).all()
+    out, mask = run_dropout(x, 0.5, 3)
+    assert set(np.unique(mask)) == {0, 2}
+    assert 0.45 < (mask != 0).mean() < 0.55
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_add(shape):
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    add_forward(a, b, out)
+    np.testing.assert_array_equal(out, a + b)
+    dst = a.copy()
+    add_into(dst, b)
+    np.testing.assert_array_equal(dst, a + b)
+    np.testing.assert_array_equal(b, b.copy())

@@ -1,0 +1,84 @@
+"""Softmax and fused softmax + cross-entropy against PyTorch and finite differences."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnc.kernels.loss import softmax_backward, softmax_cross_entropy, softmax_forward
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+@pytest.mark.parametrize("shape", [(5, 10), (2, 3, 7), (1, 4)])
+def test_softmax_against_torch(shape):
+    rng = np.random.default_rng(len(shape))
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    out = np.empty_like(x)
+    softmax_forward(x, out)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = F.softmax(xt, dim=-1)
+    assert rel_err(out, yt.detach().numpy()) < 1e-4
+
+    dout = rng.standard_normal(shape).astype(np.float32)
+    dout_before = dout.copy()
+    yt.backward(torch.tensor(dout))
+    dx0 = rng.standard_normal(shape).astype(np.float32)
+    dx = dx0.copy()
+    softmax_backward(out, dout, dx)
+    assert np.array_equal(dout, dout_before)
+    assert rel_err(dx - dx0, xt.grad.numpy()) < 1e-4
+
+
+def test_softmax_is_stable_for_huge_logits():
+    x = np.array([[1e4, 1e4 - 1, -1e4], [-1e30, 0.0, 1e30]], np.float32)
+    out = np.empty_like(x)
+    softmax_forward(x, out)
+    assert np.isfinite(out).all()
+    assert rel_err(out, F.softmax(torch.tensor(x), dim=-1).numpy()) < 1e-6
+
+
+@pytest.mark.parametrize("n,k", [(7, 10), (1, 3)])
+def test_softmax_cross_entropy_against_torch(n, k):
+    rng = np.random.default_rng(n)
+    logits = (4 * rng.standard_normal((n, k)) + 50).astype(np.float32)
+    labels = rng.integers(0, k, n).astype(np.int64)
+    probs = np.empty_like(logits)
+    dlogits = rng.standard_normal((n, k)).astype(np.float32)  # overwritten
+    loss = softmax_cross_entropy(logits, labels, probs, dlogits)
+    assert isinstance(loss, float)
+
+    lt = torch.tensor(logits, requires_grad=True)
+    ref = F.cross_entropy(lt, torch.tensor(labels))
+    ref.backward()
+    assert abs(loss - ref.item()) / abs(ref.item()) < 1e-4
+    assert rel_err(probs, F.softmax(lt, dim=-1).detach().numpy()) < 1e-4
+    assert rel_err(dlogits, lt.grad.numpy()) < 1e-4
+
+
+def test_softmax_cross_entropy_finite_differences():
+    rng = np.random.default_rng(11)
+    n, k = 3, 4
+    logits = rng.standard_normal((n, k))
+    labels = np.array([0, 3, 1], np.int64)
+    probs, dlogits = np.empty_like(logits), np.empty_like(logits)
+    softmax_cross_entropy(logits, labels, probs, dlogits)
+    h = 1e-6
+    num = np.empty_like(logits)
+    for i in np.ndindex(logits.shape):
+        old = logits[i]
+        logits[i] = old + h
+        lp = softmax_cross_entropy(logits, labels, probs, np.empty_like(logits))
+        logits[i] = old - h
+        lm = softmax_cross_entropy(logits, labels, probs, np.empty_like(logits))
+        logits[i] = old
+        num[i] = (lp - lm) / (2 * h)
+    assert rel_err(dlogits, num) < 1e-6
+
+
+def test_softmax_cross_entropy_rejects_bad_labels():
+    logits = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError):
+        softmax_cross_entropy(logits, np.array([0, 3], np.int64), np.empty_like(logits), np.empty_like(logits))

@@ -1,0 +1,149 @@
+"""cnnc.kernels.pool against PyTorch: max, average (real elements only) and global average pooling."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnc.kernels.pool import (avgpool_backward, avgpool_forward, globalavgpool_backward,
+                               globalavgpool_forward, maxpool_backward, maxpool_forward)
+
+RTOL = 1e-4
+
+
+def pads_1d(mode, size, k, s):
+    """(pad_before, out_size) along one axis; `mode` is 'valid', 'same', 'full' or an int."""
+    if mode == "valid":
+        return 0, (size - k) // s + 1
+    if mode == "same":
+        out = math.ceil(size / s)
+        return max((out - 1) * s + k - size, 0) // 2, out  # the extra padding goes after
+    p = k - 1 if mode == "full" else mode
+    return p, (size + 2 * p - k) // s + 1
+
+
+def cnhw(t):
+    return np.ascontiguousarray(t.detach().numpy().transpose(1, 0, 2, 3))
+
+
+def nchw(a):
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2, 3)))
+
+
+def rel_err(a, ref):
+    return np.abs(a - ref).max() / np.abs(ref).max()
+
+
+class Pool:
+    """One random pooling problem: geometry, kernel arguments and the padded torch input."""
+
+    def __init__(self, H, W, kh, kw, stride, mode_h, mode_w, C=3, N=2, seed=0):
+        rng = np.random.default_rng(seed)
+        self.k, self.s = (kh, kw), stride
+        self.pt, self.OH = pads_1d(mode_h, H, kh, stride[0])
+        self.pl, self.OW = pads_1d(mode_w, W, kw, stride[1])
+        self.x = rng.standard_normal((C, N, H, W)).astype(np.float32)
+        self.dout = rng.standard_normal((C, N, self.OH, self.OW)).astype(np.float32)
+        self.prefill = rng.standard_normal(self.x.shape).astype(np.float32)
+        self.pads = (self.pl, max((self.OW - 1) * stride[1] + kw - W - self.pl, 0),
+                     self.pt, max((self.OH - 1) * stride[0] + kh - H - self.pt, 0))
+        self.args = (kh, kw, stride[0], stride[1], self.pt, self.pl)
+
+    def out(self):
+        return np.empty((self.x.shape[0], self.x.shape[1], self.OH, self.OW), np.float32)
+
+    def torch_ref(self, pool):
+        """Output and input gradient of pool(padded x) for the upstream gradient dout."""
+        xt = nchw(self.x).requires_grad_()
+        y = pool(xt)
+        y.backward(nchw(self.dout))
+        return cnhw(y), cnhw(xt.grad)
+
+
+GEOMETRIES = [
+    (8, 8, 2, 2, (2, 2), "valid", "valid"),    # the common 2x2/2
+    (9, 7, 3, 3, (2, 2), "valid", "valid"),    # overlapping windows, leftover input
+    (8, 9, 2, 2, (1, 1), "same", "same"),      # even kernel: padding only bottom/right
+    (7, 8, 3, 3, (2, 2), "same", "same"),
+    (9, 9, 3, 3, (3, 3), "same", "same"),
+    (6, 7, 3, 2, (1, 1), "full", "full"),
+    (8, 8, 3, 3, (2, 2), 1, 1),                # explicit P
+    (10, 7, 3, 2, (2, 1), 1, 0),               # explicit Ph x Pw, non-square kernel and stride
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_maxpool(geometry):
+    pool = Pool(*geometry)
+    (kh, kw), s = pool.k, pool.s
+    ref_out, ref_dx = pool.torch_ref(
+        lambda t: F.max_pool2d(F.pad(t, pool.pads, value=-math.inf), (kh, kw), s))
+    out, argmax = pool.out(), np.empty(pool.dout.shape, np.int32)
+    maxpool_forward(pool.x, out, argmax, *pool.args)
+    assert np.array_equal(out, ref_out)
+    H, W = pool.x.shape[2:]
+    assert argmax.min() >= 0 and argmax.max() < H * W
+    winners = np.take_along_axis(pool.x.reshape(*pool.x.shape[:2], H * W), argmax.reshape(*argmax.shape[:2], -1), 2)
+    assert np.array_equal(winners.reshape(out.shape), out)
+    dx = pool.prefill.copy()
+    maxpool_backward(pool.dout, argmax, dx)
+    assert rel_err(dx - pool.prefill, ref_dx) < RTOL
+
+
+def test_maxpool_padding_never_wins():
+    """All inputs negative: a zero from the padding must not be the maximum."""
+    pool = Pool(5, 5, 3, 3, (1, 1), 1, 1)
+    x = -np.abs(pool.x) - 1
+    out, argmax = pool.out(), np.empty(pool.dout.shape, np.int32)
+    maxpool_forward(x, out, argmax, *pool.args)
+    assert (out < 0).all()
+
+
+def sum_pool(t, k, s):
+    return F.avg_pool2d(t, k, s, divisor_override=1)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_avgpool(geometry):
+    pool = Pool(*geometry)
+    k, s = pool.k, pool.s
+    # mean over the real elements: window sums of x over window sums of a mask of ones
+    ones = torch.ones(1, 1, *pool.x.shape[2:])
+    counts = sum_pool(F.pad(ones, pool.pads), k, s)
+    ref_out, ref_dx = pool.torch_ref(lambda t: sum_pool(F.pad(t, pool.pads), k, s) / counts)
+    out = pool.out()
+    avgpool_forward(pool.x, out, *pool.args)
+    assert rel_err(out, ref_out) < RTOL
+    dx = pool.prefill.copy()
+    avgpool_backward(pool.dout, dx, *pool.args)
+    assert rel_err(dx - pool.prefill, ref_dx) < RTOL
+
+
+def test_avgpool_matches_count_include_pad_false():
+    """The same contract, checked against PyTorch's own flag where its symmetric padding allows."""
+    pool = Pool(7, 8, 3, 3, (2, 2), 1, 1)
+    ref_out, ref_dx = pool.torch_ref(
+        lambda t: F.avg_pool2d(t, 3, 2, padding=1, count_include_pad=False))
+    out = pool.out()
+    avgpool_forward(pool.x, out, *pool.args)
+    assert rel_err(out, ref_out) < RTOL
+    dx = pool.prefill.copy()
+    avgpool_backward(pool.dout, dx, *pool.args)
+    assert rel_err(dx - pool.prefill, ref_dx) < RTOL
+
+
+def test_globalavgpool():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 3, 7, 6)).astype(np.float32)
+    dout = rng.standard_normal((5, 3, 1, 1)).astype(np.float32)
+    xt = nchw(x).requires_grad_()
+    y = xt.mean((2, 3), keepdim=True)
+    y.backward(nchw(dout))
+    out = np.empty((5, 3, 1, 1), np.float32)
+    globalavgpool_forward(x, out)
+    assert rel_err(out, cnhw(y)) < RTOL
+    prefill = rng.standard_normal(x.shape).astype(np.float32)
+    dx = prefill.copy()
+    globalavgpool_backward(dout, dx)
+    assert rel_err(dx - prefill, cnhw(xt.grad)) < RTOL
