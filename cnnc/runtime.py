@@ -77,14 +77,18 @@ class Params(MutableMapping):
 
 
 def initialize(vector: np.ndarray, layout: ParamLayout, seed: int) -> None:
-    """He-normal weights (the layers mostly feed ReLUs), zero biases, batchnorm as identity."""
+    """PyTorch's default: weights and biases uniform in +-1/sqrt(fan_in) (He-uniform with a = sqrt(5)),
+    batchnorm as the identity. Matching it lets a recipe tuned in PyTorch train the same here."""
     rng = np.random.default_rng(seed)
+    fan_in = {}
     for name, (offset, shape) in layout.slots.items():
-        kind = name.rsplit(".", 1)[1]
+        layer, kind = name.rsplit(".", 1)
         view = vector[offset:offset + math.prod(shape)]
         if kind == "weight":
-            fan_in = math.prod(shape[1:])
-            view[:] = rng.standard_normal(view.size, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
+            fan_in[layer] = math.prod(shape[1:])
+        if kind in ("weight", "bias"):
+            bound = 1.0 / math.sqrt(fan_in[layer])
+            view[:] = rng.uniform(-bound, bound, view.size).astype(np.float32)
         elif kind in ("gamma", "running_var"):
             view[:] = 1.0
         else:

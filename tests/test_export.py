@@ -1,0 +1,91 @@
+"""ONNX export checked in onnxruntime, and the `--emit python` module run on its own."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import cnnc
+from cnnc.cli import main
+from cnnc.export.onnx import to_onnx
+from cnnc.lower.standalone import standalone
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.cnn"))
+
+
+def randomized(path, seed):
+    net = cnnc.compile(path, seed=seed)
+    rng = np.random.default_rng(seed)
+    for name, view in net.params.items():
+        if name.endswith("running_var"):
+            view[...] = rng.uniform(0.5, 2.0, view.shape)
+        elif not name.endswith("weight"):
+            view[...] = rng.standard_normal(view.shape) * 0.3
+    return net
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_onnx_export_matches_forward(path):
+    net = randomized(path, 11)
+    model = to_onnx(net.parsed, dict(net.params))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(12).standard_normal((3,) + net.input_shape).astype(np.float32)
+    (onnx_out,) = session.run(None, {"input": x})
+    assert np.abs(onnx_out - net.forward(x)).max() < 1e-4
+
+
+def test_export_command_writes_a_loadable_file(tmp_path):
+    path = EXAMPLES[0]
+    net = randomized(path, 13)
+    weights = tmp_path / "w.npz"
+    np.savez(weights, **dict(net.params))
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(path), "--weights", str(weights), "-o", str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(14).random((2,) + net.input_shape, dtype=np.float32)
+    assert np.abs(session.run(None, {"input": x})[0] - net.forward(x)).max() < 1e-4
+
+
+def test_export_with_wrong_weights_is_a_user_error(tmp_path, capsys):
+    weights = tmp_path / "w.npz"
+    np.savez(weights, nothing=np.zeros(3, np.float32))
+    assert main(["export", str(EXAMPLES[0]), "--weights", str(weights), "-o", str(tmp_path / "m.onnx")]) == 1
+    assert "does not match the model" in capsys.readouterr().err
+
+
+def test_generated_source_is_deterministic():
+    path = Path(__file__).resolve().parent.parent / "examples" / "resnet_tiny.cnn"
+    assert cnnc.compile(path).source == cnnc.compile(path, seed=3).source
+
+
+def test_emitted_module_runs_on_its_own(tmp_path):
+    """The file `--emit python` writes imports only numpy and numba, and computes what net.forward does."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "resnet_tiny.cnn"
+    module = tmp_path / "resnet_kernels.py"
+    assert main(["compile", str(path), "--emit", "python", "-o", str(module)]) == 0
+    text = module.read_text()
+    imports = {line.split()[1] for line in text.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"numpy", "numba", "math"}, imports
+    net = randomized(path, 15)
+    x = np.random.default_rng(16).standard_normal((2,) + net.input_shape).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "p.npy", net.vector)
+    script = ("import sys, numpy as np\nsys.modules.pop('cnnc', None)\nimport resnet_kernels as m\n"
+              "assert 'cnnc' not in sys.modules\n"
+              "np.save('out.npy', m.forward(np.load('x.npy'), np.load('p.npy')))\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert np.abs(np.load(tmp_path / "out.npy") - net.forward(x)).max() < 1e-5
+
+
+def test_standalone_keeps_the_model_code():
+    net = cnnc.compile(Path(__file__).resolve().parent.parent / "examples" / "lenet5.cnn")
+    text = standalone(net.source)
+    assert not [line for line in text.splitlines() if line.startswith(("from cnnc", "import cnnc"))]
+    assert "def forward(x, P):" in text and "def loss_and_grads(x, y, P, G, seed):" in text
+    assert "# conv1 + relu1: conv+relu filters=6 size=5 padding=same -> 6x28x28" in text
