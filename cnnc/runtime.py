@@ -17,7 +17,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from .diagnostics import InputError
+from .diagnostics import InputError, ModelError
 from .frontend import check_file, check_source, optimized
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
@@ -108,7 +108,7 @@ class Network:
             self.training_graph, self.training_passes = parsed, []
         self.layout = ParamLayout.of(parsed)
         self.lowered: Lowered = lower(self.graph, self.training_graph, self.layout, parsed.graph["file"])
-        self.vector = np.zeros(self.layout.size, np.float32)
+        self.vector = allocate_parameters(self.layout, parsed)
         self.params = Params(self.vector, self.layout)
         initialize(self.vector, self.layout, seed)
         self.grad_vector = np.zeros(self.layout.trainable, np.float32)
@@ -183,6 +183,16 @@ class Network:
         seed = int(self.dropout_rng.integers(0, 2**31 - 1))
         loss, correct = self.module.loss_and_grads(x, y, self.vector, self.grad_vector, seed)
         return float(loss), int(correct)
+
+
+def allocate_parameters(layout: ParamLayout, g: nx.DiGraph) -> np.ndarray:
+    try:
+        return np.zeros(layout.size, np.float32)
+    except MemoryError:
+        biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
+        loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
+        raise ModelError(f"the model's {layout.size:,} parameters ({layout.size * 4 / 2**30:.1f} GiB) do not fit "
+                         f"in memory; the largest is {biggest}", loc, "make the layers smaller") from None
 
 
 def _trainable_only(layout: ParamLayout) -> ParamLayout:
