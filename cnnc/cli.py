@@ -6,6 +6,7 @@ a usage error (argparse's own).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -54,8 +55,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive(float))
     t.add_argument("--seed", type=nonnegative_int)
     t.add_argument("--optimizer", choices=("sgd", "adam"))
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--momentum", type=fraction, help="SGD momentum, in [0, 1)")
+    t.add_argument("--weight-decay", type=nonnegative(float))
     t.add_argument("--schedule", choices=("constant", "step", "cosine"))
     t.add_argument("--limit", type=positive(int), help="train on the first N training images only")
     t.add_argument("--out", type=Path, help="weights file (default: MODEL.npz in the current folder)")
@@ -87,12 +88,30 @@ def parser() -> argparse.ArgumentParser:
 def positive(kind):
     def convert(text: str):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        if not (value > 0 and math.isfinite(value)):  # also rejects nan and inf
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
         return value
 
     convert.__name__ = kind.__name__
     return convert
+
+
+def nonnegative(kind):
+    def convert(text: str):
+        value = kind(text)
+        if not (value >= 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), not {text}")
+    return value
 
 
 def nonnegative_int(text: str) -> int:
@@ -165,26 +184,44 @@ def load_network(path: Path, weights: Path | None = None, seed: int = 0):
     return net
 
 
+TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight_decay", "schedule", "limit")
+
+
 def run_train(args) -> int:
-    from .diagnostics import ModelError
+    from .diagnostics import DataError, ModelError
     from .frontend import check_file
     from .runtime import Network
     from .train.data import load_dataset
-    from .train.loop import recipe
+    from .train.loop import optimizer_for, recipe
     from .train.run import train
 
     graph = check_file(args.model)
     if not graph.graph["loss"]:
-        raise ModelError(f"{args.model}: the model has no `loss` statement", hint="add `loss cross_entropy`")
+        raise ModelError(f"{args.model}: the model has no `loss` statement, so it cannot be trained",
+                         hint="add `loss cross_entropy` after the last layer")
     r = recipe(graph.graph["train"], epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
                schedule=args.schedule)
+    optimizer_for(r)  # an impossible recipe fails now, before the data is read
+    out = args.out or Path(args.model.stem + ".npz")
+    if not out.parent.is_dir():  # rather than after the first epoch, when the weights are saved
+        raise DataError(out, f"cannot write: the folder {out.parent} does not exist")
+    if args.resume is not None and not args.resume.is_file():
+        raise DataError(args.resume, "no such checkpoint file")
     net = Network(graph, seed=r.seed)
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
     if args.limit:
         data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
-    out = args.out or Path(args.model.stem + ".npz")
-    return train(net, data, r, out, args.resume, args.quiet, args.model.read_bytes().decode("utf-8", "replace"))
+    if data.x_test is not None and len(data.x_test) == 0:
+        data.x_test = data.y_test = None  # an empty test split is no test split
+    command = ["cnnc", "train", str(args.model), str(args.data)]
+    for flag in TRAIN_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            command += [f"--{flag.replace('_', '-')}", str(value)]
+    command += ["--out", str(out)] + (["--quiet"] if args.quiet else [])
+    return train(net, data, r, out, args.resume, args.quiet, args.model.read_bytes().decode("utf-8", "replace"),
+                 command)
 
 
 def run_eval(args) -> int:
@@ -199,12 +236,12 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from .train.data import load_images
-    from .train.evaluate import class_names, render_predictions
+    from .train.evaluate import class_names, probabilities, render_predictions
 
     net = load_network(args.model, args.weights)
     x = load_images(args.images, net.input_shape)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])
-    write(render_predictions(args.images, net.forward(x), names), None)
+    write(render_predictions(args.images, probabilities(net, x), names), None)
     return 0
 
 

@@ -107,7 +107,7 @@ class Network:
             self.graph, self.passes = parsed, []
             self.training_graph, self.training_passes = parsed, []
         self.layout = ParamLayout.of(parsed)
-        self.lowered: Lowered = lower(self.graph, self.training_graph, self.layout, parsed.graph["file"])
+        self.lowered: Lowered = lower(self.graph, self.training_graph, self.layout)
         self.vector = allocate_parameters(self.layout, parsed)
         self.params = Params(self.vector, self.layout)
         initialize(self.vector, self.layout, seed)

@@ -62,7 +62,8 @@ class Pool:
 
 
 GEOMETRIES = [
-    (8, 8, 2, 2, (2, 2), "valid", "valid"),    # the common 2x2/2
+    (8, 8, 2, 2, (2, 2), "valid", "valid"),    # the common 2x2/2 (maxpool's unrolled path)
+    (7, 9, 2, 2, (2, 2), "same", "same"),      # 2x2/2 whose last window hangs over the edge
     (9, 7, 3, 3, (2, 2), "valid", "valid"),    # overlapping windows, leftover input
     (8, 9, 2, 2, (1, 1), "same", "same"),      # even kernel: padding only bottom/right
     (7, 8, 3, 3, (2, 2), "same", "same"),

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..diagnostics import DataError
 from ..runtime import Network
-from .checkpoint import checkpoint_path, load_checkpoint
+from .checkpoint import CHECKPOINT_SUFFIX, checkpoint_path, load_checkpoint
 from .data import Dataset
 from .loop import accuracy
 
@@ -21,8 +21,8 @@ class Evaluation:
 
 
 def evaluate(net: Network, data: Dataset) -> Evaluation:
-    if data.x_test is None:
-        raise DataError(data.source, "has no test split to evaluate on")
+    if data.x_test is None or len(data.x_test) == 0:
+        raise DataError(data.source, "has no test images to evaluate on")
     acc, predicted = accuracy(net, data.x_test, data.y_test)
     k = net.lowered.output_shape[0]
     confusion = np.zeros((k, k), np.int64)
@@ -40,22 +40,34 @@ def render_evaluation(ev: Evaluation) -> str:
         acc = f"{ev.confusion[i, i] / count:.4f}" if count else "  -   "
         lines.append(f"  {name:<{width}}  {acc}  ({count:,} images)")
     lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
-    cell = max(len(f"{ev.confusion.max():,}"), 3)
-    lines.append(" " * (width + 2) + " ".join(f"{i:>{cell}}" for i in range(len(ev.classes))))
+    cell = max(len(f"{ev.confusion.max():,}"), len(str(len(ev.classes) - 1)), 3)
+    lines.append(" " * (width + 2) + "".join(f" {i:>{cell}}" for i in range(len(ev.classes))))
     for i, name in enumerate(ev.classes):
-        lines.append(f"  {name:<{width}}" + " ".join(f"{v:>{cell},}" for v in ev.confusion[i]))
+        lines.append(f"  {name:<{width}}" + "".join(f" {v:>{cell},}" for v in ev.confusion[i]))
     lines.append("  columns: " + ", ".join(f"{i}={c}" for i, c in enumerate(ev.classes)))
     return "\n".join(lines)
 
 
 def class_names(weights: Path, k: int) -> list[str]:
     """The class names saved in the checkpoint beside the weights, or 0..k-1 without one."""
-    ckpt = checkpoint_path(weights)
+    weights = Path(weights)
+    ckpt = weights if weights.name.lower().endswith(CHECKPOINT_SUFFIX) else checkpoint_path(weights)
     if ckpt.exists():
         classes = load_checkpoint(ckpt).get("classes") or []
         if len(classes) == k:
             return [str(c) for c in classes]
     return [str(i) for i in range(k)]
+
+
+def probabilities(net: Network, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Class probabilities of inference: the output itself when the model ends in softmax, else a
+    softmax of its values, which the contract takes as logits."""
+    out = np.concatenate([net.forward(x[i:i + batch]) for i in range(0, len(x), batch)])
+    if net.parsed.nodes[net.parsed.graph["output"]]["op"] == "softmax":
+        return out
+    shifted = out.astype(np.float64) - out.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def render_predictions(paths, probs: np.ndarray, names: list[str]) -> str:

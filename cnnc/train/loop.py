@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import ops
-from ..diagnostics import CnncError
+from ..diagnostics import CnncError, DataError
 from ..runtime import Network
 from . import checkpoint
 from .data import Dataset, batches
@@ -48,10 +48,31 @@ def recipe(train_line: dict, **overrides) -> Recipe:
     return replace(Recipe(), **{**train_line, **given})
 
 
+class TrainingError(CnncError):
+    """Training cannot go on (the loss diverged, the recipe is impossible); prints like a diagnostic."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+    def render(self) -> str:
+        return f"error: {self.message}" + (f"\nhint: {self.hint}" if self.hint else "")
+
+    def __str__(self) -> str:
+        return self.render()
+
+
 def optimizer_for(r: Recipe):
-    if r.optimizer == "adam":
-        return make_optimizer("adam", lr=r.lr, weight_decay=r.weight_decay)
-    return make_optimizer("sgd", lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay)
+    """The recipe's optimizer; a TrainingError (not a traceback) for impossible settings, such as
+    a negative --momentum or nesterov=true with --momentum 0."""
+    try:
+        if r.optimizer == "adam":
+            return make_optimizer("adam", lr=r.lr, weight_decay=r.weight_decay)
+        return make_optimizer("sgd", lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
+                              weight_decay=r.weight_decay)
+    except ValueError as e:
+        raise TrainingError(f"cannot train with {r.optimizer} lr={r.lr:g} momentum={r.momentum:g} "
+                            f"weight_decay={r.weight_decay:g}: {e}") from None
 
 
 def epoch_lr(r: Recipe, epoch: int) -> float:
@@ -80,22 +101,48 @@ class Trainer:
 
     def __init__(self, net: Network, data: Dataset, r: Recipe, out: Path, model_text: str):
         self.net, self.data, self.recipe, self.out = net, data, r, Path(out)
+        if data.x_train is None or len(data.x_train) == 0:
+            raise DataError(data.source, "holds no training images")
         self.model_hash = checkpoint.source_hash(model_text)
         self.optimizer = optimizer_for(r)
         self.rng = np.random.default_rng(r.seed)
         self.epoch = 0  # epochs completed
+        self.saved_epoch: int | None = None  # the epoch whose weights and checkpoint this run wrote last
+        self.resumed_from: Path | None = None
+        self.resumed_recipe: dict | None = None
 
     def resume(self, path) -> None:
+        """Continue from a checkpoint: weights, optimizer state, both RNGs and the epoch count.
+
+        Every problem with the file is a DataError naming it; the network is changed only once
+        the whole checkpoint has been read and checked."""
         state = checkpoint.load_checkpoint(path)
         checkpoint.check_resume(path, state, self.net.name, self.model_hash)
-        if list(state["classes"]) != list(self.data.classes):
-            raise CnncError(f"{path}: the checkpoint's classes differ from the data's")
-        for name, value in state["params"].items():
+        try:
+            classes = [str(c) for c in state["classes"]]
+            epoch = int(state["epoch"])
+            rng = checkpoint.generator_from_state(state["rng"])
+            dropout_rng = checkpoint.generator_from_state(state["dropout_rng"])
+            params = checkpoint.load_weights(path, {n: v.shape for n, v in self.net.params.items()})
+            optimizer_state = dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(path, f"damaged checkpoint: cannot read its {e}") from None
+        if classes != [str(c) for c in self.data.classes]:
+            raise DataError(path, f"the checkpoint's classes ({_short(classes)}) differ from the data's "
+                            f"({_short(self.data.classes)})")
+        saved_kind = str(optimizer_state.get("kind", ""))
+        if saved_kind != self.optimizer.kind:
+            raise DataError(path, f"the checkpoint was trained with {saved_kind or 'an unknown optimizer'}, "
+                            f"not {self.optimizer.kind}", hint=f"resume with --optimizer {saved_kind}")
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(path, f"damaged checkpoint: its optimizer state is unreadable ({e})") from None
+        for name, value in params.items():
             self.net.params[name] = value
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng = checkpoint.generator_from_state(state["rng"])
-        self.net.dropout_rng = checkpoint.generator_from_state(state["dropout_rng"])
-        self.epoch = int(state["epoch"])
+        self.rng, self.net.dropout_rng, self.epoch = rng, dropout_rng, epoch
+        self.resumed_from = Path(path)
+        self.resumed_recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else None
 
     def save(self) -> None:
         """Weights, then the checkpoint; each file is replaced atomically, never left half written.
@@ -104,6 +151,7 @@ class Trainer:
         """
         with deferred_interrupt():
             self._save()
+            self.saved_epoch = self.epoch
 
     def _save(self) -> None:
         params = {name: view.copy() for name, view in self.net.params.items()}
@@ -123,20 +171,39 @@ class Trainer:
         for xb, yb in batches(self.data.x_train, self.data.y_train, r.batch, self.rng):
             loss, right = net.loss_grads_correct(xb, yb)
             if not np.isfinite(loss):
-                raise CnncError(f"the loss became {loss} in epoch {self.epoch + 1}; "
-                                f"try a smaller learning rate than {lr:g}")
+                self.diverged(f"the loss became {loss}", lr)
             self.optimizer.step(trainable, net.grad_vector, lr)
             total_loss += loss * len(yb)
             correct += right
             seen += len(yb)
             if progress:
                 progress(seen, total_loss / seen, seen / (time.perf_counter() - started))
-        seconds = time.perf_counter() - started
+        seconds = max(time.perf_counter() - started, 1e-9)
+        # The epoch's last step is not followed by a loss that would show it went wrong: check
+        # the weights themselves, so that non-finite weights are never saved over good ones.
+        if not np.all(np.isfinite(net.vector)):
+            self.diverged("the weights became infinite or NaN", lr)
         test = None
-        if self.data.x_test is not None:
+        if self.data.x_test is not None and len(self.data.x_test):
             test, _ = accuracy(net, self.data.x_test, self.data.y_test)
         self.epoch += 1
         return EpochReport(self.epoch, total_loss / seen, correct / seen, test, seconds, seen / seconds)
+
+    def diverged(self, what: str, lr: float):
+        """Stop: training diverged in the current epoch. Nothing of this epoch is saved."""
+        if self.saved_epoch is not None:
+            kept = f"; the weights of epoch {self.saved_epoch} are kept in {self.out}"
+        elif self.resumed_from is not None:
+            kept = f"; nothing was saved, {self.resumed_from} is unchanged"
+        else:
+            kept = "; nothing was saved"
+        raise TrainingError(f"training diverged: {what} in epoch {self.epoch + 1}{kept}",
+                            hint=f"try a smaller learning rate than {lr:g} (--lr)")
+
+
+def _short(names, limit: int = 6) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 @contextlib.contextmanager
@@ -144,6 +211,9 @@ def deferred_interrupt():
     """Holds back Ctrl-C (SIGINT) until the block has finished, then raises it."""
     if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        yield  # Ctrl-C is ignored (a background job, nohup): it must not become an interrupt here
         return
     caught = []
     previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))

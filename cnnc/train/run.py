@@ -1,7 +1,9 @@
 """`cnnc train` as a person sees it: the progress bar, a line per epoch, Ctrl-C and resume."""
 from __future__ import annotations
 
+import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -27,23 +29,51 @@ def epoch_line(report: EpochReport, epochs: int) -> str:
             f"{test}  {report.seconds:.1f} s  {report.images_per_second:,.0f} img/s")
 
 
-def train(net: Network, data: Dataset, r: Recipe, out: Path, resume, quiet: bool, model_text: str) -> int:
-    console = Console(stderr=True, highlight=False)
+def train(net: Network, data: Dataset, r: Recipe, out: Path, resume, quiet: bool, model_text: str,
+          command: list[str] | None = None) -> int:
+    """Train, saving weights and checkpoint after every epoch; 0 when done, 130 on Ctrl-C.
+
+    `command` is the command line that started the run without its --resume (the interrupted
+    message shows it with the --resume that continues the run)."""
+    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     trainer = Trainer(net, data, r, out, model_text)
     if resume is not None:
         trainer.resume(resume)
         console.print(f"resuming from {resume} after epoch {trainer.epoch}")
+        for line in recipe_changes(trainer.resumed_recipe, r):
+            console.print(line)
+        if trainer.epoch >= r.epochs:
+            console.print(f"{resume} is after epoch {trainer.epoch} and the run has {r.epochs}: "
+                          "nothing to do (raise --epochs to train on)")
+            return 0
     console.print(describe_run(net, data, r))
     try:
         while trainer.epoch < r.epochs:
             report = run_epoch(trainer, console, quiet)
-            trainer.save()
-            print(epoch_line(report, r.epochs), flush=True)
+            try:
+                trainer.save()
+            finally:  # a Ctrl-C held back during the save comes after it: report the saved epoch first
+                if trainer.saved_epoch == report.epoch:
+                    print(epoch_line(report, r.epochs), flush=True)
     except KeyboardInterrupt:
-        console.print(interrupted_message(trainer, out))
+        console.print(interrupted_message(trainer, out, command))
         return 130
     console.print(f"weights: {out}  (checkpoint: {checkpoint_path(out)})")
     return 0
+
+
+def recipe_changes(saved: dict | None, r: Recipe) -> list[str]:
+    """Notes on how the resumed run's recipe differs from the checkpoint's (the epochs aside)."""
+    if not saved:
+        return []
+    now = asdict(r)
+    # The seed only sets the starting point, which the checkpoint replaces; epochs may grow.
+    changed = [f"{k}={saved[k]} -> {now[k]}" for k in now
+               if k not in ("epochs", "seed") and k in saved and saved[k] != now[k]]
+    if not changed:
+        return []
+    return [f"note: the recipe differs from the checkpoint's: {', '.join(changed)}; "
+            "the resumed run will not match an uninterrupted one"]
 
 
 def run_epoch(trainer: Trainer, console: Console, quiet: bool) -> EpochReport:
@@ -62,8 +92,16 @@ def run_epoch(trainer: Trainer, console: Console, quiet: bool) -> EpochReport:
         return trainer.run_epoch(update)
 
 
-def interrupted_message(trainer: Trainer, out: Path) -> str:
-    if trainer.epoch == 0 or not checkpoint_path(out).exists():
+def interrupted_message(trainer: Trainer, out: Path, command: list[str] | None = None) -> str:
+    """What Ctrl-C leaves behind, and the command that continues from it."""
+    if trainer.saved_epoch is not None:
+        ckpt = checkpoint_path(out)
+        saved = f"interrupted; the checkpoint after epoch {trainer.saved_epoch} is kept at {ckpt}"
+    elif trainer.resumed_from is not None:
+        ckpt = trainer.resumed_from
+        saved = (f"interrupted before epoch {trainer.epoch + 1} ended; nothing new was saved and "
+                 f"{ckpt} (after epoch {trainer.epoch}) is unchanged")
+    else:
         return "interrupted before the first epoch ended; nothing was saved"
-    return (f"interrupted; the checkpoint after epoch {trainer.epoch} is kept at {checkpoint_path(out)}\n"
-            f"continue with: cnnc train ... --out {out} --resume {checkpoint_path(out)}")
+    base = list(command) if command else ["cnnc", "train", "MODEL", "DATA", "--out", str(out)]
+    return f"{saved}\ncontinue with: {shlex.join(base + ['--resume', str(ckpt)])}"

@@ -1,0 +1,496 @@
+"""cnnc beside PyTorch (CPU, eager) on the contract examples, in one run, with the goals of issue 5.
+
+    python benchmarks/bench.py [--models lenet5 vgg_small resnet_tiny] [--quick] [--write]
+
+For each model, in one process and with the same thread count (2) on both sides:
+
+- batch-1 latency: `net.forward(x)` vs the eval-mode module under `torch.inference_mode()`;
+- batch-256 inference throughput, the same calls on 256 images;
+- batch-64 training step: `net.loss_and_grads` + cnnc's `SGD.step` on the trainable part of
+  `net.vector`, vs `zero_grad(set_to_none=True)`, forward, `loss.backward()`, `opt.step()`;
+- batch-64 `loss_and_grads` alone vs PyTorch's forward + backward.
+
+Each figure is the median time of one call; calls run in alternating blocks (cnnc for ~25 ms,
+then PyTorch for ~25 ms, ...) after a warm-up, until the measurement's time budget is spent,
+so that load from other processes on a shared machine hits both sides alike. The PyTorch
+model is built from cnnc's parsed graph (benchmarks/torch_model.py) with cnnc's initial
+parameters, batchnorm folded into the conv for inference, and runs every case twice, with
+its weights in NCHW and in channels_last layout; the faster of the two is the one compared.
+Then, in subprocesses: the cold compile time of `cnnc compile MODEL` (fresh, empty
+CNNC_CACHE_DIR and NUMBA_CACHE_DIR), the cached one (the same command again), and the peak RSS
+of 20 training steps at batch 64 for each framework (benchmarks/peak_memory.py).
+
+Prints Markdown tables; `--write` replaces the results section of docs/performance.md (the
+text between the bench markers) with them, the machine, the date and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+THREADS = 2
+os.environ.setdefault("NUMBA_NUM_THREADS", str(THREADS))  # before numba is imported
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS that Numba's np.dot calls, so it can be limited)
+import threadpoolctl  # noqa: E402
+import torch  # noqa: E402
+
+import cnnc  # noqa: E402
+from cnnc.summary import summary_rows  # noqa: E402
+from cnnc.train.optim import SGD  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torch_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "performance.md"
+BEGIN = "<!-- bench:begin: rewritten by `python benchmarks/bench.py --write`; edit outside the markers -->"
+END = "<!-- bench:end -->"
+MODELS = ("lenet5", "vgg_small", "resnet_tiny")
+LR, MOMENTUM = 0.001, 0.9  # small, so that random data cannot drive the weights to inf/NaN
+BLOCK_SECONDS = 0.025
+MEMORY_STEPS, MEMORY_BATCH = 20, 64
+# PyTorch runs each case with its weights in both layouts and is credited with the faster one:
+# under load on this machine channels_last was faster in most cases, NCHW in some.
+TORCH_FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    title: str
+    batch: int
+    flops_factor: int  # FLOPs of a call = factor x forward FLOPs per image x batch
+
+
+CASES = (
+    Case("latency", "batch-1 latency", 1, 1),
+    Case("inference", "batch-256 inference", 256, 1),
+    Case("train_step", "batch-64 training step", 64, 3),
+    Case("loss_and_grads", "batch-64 loss_and_grads / fwd+bwd", 64, 3),
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    model: str
+    case: Case
+    cnnc_s: float  # median seconds per call
+    torch_by_format: dict  # PyTorch memory format -> median seconds per call
+    flops_per_image: int
+
+    @property
+    def torch_format(self) -> str:
+        """The faster of PyTorch's memory formats for this case: the one the comparison uses."""
+        return min(self.torch_by_format, key=self.torch_by_format.get)
+
+    @property
+    def torch_s(self) -> float:
+        return self.torch_by_format[self.torch_format]
+
+    def images_per_s(self, seconds: float) -> float:
+        return self.case.batch / seconds
+
+    def gflops(self, seconds: float) -> float:
+        return self.case.flops_factor * self.flops_per_image * self.images_per_s(seconds) / 1e9
+
+    @property
+    def ratio(self) -> float:
+        """cnnc speed / PyTorch speed: above 1 means cnnc is faster."""
+        return self.torch_s / self.cnnc_s
+
+
+@dataclass(frozen=True)
+class CompileTime:
+    model: str
+    cold_s: float  # wall clock of the whole command
+    cached_s: float
+    cold_kernels_s: float | None  # what the command reports for compiling the kernels
+    cached_kernels_s: float | None
+
+
+@dataclass(frozen=True)
+class Memory:
+    model: str
+    cnnc: dict  # {"setup_mib", "peak_mib"}
+    torch: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def run_block(fn, times: list, seconds: float) -> None:
+    """Calls fn repeatedly for about `seconds` (at least once), appending each call's time."""
+    end = time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        fn()
+        stop = time.perf_counter()
+        times.append(stop - start)
+        if stop >= end:
+            return
+
+
+def race(calls: list, budget: float, min_calls: int = 5) -> list[float]:
+    """Median seconds per call of each callable, timed in alternating blocks after a warm-up."""
+    for fn in calls:
+        run_block(fn, [], min(0.5, budget / 4))
+    times = [[] for _ in calls]
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline or min(map(len, times)) < min_calls:
+        for fn, t in zip(calls, times):
+            run_block(fn, t, BLOCK_SECONDS)
+    return [statistics.median(t) for t in times]
+
+
+@dataclass
+class Batches:
+    """The same random images and labels for both frameworks, numpy and torch views of one buffer."""
+
+    x: dict  # batch size -> float32 N x C x H x W
+    y: np.ndarray
+
+    @classmethod
+    def make(cls, input_shape, classes: int, sizes=(1, 64, 256)):
+        rng = np.random.default_rng(0)
+        x = {n: rng.standard_normal((n, *input_shape), dtype=np.float32) for n in sizes}
+        return cls(x, rng.integers(0, classes, 64))
+
+
+def cnnc_calls(net: cnnc.Network, data: Batches) -> dict:
+    opt = SGD(lr=LR, momentum=MOMENTUM)
+    trainable = net.vector[: net.layout.trainable]
+    x64, y64 = data.x[64], data.y
+
+    def train_step():
+        net.loss_and_grads(x64, y64)
+        opt.step(trainable, net.grad_vector)
+
+    return {
+        "latency": lambda: net.forward(data.x[1]),
+        "inference": lambda: net.forward(data.x[256]),
+        "train_step": train_step,
+        "loss_and_grads": lambda: net.loss_and_grads(x64, y64),
+    }
+
+
+def torch_calls(model: torch_model.GraphNet, data: Batches, memory_format: str) -> dict:
+    """The cases for a copy of `model` whose weights are in `memory_format`; the input stays NCHW,
+    as cnnc gets it (a channels_last conv converts it itself, inside the timed call)."""
+    model = copy.deepcopy(model).to(memory_format=TORCH_FORMATS[memory_format])
+    inference = torch_model.for_inference(model)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    x = {n: torch.from_numpy(v) for n, v in data.x.items()}
+    y64 = torch.from_numpy(data.y)
+
+    def infer(batch):
+        with torch.inference_mode():
+            return torch_model.probabilities(inference, batch)
+
+    def forward_backward():
+        opt.zero_grad(set_to_none=True)
+        torch_model.loss(model, x[64], y64).backward()
+
+    def train_step():
+        forward_backward()
+        opt.step()
+
+    return {
+        "latency": lambda: infer(x[1]),
+        "inference": lambda: infer(x[256]),
+        "train_step": train_step,
+        "loss_and_grads": forward_backward,
+    }
+
+
+def forward_flops(net: cnnc.Network) -> int:
+    return sum(row[4] for row in summary_rows(net.parsed, net.graph))
+
+
+def time_model(name: str, budget: float) -> list[Timing]:
+    """Every case of one model, cnnc and PyTorch raced against each other."""
+    net = cnnc.compile(ROOT / "examples" / f"{name}.cnn", seed=0)
+    net.compile()
+    model = torch_model.build(net.parsed, net.params)
+    data = Batches.make(net.input_shape, net.lowered.output_shape[0])
+    ours = cnnc_calls(net, data)
+    theirs = {fmt: torch_calls(model, data, fmt) for fmt in TORCH_FORMATS}
+    flops = forward_flops(net)
+    timings = []
+    for case in CASES:
+        cnnc_s, *torch_s = race([ours[case.key], *(calls[case.key] for calls in theirs.values())], budget)
+        timings.append(Timing(name, case, cnnc_s, dict(zip(theirs, torch_s)), flops))
+        print(f"  {name:12s} {case.title:34s} cnnc {cnnc_s * 1e3:9.3f} ms  " + "  ".join(
+              f"torch {fmt} {s * 1e3:9.3f} ms" for fmt, s in zip(theirs, torch_s)) +
+              f"  ratio {timings[-1].ratio:5.2f}", file=sys.stderr, flush=True)
+    return timings
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: compile time and memory
+
+
+def cnnc_command() -> list[str]:
+    """The installed `cnnc` script of this Python (the shim on PATH adds its own start-up time)."""
+    script = Path(sys.executable).parent / "cnnc"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "import sys, cnnc.cli; sys.exit(cnnc.cli.main())"]
+
+
+def timed_compile(model: Path, env: dict) -> tuple[float, float | None]:
+    """Wall seconds of `cnnc compile MODEL`, and the kernel seconds it reports."""
+    start = time.perf_counter()
+    done = subprocess.run([*cnnc_command(), "compile", str(model)], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"cnnc compile {model} failed:\n{done.stderr}")
+    reported = re.search(r"compiled in ([\d.]+) s", done.stdout)
+    return seconds, float(reported.group(1)) if reported else None
+
+
+def compile_times(name: str) -> CompileTime:
+    """Cold (empty caches) then cached compile of one example, in a temporary cache folder."""
+    model = ROOT / "examples" / f"{name}.cnn"
+    with tempfile.TemporaryDirectory(prefix="cnnc-bench-") as tmp:
+        env = {**os.environ, "CNNC_CACHE_DIR": f"{tmp}/cnnc", "NUMBA_CACHE_DIR": f"{tmp}/numba"}
+        cold, cold_kernels = timed_compile(model, env)
+        cached, cached_kernels = timed_compile(model, env)
+    print(f"  {name:12s} compile cold {cold:.1f} s, cached {cached:.2f} s", file=sys.stderr, flush=True)
+    return CompileTime(name, cold, cached, cold_kernels, cached_kernels)
+
+
+def training_memory(framework: str, name: str) -> dict:
+    script = Path(__file__).parent / "peak_memory.py"
+    command = [sys.executable, str(script), framework, str(ROOT / "examples" / f"{name}.cnn"),
+               "--steps", str(MEMORY_STEPS), "--batch", str(MEMORY_BATCH)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory(name: str) -> Memory:
+    result = Memory(name, training_memory("cnnc", name), training_memory("torch", name))
+    print(f"  {name:12s} peak RSS cnnc {result.cnnc['peak_mib']:.0f} MiB, torch {result.torch['peak_mib']:.0f} MiB",
+          file=sys.stderr, flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor() or "unknown"
+    found = re.search(r"^Model name:\s*(.+)$", out, re.M)
+    return found.group(1).strip() if found else "unknown"
+
+
+def blas_info() -> list[str]:
+    return [f"{lib['internal_api']} {lib['version']} ({lib.get('architecture', '?')}, {lib['num_threads']} threads, "
+            f"{Path(lib['filepath']).name})" for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+
+def tree_state() -> str:
+    """The commit and how many files differ from it, so a figure can be tied to the kernels it ran."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line for line in git("status", "--porcelain").splitlines() if line]
+    return f"{head}" + (f" with {len(changed)} uncommitted changed/new files" if changed else "")
+
+
+def numba_layer() -> str:
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run
+        return f"{numba.config.THREADING_LAYER}, not started"
+
+
+def machine() -> list[str]:
+    return [
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: PyTorch {torch.get_num_threads()}, "
+        f"Numba {numba.get_num_threads()} (layer {numba_layer()}), BLAS {THREADS}",
+        f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
+        f"torch {torch.__version__}, cnnc {cnnc.__version__} at {tree_state()}",
+        "BLAS (threadpoolctl): " + "; ".join(blas_info()),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and goals
+
+
+def ms(seconds: float) -> str:
+    value = seconds * 1e3
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def speed_table(timings: list[Timing]) -> list[str]:
+    lines = ["| model | measurement | cnnc ms | cnnc img/s | PyTorch ms | PyTorch img/s | PyTorch layout "
+             "| cnnc/PyTorch | cnnc GFLOP/s | PyTorch GFLOP/s |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for t in timings:
+        lines.append(f"| {t.model} | {t.case.title} | {ms(t.cnnc_s)} | {t.images_per_s(t.cnnc_s):,.0f} "
+                     f"| {ms(t.torch_s)} | {t.images_per_s(t.torch_s):,.0f} | {t.torch_format} "
+                     f"| **{t.ratio:.2f}x** | {t.gflops(t.cnnc_s):.1f} | {t.gflops(t.torch_s):.1f} |")
+    return lines
+
+
+def seconds_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def compile_memory_table(compiles: list[CompileTime], memories: list[Memory]) -> list[str]:
+    lines = ["| model | cold compile s (kernels) | cached compile s (kernels) | peak RSS cnnc MiB (after setup) "
+             "| peak RSS PyTorch MiB (after setup) |", "|---|---:|---:|---:|---:|"]
+    mem = {m.model: m for m in memories}
+    for c in compiles:
+        m = mem.get(c.model)
+        rss = (f"{m.cnnc['peak_mib']:.0f} ({m.cnnc['setup_mib']:.0f}) | {m.torch['peak_mib']:.0f} "
+               f"({m.torch['setup_mib']:.0f})") if m else "- | -"
+        lines.append(f"| {c.model} | {c.cold_s:.1f} ({seconds_or_dash(c.cold_kernels_s)}) "
+                     f"| {c.cached_s:.2f} ({seconds_or_dash(c.cached_kernels_s)}) | {rss} |")
+    return lines
+
+
+SPEED_GOALS = (  # (goal, model, case key, minimum cnnc/PyTorch ratio)
+    ("lenet5 batch-1 latency at least 2x faster than PyTorch", "lenet5", "latency", 2.0),
+    ("lenet5 batch-64 training step >= 1.0x PyTorch", "lenet5", "train_step", 1.0),
+    ("vgg_small batch-64 training step >= 0.8x PyTorch", "vgg_small", "train_step", 0.8),
+    ("vgg_small batch-256 inference >= 1.0x PyTorch", "vgg_small", "inference", 1.0),
+)
+COLD_LIMIT_S, CACHED_LIMIT_S = 20.0, 2.0
+
+
+def goal_rows(timings: list[Timing], compiles: list[CompileTime]) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, met) for every goal; met is None when its model was not measured."""
+    by_key = {(t.model, t.case.key): t for t in timings}
+    rows = []
+    for goal, model, key, minimum in SPEED_GOALS:
+        t = by_key.get((model, key))
+        rows.append((goal, f"{t.ratio:.2f}x" if t else "not measured", t.ratio >= minimum if t else None))
+    for c in compiles:
+        rows.append((f"{c.model} cold compile < {COLD_LIMIT_S:.0f} s", f"{c.cold_s:.1f} s", c.cold_s < COLD_LIMIT_S))
+        rows.append((f"{c.model} cached compile < {CACHED_LIMIT_S:.0f} s", f"{c.cached_s:.2f} s",
+                     c.cached_s < CACHED_LIMIT_S))
+    return rows
+
+
+def goals_table(rows) -> list[str]:
+    verdict = {True: "met", False: "**not met**", None: "not measured"}
+    return ["| goal (issue 5) | measured | |", "|---|---:|---|",
+            *(f"| {goal} | {measured} | {verdict[met]} |" for goal, measured, met in rows)]
+
+
+def report(timings, compiles, memories, context: dict) -> str:
+    lines = [
+        "## Results",
+        "",
+        f"From one run of `{context['command']}` on {context['date']} "
+        f"({context['budget']:g} s per measurement; load average {context['load_before']} before, "
+        f"{context['load_after']} after; the run took {context['elapsed']:.0f} s). "
+        "Each time is the median of one call; cnnc and PyTorch ran in alternating ~25 ms blocks in one "
+        "process, so compare figures within this run only. PyTorch ran every case with its weights "
+        "in both NCHW and channels_last layout (inputs NCHW, as cnnc gets them) and is credited with "
+        "the faster. cnnc/PyTorch above 1 means cnnc is faster. "
+        "GFLOP/s counts the forward FLOPs of `cnnc compile` (x3 for training).",
+        "",
+        *(f"- {line}" for line in context["machine"]),
+        "",
+        *speed_table(timings),
+        "",
+        "Compile: wall clock of `cnnc compile MODEL` in a fresh process, cold = empty `CNNC_CACHE_DIR` "
+        "and `NUMBA_CACHE_DIR`, cached = the same command again; in brackets the kernel time the "
+        f"command reports. Memory: the RSS high-water mark of a process doing {MEMORY_STEPS} training "
+        f"steps at batch {MEMORY_BATCH} (benchmarks/peak_memory.py), in brackets its RSS after imports, "
+        "model and kernels, before the first step.",
+        "",
+        *compile_memory_table(compiles, memories),
+        "",
+        *goals_table(goal_rows(timings, compiles)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def rewrite_page(section: str, page: Path = PAGE) -> None:
+    """Replaces the text between the bench markers (or appends the markers and the section)."""
+    text = page.read_text() if page.exists() else "# Performance\n"
+    block = f"{BEGIN}\n{section}{END}"
+    start, end = text.find(BEGIN), text.find(END)
+    if start >= 0 and end > start:
+        text = text[:start] + block + text[end + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    page.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--quick", action="store_true", help="a short time budget per measurement (a smoke run)")
+    p.add_argument("--budget", type=float, help="seconds per measurement, both frameworks together "
+                   "(default 8, or 1.5 with --quick)")
+    p.add_argument("--write", action="store_true", help=f"rewrite the results section of {PAGE.relative_to(ROOT)}")
+    return p.parse_args(argv)
+
+
+def setup_threads() -> None:
+    """Two threads on each side. Numba's count is fixed by NUMBA_NUM_THREADS (set at the top):
+    calling numba.set_num_threads here would start the threading layer before cnnc.kernels
+    chooses it."""
+    torch.set_num_threads(THREADS)
+    threadpoolctl.threadpool_limits(THREADS)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    budget = args.budget or (1.5 if args.quick else 8.0)
+    setup_threads()
+    started, load_before = time.perf_counter(), load_average()
+    timings = [t for name in args.models for t in time_model(name, budget)]
+    compiles = [compile_times(name) for name in args.models]
+    memories = [memory(name) for name in args.models]
+    context = {
+        "command": shlex.join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "budget": budget, "load_before": load_before, "load_after": load_average(),
+        "elapsed": time.perf_counter() - started, "machine": machine(),
+    }
+    section = report(timings, compiles, memories, context)
+    print(section)
+    if args.write:
+        rewrite_page(section)
+        print(f"wrote the results section of {PAGE}", file=sys.stderr)
+    return 0
+
+
+def load_average() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
