@@ -57,6 +57,16 @@ def identifiers(g: nx.DiGraph) -> dict[str, str]:
     return names
 
 
+def scalars(*values) -> str:
+    """Integer and boolean arguments of a kernel call, as `int(1), bool(True)`.
+
+    Numba compiles a kernel anew for every distinct literal it is called with from compiled
+    code; int() and bool() make the values plain int64 and bool, so each kernel compiles once
+    for all layers (and all models) and its machine code is cached.
+    """
+    return ", ".join(f"bool({v})" if isinstance(v, bool) else f"int({v})" for v in values)
+
+
 class Context:
     """One graph being lowered: names and shapes of its values, and the parameter layout."""
 

@@ -1,15 +1,15 @@
 """Emitters for convolution, forward and backward side by side (bias, ReLU and batchnorm fused)."""
 from __future__ import annotations
 
-from .context import Context
+from .context import Context, scalars
 
 
 
-def geometry(ctx: Context, node: str) -> str:
+def geometry(ctx: Context, node: str) -> tuple[int, ...]:
     data = ctx.node(node)
     sh, sw = data["attrs"]["stride"]
     top, _, left, _ = data["pads"]
-    return f"{sh}, {sw}, {top}, {left}"
+    return sh, sw, top, left
 
 
 def bias(ctx: Context, node: str) -> str:
@@ -36,7 +36,7 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
         ]
         weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
     lines += [ctx.empty(node),
-              f"conv2d_forward({ctx.var(src)}, {weight}, {b}, {ctx.var(node)}, {geometry(ctx, node)}, {relu})"]
+              f"conv2d_forward({ctx.var(src)}, {weight}, {b}, {ctx.var(node)}, {scalars(*geometry(ctx, node), relu)})"]
     return lines
 
 
@@ -48,5 +48,5 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     db = ctx.param_grad(node, "bias") if ctx.has_param(node, "bias") else f"np.empty({filters}, np.float32)"
     dx_arg = dx[0] or "EMPTY4"
     return [f"conv2d_backward({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
-            f"                {dx_arg}, {ctx.param_grad(node, 'weight')}, {db}, {geometry(ctx, node)},"
-            f" {relu}, {dx[0] is not None})"]
+            f"                {dx_arg}, {ctx.param_grad(node, 'weight')}, {db},"
+            f" {scalars(*geometry(ctx, node), relu, dx[0] is not None)})"]

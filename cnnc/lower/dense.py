@@ -1,7 +1,7 @@
 """Emitters for the fully connected layer (bias and ReLU fused), forward and backward side by side."""
 from __future__ import annotations
 
-from .context import Context
+from .context import Context, scalars
 
 
 
@@ -17,7 +17,7 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
     relu = ctx.node(node).get("activation") == "relu"
     return [ctx.empty(node),
             f"dense_forward({ctx.var(src)}, {ctx.param(node, 'weight')}, {bias(ctx, node, False)},"
-            f" {ctx.var(node)}, {relu})"]
+            f" {ctx.var(node)}, {scalars(relu)})"]
 
 
 def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
@@ -25,4 +25,4 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     relu = ctx.node(node).get("activation") == "relu"
     return [f"dense_backward({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
             f"               {dx[0] or 'EMPTY2'}, {ctx.param_grad(node, 'weight')}, {bias(ctx, node, True)},"
-            f" {relu}, {dx[0] is not None})"]
+            f" {scalars(relu, dx[0] is not None)})"]

@@ -1,16 +1,17 @@
 """Emitters for max, average and global average pooling, forward and backward side by side."""
 from __future__ import annotations
 
-from .context import Context
+from .context import Context, scalars
 
 
 
 def window(ctx: Context, node: str) -> str:
+    """Window size, stride and the top and left padding, as kernel arguments."""
     data = ctx.node(node)
     kh, kw = data["attrs"]["size"]
     sh, sw = data["attrs"]["stride"]
     top, _, left, _ = data["pads"]
-    return f"{kh}, {kw}, {sh}, {sw}, {top}, {left}"
+    return scalars(kh, kw, sh, sw, top, left)
 
 
 def forward(ctx: Context, node: str, training: bool) -> list[str]:

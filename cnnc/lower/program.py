@@ -54,7 +54,9 @@ def header(g: nx.DiGraph, layout: ParamLayout, body: list[str]) -> list[str]:
              "into the flat float32 vector P (gradients: G), at these offsets:"]
     lines += [f"    {name:<28} {show(shape):<14} P[{offset}:{offset + math.prod(shape)}]"
               for name, (offset, shape) in layout.slots.items()]
-    lines += ['"""', "import numpy as np", "from numba import njit", ""]
+    lines += ["", "Integer and boolean kernel arguments are written int(...) and bool(...): Numba would",
+              "otherwise compile each kernel once per distinct constant, that is once per layer.",
+              '"""', "import numpy as np", "from numba import njit", ""]
     for module, names in kernel_imports("\n".join(body)).items():
         lines.append(f"from cnnc.kernels.{module} import {', '.join(names)}")
     return lines
