@@ -350,7 +350,12 @@ def test_ctrl_c_during_the_save_finishes_it(data, monkeypatch):
         original(path, params)
 
     monkeypatch.setattr(checkpoint, "save_weights", save_weights_interrupted)
-    code, out, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "-q")
+    # CI may start the tests with SIGINT ignored (as a background job); this test is about Python's handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, out, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "-q")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130 and "checkpoint after epoch 1 is kept" in err
     state = load_checkpoint("w.ckpt.npz")
     assert state["epoch"] == 1
