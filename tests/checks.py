@@ -22,3 +22,18 @@ def numeric_gradient(loss, arr: np.ndarray, h: float = 1e-6) -> np.ndarray:
         arr[i] = old
         grad[i] = (up - down) / (2 * h)
     return grad
+
+
+def check_backward_adds(backward, out, torch_out, torch_in, rng) -> None:
+    """backward(out, dout, dx) against PyTorch's autograd: dout is left alone and the gradient
+    is ADDED into a dx that already holds random values (how fan-out gradients sum)."""
+    import torch
+
+    dout = rng.standard_normal(out.shape).astype(out.dtype)
+    dout_before = dout.copy()
+    torch_out.backward(torch.tensor(dout))
+    dx0 = rng.standard_normal(out.shape).astype(out.dtype)
+    dx = dx0.copy()
+    backward(out, dout, dx)
+    assert np.array_equal(dout, dout_before)
+    assert rel_err(dx - dx0, torch_in.grad.numpy()) < 1e-4

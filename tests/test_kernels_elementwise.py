@@ -7,7 +7,7 @@ from cnnc.kernels.elementwise import (
     add_forward, add_into, dropout_backward, dropout_forward, relu_backward, relu_forward,
     sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward,
 )
-from checks import rel_err
+from checks import check_backward_adds, rel_err
 
 
 OPS = {
@@ -30,14 +30,7 @@ def test_activation_against_torch(name, shape):
     yt = ref(xt)
     assert rel_err(out, yt.detach().numpy()) < 1e-4
 
-    dout = rng.standard_normal(shape).astype(np.float32)
-    dout_before = dout.copy()
-    yt.backward(torch.tensor(dout))
-    dx0 = rng.standard_normal(shape).astype(np.float32)
-    dx = dx0.copy()
-    bwd(out, dout, dx)
-    assert np.array_equal(dout, dout_before)
-    assert rel_err(dx - dx0, xt.grad.numpy()) < 1e-4
+    check_backward_adds(bwd, out, yt, xt, rng)
 
     inplace = x.copy()
     fwd(inplace, inplace)
