@@ -1,15 +1,20 @@
 """Times cnnc's conv and pool kernels beside PyTorch on the lenet5 and vgg_small layer shapes.
 
-Run: python benchmarks/conv_kernels.py [--quick]. Figures are medians over interleaved runs
-(cnnc, torch, cnnc, ...) so that load from other processes hits both sides alike; ratio is
-cnnc time / torch time (below 1 means cnnc is faster).
+Run: python benchmarks/conv_kernels.py [--quick] [--blas-threads N] [--wait-idle]. Figures are
+medians over interleaved rounds (a burst of cnnc calls, a burst of torch calls, ...) so that load
+from other processes hits both sides alike; --wait-idle starts each round only when the machine
+looks idle (Linux), for a machine shared with other jobs. ratio is cnnc time / torch time (below
+1: cnnc is faster). PyTorch runs with its default threads. The conv kernels split the batch over
+Numba threads themselves and expect a single-threaded BLAS inside (the default here).
 """
-import sys
+import argparse
 import time
 
 import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS Numba uses, so the limit below reaches it)
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
 from cnnc.kernels.conv import conv2d_backward, conv2d_forward
 from cnnc.kernels.pool import maxpool_backward, maxpool_forward
@@ -26,15 +31,29 @@ CONVS = [
 POOLS = [("lenet pool1 6x28", 6, 28), ("vgg pool1 32x32", 32, 32), ("vgg pool2 64x16", 64, 16)]
 
 
-def race(ours, theirs, reps):
-    """Median seconds of each callable, run alternately after one warm-up call each."""
-    ours(), theirs()
+def busy_fraction(seconds):
+    """Share of the machine's CPU time spent busy over the next `seconds` (from /proc/stat)."""
+    def sample():
+        ticks = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+    total, idle = sample()
+    time.sleep(seconds)
+    total2, idle2 = sample()
+    return 1 - (idle2 - idle) / max(1, total2 - total)
+
+
+def race(ours, theirs, rounds, wait_idle, burst=3):
+    """Median seconds of each callable over rounds of `burst` back-to-back calls, alternating."""
     a, b = [], []
-    for _ in range(reps):
+    for _ in range(rounds):
+        while wait_idle and busy_fraction(0.1) > 0.1:
+            pass
         for fn, times in ((ours, a), (theirs, b)):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
+            fn()  # warm: the first call after a pause pays for waking threads
+            for _ in range(burst):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
     return float(np.median(a)), float(np.median(b))
 
 
@@ -91,19 +110,24 @@ def pool_cases(C, H, n, rng):
 
 
 def main():
-    quick = "--quick" in sys.argv
-    batches = (1, 64) if quick else (1, 64, 256)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="batches 1 and 64 only")
+    parser.add_argument("--blas-threads", type=int, default=1)
+    parser.add_argument("--wait-idle", action="store_true", help="start each round on an idle machine")
+    args = parser.parse_args()
+    threadpool_limits(args.blas_threads, user_api="blas")
+    batches = (1, 64) if args.quick else (1, 64, 256)
     rng = np.random.default_rng(0)
-    print(f"torch threads {torch.get_num_threads()}")
+    print(f"torch threads {torch.get_num_threads()}, BLAS threads {args.blas_threads}")
     print(f"{'layer':34} {'N':>4} {'pass':8} {'cnnc ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")
     rows = [(spec[0], n, conv_cases(*spec, n, rng)) for spec in CONVS for n in batches]
     rows += [(name, n, pool_cases(C, H, n, rng)) for name, C, H in POOLS for n in batches]
     for name, n, cases in rows:
         for label, ours, theirs, flops in cases:
-            reps = 30 if n == 1 else (5 if n == 256 else 10)
-            a, b = race(ours, theirs, reps)
+            rounds = 10 if n == 1 else (3 if n == 256 else 5)
+            a, b = race(ours, theirs, rounds, args.wait_idle)
             rate = f"{flops / a * 1e-9:8.1f}" if flops else ""
-            print(f"{name:34} {n:4} {label:8} {a * 1e3:9.3f} {b * 1e3:9.3f} {a / b:6.2f} {rate}")
+            print(f"{name:34} {n:4} {label:8} {a * 1e3:9.3f} {b * 1e3:9.3f} {a / b:6.2f} {rate}", flush=True)
 
 
 if __name__ == "__main__":

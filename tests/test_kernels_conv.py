@@ -65,18 +65,19 @@ class Layer:
         self.ref_out = cnhw(y)
         self.ref_dx, self.ref_dw, self.ref_db = cnhw(self.xt.grad), self.wt.grad.numpy(), self.bt.grad.numpy()
 
-    def forward(self, nb=None):
+    def forward(self, split=None):
+        """split=(images per chunk, lanes) forces the work split, else the kernel picks."""
         out = np.empty((self.w.shape[0], self.x.shape[1], self.OH, self.OW), self.x.dtype)
         args = (self.x, self.w, self.b, out, self.sh, self.sw, self.pt, self.pl, self.relu)
-        conv2d_forward(*args) if nb is None else conv2d_forward_chunked(*args, nb)
+        conv2d_forward(*args) if split is None else conv2d_forward_chunked(*args, *split)
         return out
 
-    def backward(self, out, dx, need_dx=True, nb=None):
+    def backward(self, out, dx, need_dx=True, split=None):
         dw = np.full_like(self.w, np.nan)  # overwritten, never read
         db = np.full_like(self.b, np.nan)
         args = (self.x, self.w, out, self.dout, dx, dw, db, self.sh, self.sw, self.pt, self.pl,
                 self.relu, need_dx)
-        conv2d_backward(*args) if nb is None else conv2d_backward_chunked(*args, nb)
+        conv2d_backward(*args) if split is None else conv2d_backward_chunked(*args, *split)
         return dw, db
 
 
@@ -123,16 +124,31 @@ def test_need_dx_false_leaves_dx_alone():
     assert rel_err(db, layer.ref_db) < RTOL
 
 
-@pytest.mark.parametrize("nb", [1, 2, 5])
-def test_batch_chunks(nb):
-    """Chunks that do not divide the batch (5 images, 2 per chunk) and the one-chunk path."""
-    layer = Layer(3, 4, 5, 9, 7, 3, 3, (2, 1), "same", "same", bias=True, relu=True)
-    out = layer.forward(nb=nb)
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1)])
+@pytest.mark.parametrize("nb, lanes", [(1, 1), (2, 1), (5, 1), (1, 2), (2, 2), (1, 3)])
+def test_work_split(stride, nb, lanes):
+    """Threads ("lanes") and chunks that do not divide the batch: 5 images over 2 lanes, 2 per
+    chunk; the layer is small, so the automatic choice would be one lane."""
+    layer = Layer(3, 4, 5, 9, 7, 3, 3, stride, "same", "same", bias=True, relu=True)
+    out = layer.forward(split=(nb, lanes))
     assert rel_err(out, layer.ref_out) < RTOL
     dx = np.zeros_like(layer.x)
-    dw, db = layer.backward(out, dx, nb=nb)
+    dw, db = layer.backward(out, dx, split=(nb, lanes))
     assert rel_err(dw, layer.ref_dw) < RTOL
     assert rel_err(db, layer.ref_db) < RTOL
+    assert rel_err(dx, layer.ref_dx) < RTOL
+
+
+@pytest.mark.parametrize("lanes", [0, 2, 3])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[1], GEOMETRIES[4], GEOMETRIES[7], GEOMETRIES[9]])
+def test_batch_of_one(geometry, lanes):
+    """A batch smaller than the lane count: the forward splits the output rows between lanes."""
+    layer = Layer(3, 4, 1, *geometry, bias=True, relu=True)
+    out = layer.forward(split=(0, lanes))
+    assert rel_err(out, layer.ref_out) < RTOL
+    dx = np.zeros_like(layer.x)
+    dw, db = layer.backward(out, dx)
+    assert rel_err(dw, layer.ref_dw) < RTOL
     assert rel_err(dx, layer.ref_dx) < RTOL
 
 
