@@ -19,6 +19,7 @@ import numpy as np
 
 from .diagnostics import InputError, ModelError
 from .frontend import check_file, check_source, optimized
+from .kernels import single_threaded_blas
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
 from .ops import BUFFER_KINDS
@@ -114,6 +115,7 @@ class Network:
         self.grad_vector = np.zeros(self.layout.trainable, np.float32)
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
+        single_threaded_blas()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnc.kernels.conv import (conv2d_backward, conv2d_backward_chunked, conv2d_forward,
-                               conv2d_forward_chunked)
+from cnnc.kernels.conv import conv2d_backward, conv2d_forward
 
 RTOL = 1e-4
 
@@ -65,19 +64,16 @@ class Layer:
         self.ref_out = cnhw(y)
         self.ref_dx, self.ref_dw, self.ref_db = cnhw(self.xt.grad), self.wt.grad.numpy(), self.bt.grad.numpy()
 
-    def forward(self, split=None):
-        """split=(images per chunk, lanes) forces the work split, else the kernel picks."""
+    def forward(self):
         out = np.empty((self.w.shape[0], self.x.shape[1], self.OH, self.OW), self.x.dtype)
-        args = (self.x, self.w, self.b, out, self.sh, self.sw, self.pt, self.pl, self.relu)
-        conv2d_forward(*args) if split is None else conv2d_forward_chunked(*args, *split)
+        conv2d_forward(self.x, self.w, self.b, out, self.sh, self.sw, self.pt, self.pl, self.relu)
         return out
 
-    def backward(self, out, dx, need_dx=True, split=None):
+    def backward(self, out, dx, need_dx=True):
         dw = np.full_like(self.w, np.nan)  # overwritten, never read
         db = np.full_like(self.b, np.nan)
-        args = (self.x, self.w, out, self.dout, dx, dw, db, self.sh, self.sw, self.pt, self.pl,
-                self.relu, need_dx)
-        conv2d_backward(*args) if split is None else conv2d_backward_chunked(*args, *split)
+        conv2d_backward(self.x, self.w, out, self.dout, dx, dw, db, self.sh, self.sw, self.pt,
+                        self.pl, self.relu, need_dx)
         return dw, db
 
 
@@ -124,32 +120,29 @@ def test_need_dx_false_leaves_dx_alone():
     assert rel_err(db, layer.ref_db) < RTOL
 
 
-@pytest.mark.parametrize("stride", [(1, 1), (2, 1)])
-@pytest.mark.parametrize("nb, lanes", [(1, 1), (2, 1), (5, 1), (1, 2), (2, 2), (1, 3)])
-def test_work_split(stride, nb, lanes):
-    """Threads ("lanes") and chunks that do not divide the batch: 5 images over 2 lanes, 2 per
-    chunk; the layer is small, so the automatic choice would be one lane."""
-    layer = Layer(3, 4, 5, 9, 7, 3, 3, stride, "same", "same", bias=True, relu=True)
-    out = layer.forward(split=(nb, lanes))
-    assert rel_err(out, layer.ref_out) < RTOL
-    dx = np.zeros_like(layer.x)
-    dw, db = layer.backward(out, dx, split=(nb, lanes))
-    assert rel_err(dw, layer.ref_dw) < RTOL
-    assert rel_err(db, layer.ref_db) < RTOL
-    assert rel_err(dx, layer.ref_dx) < RTOL
+# Layers big enough to be cut into chunks of images and, above PARALLEL_MIN_FLOP, split between
+# threads (on a machine with more than one). (C, F, N, H, W, K, stride, padding mode)
+WORK_SPLITS = [
+    (1, 6, 30, 28, 28, 5, (1, 1), "same"),    # one thread, chunks of 11, 11 and 8 images
+    (1, 6, 64, 28, 28, 5, (1, 1), "same"),    # lenet5's first layer: 2 x (11, 11, 10)
+    (32, 64, 3, 16, 16, 3, (1, 1), "same"),   # 3 images over 2 threads
+    (16, 32, 8, 32, 31, 3, (2, 2), "same"),   # strided: the row-gathering im2col
+    (64, 64, 1, 15, 16, 3, (1, 1), "same"),   # batch 1: the forward splits 15 output rows
+    (64, 64, 1, 31, 31, 3, (2, 2), "same"),   # batch 1, strided
+]
 
 
-@pytest.mark.parametrize("lanes", [0, 2, 3])
-@pytest.mark.parametrize("geometry", [GEOMETRIES[1], GEOMETRIES[4], GEOMETRIES[7], GEOMETRIES[9]])
-def test_batch_of_one(geometry, lanes):
-    """A batch smaller than the lane count: the forward splits the output rows between lanes."""
-    layer = Layer(3, 4, 1, *geometry, bias=True, relu=True)
-    out = layer.forward(split=(0, lanes))
+@pytest.mark.parametrize("C, Fo, N, H, W, K, stride, mode", WORK_SPLITS)
+def test_work_splits(C, Fo, N, H, W, K, stride, mode):
+    layer = Layer(C, Fo, N, H, W, K, K, stride, mode, mode, bias=True, relu=True)
+    out = layer.forward()
     assert rel_err(out, layer.ref_out) < RTOL
-    dx = np.zeros_like(layer.x)
+    prefill = randn(np.random.default_rng(1), *layer.x.shape)
+    dx = prefill.copy()
     dw, db = layer.backward(out, dx)
     assert rel_err(dw, layer.ref_dw) < RTOL
-    assert rel_err(dx, layer.ref_dx) < RTOL
+    assert rel_err(db, layer.ref_db) < RTOL
+    assert rel_err(dx - prefill, layer.ref_dx) < RTOL
 
 
 @pytest.mark.parametrize("C, Fo, H, K, mode", [

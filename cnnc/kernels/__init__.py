@@ -2,8 +2,26 @@
 
 Activations are CNHW (see docs/design.md). Importing this package picks Numba's workqueue
 threading layer: OpenMP's layer fights OpenBLAS for the cores when kernels call np.dot.
+The kernels own the threads (they split the batch over Numba's threads and call one-threaded
+matrix products in each), so `single_threaded_blas` must run before they do.
 """
 import numba
 
 if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
+
+
+def single_threaded_blas() -> None:
+    """Limits the OpenBLAS that Numba's np.dot calls (SciPy's) to one thread, for this process.
+
+    numpy's own BLAS, a different library, keeps its threads."""
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library, so threadpoolctl sees it)
+    from threadpoolctl import ThreadpoolController
+
+    scipy_dir = scipy.__file__.rsplit("/", 2)[0]
+    controller = ThreadpoolController()
+    ours = [lib["filepath"] for lib in controller.info()
+            if lib["user_api"] == "blas" and lib["filepath"].startswith(scipy_dir + "/scipy")]
+    if ours:
+        controller.select(filepath=ours).limit(limits=1)

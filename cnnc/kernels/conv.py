@@ -27,16 +27,19 @@ import numba
 from numba import njit, prange
 
 # Images per chunk are picked so one chunk's column matrix stays near this many elements
-# (1 MB of float32, the size of one core's L2): measured on the vgg_small and lenet5 layers,
-# 0.3-1.3 MB chunks ran 10-45% faster than 5-20 MB ones; the product does not need more.
+# (1 MB of float32; a core has 512 KB of L2): measured on the vgg_small and lenet5 layers with
+# two lanes, 0.3-1.3 MB chunks ran 10-50% faster than 5-20 MB ones.
 COLS_ELEMS = 1 << 18
+# ...but with at least this many columns: OpenBLAS ran these products at 28-34 GFLOP/s with
+# 288 columns and 46-50 with 864 (vgg_small's 64->64 layer has 288 columns per image).
+MIN_COLUMNS = 512
 
 # Parallel lanes, one per Numba thread (frozen in when compiled: reading the thread count at
 # run time would stop Numba from caching the kernels).
 LANES = numba.config.NUMBA_NUM_THREADS
-# Below this much work a layer runs on one thread: waking the others costs more than it saves
-# (e.g. lenet5's convs at batch 1).
-PARALLEL_MIN_FLOP = 4_000_000
+# Below this much work a layer runs on one thread: a parallel launch costs ~70 us here, about
+# what 2-3 MFLOP take on one core (lenet5's convs at batch 1 stay serial).
+PARALLEL_MIN_FLOP = 10_000_000
 
 
 @njit(cache=True)
@@ -48,11 +51,8 @@ def _layout(KH, KW, OH, OW, sh, sw):
 
 
 @njit(cache=True)
-def _lane_count(lanes, flop, parts):
-    """lanes if positive, else the lanes for work of this many FLOPs that can be cut into
-    `parts` pieces: one for small work."""
-    if lanes > 0:
-        return min(lanes, parts)
+def _lane_count(flop, parts):
+    """Lanes for work of this many FLOPs that can be cut into `parts` pieces: one for small work."""
     return 1 if flop < PARALLEL_MIN_FLOP else max(1, min(LANES, parts))
 
 
@@ -66,14 +66,15 @@ def _share(lane, lanes, n, oh):
 
 
 @njit(cache=True)
-def _chunk(nb, rows, images, columns_per_image):
-    """nb if positive, else the images per chunk that keep the column matrix near COLS_ELEMS."""
-    if nb > 0:
-        return nb
-    return max(1, min(images, COLS_ELEMS // max(1, rows * columns_per_image)))
+def _chunk(rows, images, columns_per_image):
+    """Images per chunk: the column matrix near COLS_ELEMS, and at least MIN_COLUMNS wide."""
+    fit = COLS_ELEMS // max(1, rows * columns_per_image)
+    enough = -(-MIN_COLUMNS // max(1, columns_per_image))
+    return max(1, min(images, max(fit, enough)))
 
 
 # Copy loops index views from 0 so that Numba can drop its negative-index checks and vectorize.
+# (No helper is ever passed a literal number: Numba would compile it once more for that literal.)
 @njit(cache=True, fastmath=True)
 def _zero(dst, count):
     for k in range(count):
@@ -81,23 +82,27 @@ def _zero(dst, count):
 
 
 @njit(cache=True, fastmath=True)
+def _copy(dst, src, count):
+    for k in range(count):
+        dst[k] = src[k]
+
+
+@njit(cache=True, fastmath=True)
+def _add(dst, src, count):
+    for k in range(count):
+        dst[k] += src[k]
+
+
+@njit(cache=True, fastmath=True)
 def _gather(dst, src, count, step):
-    if step == 1:
-        for k in range(count):
-            dst[k] = src[k]
-    else:
-        for k in range(count):
-            dst[k] = src[k * step]
+    for k in range(count):
+        dst[k] = src[k * step]
 
 
 @njit(cache=True, fastmath=True)
 def _scatter_add(dst, src, count, step):
-    if step == 1:
-        for k in range(count):
-            dst[k] += src[k]
-    else:
-        for k in range(count):
-            dst[k * step] += src[k]
+    for k in range(count):
+        dst[k * step] += src[k]
 
 
 @njit(cache=True)
@@ -122,7 +127,7 @@ def _pad_chunk(x, n0, pt, pl, xp):
             for h in range(h0, h1):
                 row = plane[h * WP:]
                 _zero(row, w0)
-                _gather(row[w0:], x[c, n0 + n, h - pt], w1 - w0, 1)
+                _copy(row[w0:], x[c, n0 + n, h - pt], w1 - w0)
                 _zero(row[w1:], WP - w1)
 
 
@@ -136,7 +141,7 @@ def _unpad_add(dxp, n0, pt, pl, dx):
     for c in range(C):
         for n in range(m):
             for h in range(h0, h1):
-                _scatter_add(dx[c, n0 + n, h - pt], dxp[c, n, h, w0:], w1 - w0, 1)
+                _add(dx[c, n0 + n, h - pt], dxp[c, n, h, w0:], w1 - w0)
 
 
 @njit(cache=True, fastmath=True)
@@ -150,7 +155,7 @@ def _im2col(xp, kh, kw, sh, sw, p0, p1, ow, wide, cols):
                 row = cols[(c * kh + i) * kw + j]
                 for n in range(m):
                     if wide:  # the extra zero row keeps the run inside the plane
-                        _gather(row[n * band * WP:], xp[c, n].reshape(-1)[(p0 + i) * WP + j:], band * WP, 1)
+                        _copy(row[n * band * WP:], xp[c, n].reshape(-1)[(p0 + i) * WP + j:], band * WP)
                     else:
                         for p in range(p0, p1):
                             _gather(row[(n * band + p - p0) * ow:], xp[c, n, p * sh + i, j:], ow, sw)
@@ -169,7 +174,7 @@ def _col2im_add(cols, kh, kw, sh, sw, oh, ow, wide, dxp):
                 row = cols[(c * kh + i) * kw + j]
                 for n in range(m):
                     if wide:
-                        _scatter_add(dxp[c, n].reshape(-1)[i * WP + j:], row[n * oh * WP:], oh * WP, 1)
+                        _add(dxp[c, n].reshape(-1)[i * WP + j:], row[n * oh * WP:], oh * WP)
                     else:
                         for p in range(oh):
                             _scatter_add(dxp[c, n, p * sh + i, j:], row[(n * oh + p) * ow:], ow, sw)
@@ -216,8 +221,9 @@ def _masked_grad(out, dout, relu, n0, ld, g, db):
 
 
 @njit(cache=True, fastmath=True)
-def _forward_lane(x, wmat, b, out, kh, kw, sh, sw, pt, pl, relu, share, nb, scratch):
+def _forward_lane(x, wmat, b, out, geometry, relu, share, nb, scratch):
     """One lane's forward: its images and output rows (share), nb images at a time."""
+    kh, kw, sh, sw, pt, pl = geometry
     C, F, OH, OW = x.shape[0], wmat.shape[0], out.shape[2], out.shape[3]
     HP, WP, wide, ld = _layout(kh, kw, OH, OW, sh, sw)
     rows = wmat.shape[1]
@@ -235,44 +241,41 @@ def _forward_lane(x, wmat, b, out, kh, kw, sh, sw, pt, pl, relu, share, nb, scra
         _bias_relu_store(prod, b, relu, n0, p0, p1, ld, out)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, parallel=True)
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu):
-    conv2d_forward_chunked(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu, 0, 0)
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def conv2d_forward_chunked(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu, nb, lanes):
-    """conv2d_forward with nb images per chunk and a lane count (0: automatic), for tests and
-    benchmarks."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
     HP, WP, _, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
-    lanes = _lane_count(lanes, 2 * F * rows * N * OH * ld, max(N, OH))
-    nb = _chunk(nb, rows, (N + lanes - 1) // lanes, OH * ld)
+    lanes = _lane_count(2 * F * rows * N * OH * ld, max(N, OH))
+    nb = _chunk(rows, (N + lanes - 1) // lanes, OH * ld)
     # one scratch row per lane, allocated out here: Numba hoists (so shares) an np.empty that
-    # is written inside the prange body
+    # is written inside a prange body
     xp_bufs = np.empty((lanes, C * nb * (HP + 1) * WP), x.dtype)
     cols_bufs = np.empty((lanes, rows * nb * OH * ld), x.dtype)
     prod_bufs = np.empty((lanes, F * nb * OH * ld), x.dtype)
-    args = (KH, KW, stride_h, stride_w, pad_top, pad_left, relu)
-    if lanes == 1:  # no parallel launch: waking the threads costs more than small layers take
-        _forward_lane(x, wmat, b, out, *args, (0, N, 0, OH), nb, (xp_bufs[0], cols_bufs[0], prod_bufs[0]))
+    geometry = (KH, KW, stride_h, stride_w, pad_top, pad_left)
+    # (the serial call passes _share(...) too: a literal (0, N, 0, OH) would make Numba compile
+    # the lane a second time, for a tuple of another type)
+    if lanes == 1:  # a parallel launch costs ~70 us here, more than small layers take
+        _forward_lane(x, wmat, b, out, geometry, relu, _share(0, 1, N, OH), nb,
+                      (xp_bufs[0], cols_bufs[0], prod_bufs[0]))
     else:
         for lane in prange(lanes):
-            _forward_lane(x, wmat, b, out, *args, _share(lane, lanes, N, OH), nb,
+            _forward_lane(x, wmat, b, out, geometry, relu, _share(lane, lanes, N, OH), nb,
                           (xp_bufs[lane], cols_bufs[lane], prod_bufs[lane]))
 
 
 @njit(cache=True, fastmath=True)
-def _backward_lane(x, wmat, out, dout, dx, kh, kw, sh, sw, pt, pl, relu, need_dx, images, nb,
-                   scratch, dw, db):
-    """One lane's backward over its images [n_lo, n_hi): dw and db are overwritten with its sums."""
+def _backward_lane(x, wmat, out, dout, dx, geometry, relu, need_dx, share, nb, scratch, dw, db):
+    """One lane's backward over its images (share; backward lanes always get whole images, all
+    OH rows): dw and db are overwritten with the lane's sums."""
+    kh, kw, sh, sw, pt, pl = geometry
     C, F, OH, OW = x.shape[0], wmat.shape[0], out.shape[2], out.shape[3]
     HP, WP, wide, ld = _layout(kh, kw, OH, OW, sh, sw)
     rows = wmat.shape[1]
-    n_lo, n_hi = images
+    n_lo, n_hi, p0, p1 = share
     xp_buf, cols_buf, g_buf, dw_part = scratch
     dw[:] = 0
     db[:] = 0
@@ -283,7 +286,7 @@ def _backward_lane(x, wmat, out, dout, dx, kh, kw, sh, sw, pt, pl, relu, need_dx
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)
         _pad_chunk(x, n0, pt, pl, xp)
-        _im2col(xp, kh, kw, sh, sw, 0, OH, OW, wide, cols)
+        _im2col(xp, kh, kw, sh, sw, p0, p1, OW, wide, cols)
         np.dot(g, cols.T, dw_part)
         dw += dw_part
         if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
@@ -295,44 +298,39 @@ def _backward_lane(x, wmat, out, dout, dx, kh, kw, sh, sw, pt, pl, relu, need_dx
 
 @njit(cache=True, fastmath=True)
 def _sum_lanes(parts, total):
-    """total = parts.sum(axis=0), in a plain loop: in a parallel function that expression would
-    be a parallel loop of its own, and waking the threads for it costs more than the sum."""
-    total[:] = parts[0]
-    for lane in range(1, parts.shape[0]):
-        total += parts[lane]
+    """total = parts.sum(axis=0) for a few lanes (loops compile faster than array expressions)."""
+    for k in range(total.shape[0]):
+        s = parts[0, k]
+        for lane in range(1, parts.shape[0]):
+            s += parts[lane, k]
+        total[k] = s
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, parallel=True)
 def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, relu, need_dx):
-    conv2d_backward_chunked(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left,
-                            relu, need_dx, 0, 0)
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def conv2d_backward_chunked(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left,
-                            relu, need_dx, nb, lanes):
-    """conv2d_backward with nb images per chunk and a lane count (0: automatic)."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
     HP, WP, _, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
-    lanes = _lane_count(lanes, 4 * F * rows * N * OH * ld, N)
-    nb = _chunk(nb, rows, (N + lanes - 1) // lanes, OH * ld)
+    lanes = _lane_count(4 * F * rows * N * OH * ld, N)
+    nb = _chunk(rows, (N + lanes - 1) // lanes, OH * ld)
     xp_bufs = np.empty((lanes, C * nb * (HP + 1) * WP), x.dtype)
     cols_bufs = np.empty((lanes, rows * nb * OH * ld), x.dtype)
     g_bufs = np.empty((lanes, F * nb * OH * ld), x.dtype)
     dw_parts = np.empty((lanes, F, rows), x.dtype)
     dw_lanes = np.empty((lanes, F, rows), x.dtype)  # each lane sums its own images' dw and db
     db_lanes = np.empty((lanes, F), db.dtype)
-    args = (KH, KW, stride_h, stride_w, pad_top, pad_left, relu, need_dx)
+    geometry = (KH, KW, stride_h, stride_w, pad_top, pad_left)
     if lanes == 1:
-        _backward_lane(x, wmat, out, dout, dx, *args, (0, N), nb,
+        _backward_lane(x, wmat, out, dout, dx, geometry, relu, need_dx, _share(0, 1, N, OH), nb,
                        (xp_bufs[0], cols_bufs[0], g_bufs[0], dw_parts[0]), dw_lanes[0], db_lanes[0])
     else:
         for lane in prange(lanes):
-            _backward_lane(x, wmat, out, dout, dx, *args, _share(lane, lanes, N, OH)[:2], nb,
-                           (xp_bufs[lane], cols_bufs[lane], g_bufs[lane], dw_parts[lane]),
+            _backward_lane(x, wmat, out, dout, dx, geometry, relu, need_dx, _share(lane, lanes, N, OH),
+                           nb, (xp_bufs[lane], cols_bufs[lane], g_bufs[lane], dw_parts[lane]),
                            dw_lanes[lane], db_lanes[lane])
+    # plain loops: in a parallel function an array expression like .sum(axis=0) becomes a
+    # parallel loop of its own, with its own launch
     _sum_lanes(dw_lanes.reshape(lanes, F * rows), dw.reshape(F * rows))
     _sum_lanes(db_lanes, db)
