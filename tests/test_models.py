@@ -215,3 +215,19 @@ def test_dropout_is_seeded_and_active_only_in_training():
     losses_b = [b.loss_and_grads(x, y)[0] for _ in range(3)]
     assert losses_a == losses_b  # same seed, same masks
     assert len(set(losses_a)) == 3  # a new mask every step
+
+
+def test_changed_kernels_give_a_new_module(monkeypatch):
+    """Numba's cache of a generated module embeds the kernels it calls and never notices them
+    change: the module's source (so its file name) carries a hash of the kernel library."""
+    from cnnc.lower import program
+
+    source = cnnc.compile_source((Path(__file__).parent.parent / "examples" / "lenet5.cnn").read_text()).source
+    assert program.kernel_fingerprint() in source
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: real_read(p) + (b"#" if p.name == "conv.py" else b""))
+    program.kernel_fingerprint.cache_clear()
+    try:
+        assert program.kernel_fingerprint() not in source
+    finally:
+        program.kernel_fingerprint.cache_clear()

@@ -5,8 +5,11 @@ size `n` is read at run time. The same graphs always give byte-identical source.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from functools import cache
+from pathlib import Path
 from dataclasses import dataclass
 
 import networkx as nx
@@ -56,10 +59,23 @@ def header(g: nx.DiGraph, layout: ParamLayout, body: list[str]) -> list[str]:
               for name, (offset, shape) in layout.slots.items()]
     lines += ["", "Integer and boolean kernel arguments are written int(...) and bool(...): Numba would",
               "otherwise compile each kernel once per distinct constant, that is once per layer.",
+              "",
+              f"Kernel library {kernel_fingerprint()}: Numba's cache of this module holds the kernels'",
+              "code too and does not notice when they change, so a new library must give a new module.",
               '"""', "import numpy as np", "from numba import njit", ""]
     for module, names in kernel_imports("\n".join(body)).items():
         lines.append(f"from cnnc.kernels.{module} import {', '.join(names)}")
     return lines
+
+
+@cache
+def kernel_fingerprint() -> str:
+    """A hash of the kernel sources (cnnc/kernels/*.py)."""
+    folder = Path(__file__).resolve().parent.parent / "kernels"
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def kernel_imports(code: str) -> dict[str, list[str]]:
