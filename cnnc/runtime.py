@@ -19,7 +19,7 @@ import numpy as np
 
 from .diagnostics import InputError, ModelError
 from .frontend import check_file, check_source, optimized
-from .kernels import single_threaded_blas
+from .kernels import setup_threads
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
 from .ops import BUFFER_KINDS
@@ -115,7 +115,7 @@ class Network:
         self.grad_vector = np.zeros(self.layout.trainable, np.float32)
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
-        single_threaded_blas()
+        setup_threads()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started

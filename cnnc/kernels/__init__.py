@@ -3,7 +3,7 @@
 Activations are CNHW (see docs/design.md). Importing this package picks Numba's workqueue
 threading layer: OpenMP's layer fights OpenBLAS for the cores when kernels call np.dot.
 The kernels own the threads (they split the batch over Numba's threads and call one-threaded
-matrix products in each), so `single_threaded_blas` must run before they do.
+matrix products in each), so `setup_threads` must run before they do.
 """
 import numba
 
@@ -11,10 +11,13 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 
 
-def single_threaded_blas() -> None:
-    """Limits the OpenBLAS that Numba's np.dot calls (SciPy's) to one thread, for this process.
+def setup_threads() -> None:
+    """Starts Numba's thread pool and limits the OpenBLAS that Numba's np.dot calls (SciPy's)
+    to one thread, for this process; numpy's own BLAS, a different library, keeps its threads.
 
-    numpy's own BLAS, a different library, keeps its threads."""
+    The pool must be started by hand: a function loaded from Numba's cache that calls a
+    parallel kernel does not start it and crashes (segmentation fault) without it."""
+    numba.get_num_threads()  # launches the pool
     import scipy
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library, so threadpoolctl sees it)
     from threadpoolctl import ThreadpoolController
