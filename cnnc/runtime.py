@@ -1,7 +1,8 @@
 """The compiled network: parameters in one flat vector, and forward / loss_and_grads calling the kernels.
 
-The generated module is written to a cache folder named by the hash of its source and imported
-from there, so Numba's `cache=True` keeps its machine code between runs.
+The generated module is plain Python, written to a cache folder named by the hash of its
+source and imported from there; the kernels it calls keep their machine code in Numba's cache.
+Calls run on slices of the batch in parallel threads (cnnc/lanes.py).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .diagnostics import InputError, ModelError
 from .frontend import check_file, check_source, optimized
-from .kernels import setup_threads
+from . import lanes
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
 from .ops import BUFFER_KINDS
@@ -115,7 +116,9 @@ class Network:
         self.grad_vector = np.zeros(self.layout.trainable, np.float32)
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
-        setup_threads()
+        # Training-mode batchnorm needs the statistics of the whole batch: no slices then.
+        self.slices_in_training = all(d["op"] != "batchnorm" for _, d in self.training_graph.nodes(data=True))
+        self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ...
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
@@ -160,7 +163,10 @@ class Network:
 
     def forward(self, x) -> np.ndarray:
         """Inference: batchnorm uses running statistics, dropout passes values through."""
-        return self.module.forward(self.check_input(x), self.vector)
+        x = self.check_input(x)
+        parts = lanes.slices(len(x), lanes.lane_count())
+        outputs = lanes.run(self.module.forward, [(x[part], self.vector) for part in parts])
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
         """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.
@@ -182,9 +188,23 @@ class Network:
             raise InputError(f"labels must be a vector of {x.shape[0]} integers, not shape {y.shape}")
         if y.size and (y.min() < 0 or y.max() >= classes):
             raise InputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
-        seed = int(self.dropout_rng.integers(0, 2**31 - 1))
-        loss, correct = self.module.loss_and_grads(x, y, self.vector, self.grad_vector, seed)
-        return float(loss), int(correct)
+        n = len(x)
+        parts = lanes.slices(n, lanes.lane_count()) if self.slices_in_training else [slice(0, n)]
+        while len(self.lane_grads) < len(parts) - 1:
+            self.lane_grads.append(np.empty_like(self.grad_vector))
+        grads = [self.grad_vector] + self.lane_grads[:len(parts) - 1]
+        calls = [(x[part], y[part], self.vector, g, int(self.dropout_rng.integers(0, 2**31 - 1)))
+                 for part, g in zip(parts, grads)]
+        results = lanes.run(self.module.loss_and_grads, calls)
+        if len(parts) == 1:
+            return float(results[0][0]), int(results[0][1])
+        # each lane's loss and gradients are means over its slice: weigh them by slice size
+        shares = [(part.stop - part.start) / n for part in parts]
+        self.grad_vector *= shares[0]
+        for share, g in zip(shares[1:], grads[1:]):
+            g *= share
+            self.grad_vector += g
+        return float(sum(share * loss for share, (loss, _) in zip(shares, results))), sum(int(c) for _, c in results)
 
 
 def allocate_parameters(layout: ParamLayout, g: nx.DiGraph) -> np.ndarray:

@@ -1,30 +1,30 @@
-"""The Numba kernels that generated model code calls: forward and backward per op family.
+"""The Numba kernels that the generated model code calls: forward and backward per op family.
 
-Activations are CNHW (see docs/design.md). Importing this package picks Numba's workqueue
-threading layer: OpenMP's layer fights OpenBLAS for the cores when kernels call np.dot.
-The kernels own the threads (they split the batch over Numba's threads and call one-threaded
-matrix products in each), so `setup_threads` must run before they do.
+Activations are CNHW (see docs/design.md). Every kernel is serial and releases the GIL: the
+runtime gets its parallelism by running the whole network on slices of the batch in threads
+of its own. The matrix products inside (np.dot) call SciPy's OpenBLAS, whose thread count
+`set_blas_threads` sets: one while slices run side by side, all cores for a single slice.
 """
-import numba
-
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+import os
+from functools import cache
 
 
-def setup_threads() -> None:
-    """Starts Numba's thread pool and limits the OpenBLAS that Numba's np.dot calls (SciPy's)
-    to one thread, for this process; numpy's own BLAS, a different library, keeps its threads.
-
-    The pool must be started by hand: a function loaded from Numba's cache that calls a
-    parallel kernel does not start it and crashes (segmentation fault) without it."""
-    numba.get_num_threads()  # launches the pool
+@cache
+def _numba_blas():
+    """threadpoolctl's handle on the OpenBLAS that Numba's np.dot calls (SciPy's), or None."""
     import scipy
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library, so threadpoolctl sees it)
     from threadpoolctl import ThreadpoolController
 
-    scipy_dir = scipy.__file__.rsplit("/", 2)[0]
-    controller = ThreadpoolController()
-    ours = [lib["filepath"] for lib in controller.info()
-            if lib["user_api"] == "blas" and lib["filepath"].startswith(scipy_dir + "/scipy")]
-    if ours:
-        controller.select(filepath=ours).limit(limits=1)
+    scipy_libs = os.path.dirname(os.path.dirname(scipy.__file__)) + os.sep + "scipy"
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and lib.filepath.startswith(scipy_libs):
+            return lib
+    return None
+
+
+def set_blas_threads(count: int) -> None:
+    """Sets the thread count of the BLAS inside the kernels (numpy's own BLAS is left alone)."""
+    lib = _numba_blas()
+    if lib is not None and lib.num_threads != count:
+        lib.set_num_threads(count)

@@ -1,10 +1,8 @@
 """2-d convolution kernels (CNHW activations, OIHW weights): forward with fused bias+ReLU, and backward.
 
-Work split: the batch is cut into one contiguous range of images per Numba thread ("lane"),
-and each lane works through its range in chunks of nb images with single-threaded BLAS
-products (a batch smaller than the lane count is split by output rows instead, forward only).
-The caller must keep BLAS single-threaded (threadpoolctl.threadpool_limits(1, "blas")): a
-multi-threaded BLAS inside the lanes oversubscribes the cores.
+The kernels are serial: each works through its batch in chunks of nb images, with one BLAS
+product per chunk. The runtime runs the whole network on slices of the batch in parallel
+(cnnc/runtime.py), so BLAS is kept to one thread there except when a single slice runs.
 
 Per chunk the input is copied into a zero-padded buffer xp (C, nb, HP+1, WP) -- HP x WP is the
 input area the output windows cover, plus one zero row -- so that building the column matrix
@@ -12,35 +10,22 @@ needs no bounds logic. The forward is one product W (F, C*Kh*Kw) @ cols (C*Kh*Kw
 an epilogue (bias, ReLU) that copies the result into out; the backward is g @ cols.T (dw) and
 W.T @ g scattered back into the padded buffer (dx).
 
-Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q (rows counted
-from the lane's first row when it has a band). For stride 1, ld = WP ("wide"): the columns of
+Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q. For stride 1, ld = WP ("wide"): the columns of
 one kernel tap (c, i, j) and one image are then a single contiguous run of xp, starting at
 xp[c, n, i, j], so im2col is long block copies (10x faster than gathering rows of 16). The
 price is WP - OW discarded columns per output row, e.g. 18 for 16: 12% more product work.
 For other strides ld = OW and im2col gathers one output row at a time.
-
-Do not call these kernels from inside another parallel region (the workqueue threading layer
-does not nest).
 """
 import numpy as np
-import numba
-from numba import njit, prange
+from numba import njit
 
 # Images per chunk are picked so one chunk's column matrix stays near this many elements
 # (1 MB of float32; a core has 512 KB of L2): measured on the vgg_small and lenet5 layers with
-# two lanes, 0.3-1.3 MB chunks ran 10-50% faster than 5-20 MB ones.
+# two threads, 0.3-1.3 MB chunks ran 10-50% faster than 5-20 MB ones.
 COLS_ELEMS = 1 << 18
 # ...but with at least this many columns: OpenBLAS ran these products at 28-34 GFLOP/s with
 # 288 columns and 46-50 with 864 (vgg_small's 64->64 layer has 288 columns per image).
 MIN_COLUMNS = 512
-
-# Parallel lanes, one per Numba thread (frozen in when compiled: reading the thread count at
-# run time would stop Numba from caching the kernels).
-LANES = numba.config.NUMBA_NUM_THREADS
-# Below this much work a layer runs on one thread: a parallel launch costs ~70 us here, about
-# what 2-3 MFLOP take on one core (lenet5's convs at batch 1 stay serial).
-PARALLEL_MIN_FLOP = 10_000_000
-
 
 @njit(cache=True)
 def _layout(KH, KW, OH, OW, sh, sw):
@@ -48,21 +33,6 @@ def _layout(KH, KW, OH, OW, sh, sw):
     HP, WP = (OH - 1) * sh + KH, (OW - 1) * sw + KW
     wide = sh == 1 and sw == 1
     return HP, WP, wide, WP if wide else OW
-
-
-@njit(cache=True)
-def _lane_count(flop, parts):
-    """Lanes for work of this many FLOPs that can be cut into `parts` pieces: one for small work."""
-    return 1 if flop < PARALLEL_MIN_FLOP else max(1, min(LANES, parts))
-
-
-@njit(cache=True)
-def _share(lane, lanes, n, oh):
-    """A lane's work: images [n_lo, n_hi) and output rows [p0, p1). Lanes split the batch when
-    there is an image for each, else (batch-1 latency) the output rows."""
-    if n >= lanes:
-        return lane * n // lanes, (lane + 1) * n // lanes, 0, oh
-    return 0, n, lane * oh // lanes, (lane + 1) * oh // lanes
 
 
 @njit(cache=True)
@@ -145,20 +115,19 @@ def _unpad_add(dxp, n0, pt, pl, dx):
 
 
 @njit(cache=True, fastmath=True)
-def _im2col(xp, kh, kw, sh, sw, p0, p1, ow, wide, cols):
-    """cols[(c,i,j), (n*(p1-p0) + p-p0)*ld + q] = xp[c, n, p*sh+i, q*sw+j] for output rows [p0, p1)."""
+def _im2col(xp, kh, kw, sh, sw, oh, ow, wide, cols):
+    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, p*sh+i, q*sw+j]."""
     C, m, WP = xp.shape[0], xp.shape[1], xp.shape[3]
-    band = p1 - p0
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
                 for n in range(m):
                     if wide:  # the extra zero row keeps the run inside the plane
-                        _copy(row[n * band * WP:], xp[c, n].reshape(-1)[(p0 + i) * WP + j:], band * WP)
+                        _copy(row[n * oh * WP:], xp[c, n].reshape(-1)[i * WP + j:], oh * WP)
                     else:
-                        for p in range(p0, p1):
-                            _gather(row[(n * band + p - p0) * ow:], xp[c, n, p * sh + i, j:], ow, sw)
+                        for p in range(oh):
+                            _gather(row[(n * oh + p) * ow:], xp[c, n, p * sh + i, j:], ow, sw)
 
 
 @njit(cache=True, fastmath=True)
@@ -181,16 +150,15 @@ def _col2im_add(cols, kh, kw, sh, sw, oh, ow, wide, dxp):
 
 
 @njit(cache=True, fastmath=True)
-def _bias_relu_store(prod, b, relu, n0, p0, p1, ld, out):
-    """out[f, n0+n, p, q] = prod[f, (n*(p1-p0) + p-p0)*ld + q] + b[f], then max(0, .) if relu."""
-    OW = out.shape[3]
-    band = p1 - p0
-    m = prod.shape[1] // (band * ld)
+def _bias_relu_store(prod, b, relu, n0, ld, out):
+    """out[f, n0+n, p, q] = prod[f, (n*OH + p)*ld + q] + b[f], then max(0, .) if relu."""
+    OH, OW = out.shape[2], out.shape[3]
+    m = prod.shape[1] // (OH * ld)
     for f in range(prod.shape[0]):
         bf = b[f]
         for n in range(m):
-            for p in range(p0, p1):
-                src = prod[f, (n * band + p - p0) * ld:]
+            for p in range(OH):
+                src = prod[f, (n * OH + p) * ld:]
                 dst = out[f, n0 + n, p]
                 if relu:
                     for q in range(OW):
@@ -220,117 +188,56 @@ def _masked_grad(out, dout, relu, n0, ld, g, db):
         db[f] += s
 
 
-@njit(cache=True, fastmath=True)
-def _forward_lane(x, wmat, b, out, geometry, relu, share, nb, scratch):
-    """One lane's forward: its images and output rows (share), nb images at a time."""
-    kh, kw, sh, sw, pt, pl = geometry
-    C, F, OH, OW = x.shape[0], wmat.shape[0], out.shape[2], out.shape[3]
-    HP, WP, wide, ld = _layout(kh, kw, OH, OW, sh, sw)
-    rows = wmat.shape[1]
-    n_lo, n_hi, p0, p1 = share
-    xp_buf, cols_buf, prod_buf = scratch
-    width = (p1 - p0) * ld  # columns per image
-    for n0 in range(n_lo, n_hi, nb):
-        m = min(nb, n_hi - n0)
-        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
-        cols = cols_buf[:rows * m * width].reshape(rows, m * width)
-        prod = prod_buf[:F * m * width].reshape(F, m * width)
-        _pad_chunk(x, n0, pt, pl, xp)
-        _im2col(xp, kh, kw, sh, sw, p0, p1, OW, wide, cols)
-        np.dot(wmat, cols, prod)
-        _bias_relu_store(prod, b, relu, n0, p0, p1, ld, out)
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu):
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, WP, _, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
-    lanes = _lane_count(2 * F * rows * N * OH * ld, max(N, OH))
-    nb = _chunk(rows, (N + lanes - 1) // lanes, OH * ld)
-    # one scratch row per lane, allocated out here: Numba hoists (so shares) an np.empty that
-    # is written inside a prange body
-    xp_bufs = np.empty((lanes, C * nb * (HP + 1) * WP), x.dtype)
-    cols_bufs = np.empty((lanes, rows * nb * OH * ld), x.dtype)
-    prod_bufs = np.empty((lanes, F * nb * OH * ld), x.dtype)
-    geometry = (KH, KW, stride_h, stride_w, pad_top, pad_left)
-    # (the serial call passes _share(...) too: a literal (0, N, 0, OH) would make Numba compile
-    # the lane a second time, for a tuple of another type)
-    if lanes == 1:  # a parallel launch costs ~70 us here, more than small layers take
-        _forward_lane(x, wmat, b, out, geometry, relu, _share(0, 1, N, OH), nb,
-                      (xp_bufs[0], cols_bufs[0], prod_bufs[0]))
-    else:
-        for lane in prange(lanes):
-            _forward_lane(x, wmat, b, out, geometry, relu, _share(lane, lanes, N, OH), nb,
-                          (xp_bufs[lane], cols_bufs[lane], prod_bufs[lane]))
+    nb = _chunk(rows, N, OH * ld)
+    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
+    prod_buf = np.empty(F * nb * OH * ld, x.dtype)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
+        cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
+        prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
+        _pad_chunk(x, n0, pad_top, pad_left, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
+        np.dot(wmat, cols, prod)
+        _bias_relu_store(prod, b, relu, n0, ld, out)
 
 
-@njit(cache=True, fastmath=True)
-def _backward_lane(x, wmat, out, dout, dx, geometry, relu, need_dx, share, nb, scratch, dw, db):
-    """One lane's backward over its images (share; backward lanes always get whole images, all
-    OH rows): dw and db are overwritten with the lane's sums."""
-    kh, kw, sh, sw, pt, pl = geometry
-    C, F, OH, OW = x.shape[0], wmat.shape[0], out.shape[2], out.shape[3]
-    HP, WP, wide, ld = _layout(kh, kw, OH, OW, sh, sw)
-    rows = wmat.shape[1]
-    n_lo, n_hi, p0, p1 = share
-    xp_buf, cols_buf, g_buf, dw_part = scratch
-    dw[:] = 0
+@njit(cache=True, nogil=True, fastmath=True)
+def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, relu, need_dx):
+    """dw and db are overwritten; dx (when need_dx) is added into."""
+    F, C, KH, KW = w.shape
+    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
+    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    rows = C * KH * KW
+    wmat = w.reshape(F, rows)
+    dw2 = dw.reshape(F, rows)
+    nb = _chunk(rows, N, OH * ld)
+    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
+    g_buf = np.empty(F * nb * OH * ld, x.dtype)
+    dw_part = np.empty((F, rows), x.dtype)
+    dw2[:] = 0
     db[:] = 0
-    for n0 in range(n_lo, n_hi, nb):
-        m = min(nb, n_hi - n0)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
         xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)
-        _pad_chunk(x, n0, pt, pl, xp)
-        _im2col(xp, kh, kw, sh, sw, p0, p1, OW, wide, cols)
+        _pad_chunk(x, n0, pad_top, pad_left, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
         np.dot(g, cols.T, dw_part)
-        dw += dw_part
+        dw2 += dw_part
         if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
             np.dot(wmat.T, g, cols)
             xp[:] = 0
-            _col2im_add(cols, kh, kw, sh, sw, OH, OW, wide, xp)
-            _unpad_add(xp, n0, pt, pl, dx)  # lanes own disjoint images of dx
-
-
-@njit(cache=True, fastmath=True)
-def _sum_lanes(parts, total):
-    """total = parts.sum(axis=0) for a few lanes (loops compile faster than array expressions)."""
-    for k in range(total.shape[0]):
-        s = parts[0, k]
-        for lane in range(1, parts.shape[0]):
-            s += parts[lane, k]
-        total[k] = s
-
-
-@njit(cache=True, parallel=True)
-def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, relu, need_dx):
-    F, C, KH, KW = w.shape
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, WP, _, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
-    rows = C * KH * KW
-    wmat = w.reshape(F, rows)
-    lanes = _lane_count(4 * F * rows * N * OH * ld, N)
-    nb = _chunk(rows, (N + lanes - 1) // lanes, OH * ld)
-    xp_bufs = np.empty((lanes, C * nb * (HP + 1) * WP), x.dtype)
-    cols_bufs = np.empty((lanes, rows * nb * OH * ld), x.dtype)
-    g_bufs = np.empty((lanes, F * nb * OH * ld), x.dtype)
-    dw_parts = np.empty((lanes, F, rows), x.dtype)
-    dw_lanes = np.empty((lanes, F, rows), x.dtype)  # each lane sums its own images' dw and db
-    db_lanes = np.empty((lanes, F), db.dtype)
-    geometry = (KH, KW, stride_h, stride_w, pad_top, pad_left)
-    if lanes == 1:
-        _backward_lane(x, wmat, out, dout, dx, geometry, relu, need_dx, _share(0, 1, N, OH), nb,
-                       (xp_bufs[0], cols_bufs[0], g_bufs[0], dw_parts[0]), dw_lanes[0], db_lanes[0])
-    else:
-        for lane in prange(lanes):
-            _backward_lane(x, wmat, out, dout, dx, geometry, relu, need_dx, _share(lane, lanes, N, OH),
-                           nb, (xp_bufs[lane], cols_bufs[lane], g_bufs[lane], dw_parts[lane]),
-                           dw_lanes[lane], db_lanes[lane])
-    # plain loops: in a parallel function an array expression like .sum(axis=0) becomes a
-    # parallel loop of its own, with its own launch
-    _sum_lanes(dw_lanes.reshape(lanes, F * rows), dw.reshape(F * rows))
-    _sum_lanes(db_lanes, db)
+            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, OW, wide, xp)
+            _unpad_add(xp, n0, pad_top, pad_left, dx)

@@ -11,7 +11,7 @@ FAST = {"nsz", "arcp", "contract", "reassoc"}
 SMALL_BATCH = 8
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _matmul_wt_small(x, w, out):
     """out = x @ w.T by dot products of contiguous rows, four rows of w per pass over x[n]."""
     N, D = x.shape
@@ -43,7 +43,7 @@ def _matmul_wt_small(x, w, out):
             u += 1
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def dense_forward(x, w, b, out, relu):
     """x (N,D), w (U,D), b (U,) -> out (N,U) = x @ w.T + b, then max(., 0) if relu."""
     N = x.shape[0]
@@ -59,7 +59,7 @@ def dense_forward(x, w, b, out, relu):
             out[n, u] = zero if relu and v < zero else v
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def dense_backward(x, w, out, dout, dx, dw, db, relu, need_dx):
     """g = dout, masked by out > 0 if relu: dw = g.T @ x and db = sum over n of g (overwritten);
     dx += g @ w if need_dx (else dx is not touched: an empty (0, 0) array will do)."""

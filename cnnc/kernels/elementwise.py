@@ -6,7 +6,7 @@ from numba import njit
 FAST = {"nsz", "arcp", "contract", "reassoc"}
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def relu_forward(x, out):
     """out = max(x, 0); out may be x (in place)."""
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -16,7 +16,7 @@ def relu_forward(x, out):
         of[i] = zero if v < zero else v
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def relu_backward(out, dout, dx):
     """dx += dout where out > 0."""
     of, gf, dxf = out.reshape(-1), dout.reshape(-1), dx.reshape(-1)
@@ -25,7 +25,7 @@ def relu_backward(out, dout, dx):
         dxf[i] += gf[i] if of[i] > zero else zero  # a select, not a branch: it vectorizes
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def sigmoid_forward(x, out):
     """out = 1 / (1 + exp(-x)), computed from exp(-|x|) so nothing overflows; out may be x."""
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -37,7 +37,7 @@ def sigmoid_forward(x, out):
         of[i] = r if v >= 0 else e * r
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def sigmoid_backward(out, dout, dx):
     """dx += dout * out * (1 - out)."""
     of, gf, dxf = out.reshape(-1), dout.reshape(-1), dx.reshape(-1)
@@ -46,7 +46,7 @@ def sigmoid_backward(out, dout, dx):
         dxf[i] += gf[i] * y * (1 - y)
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def tanh_forward(x, out):
     """out = tanh(x); out may be x."""
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -54,7 +54,7 @@ def tanh_forward(x, out):
         of[i] = np.tanh(xf[i])
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def tanh_backward(out, dout, dx):
     """dx += dout * (1 - out**2)."""
     of, gf, dxf = out.reshape(-1), dout.reshape(-1), dx.reshape(-1)
@@ -66,7 +66,7 @@ def tanh_backward(out, dout, dx):
 _M32 = np.uint64(0xFFFFFFFF)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hash32(x):
     """A 32-bit integer hash (Wellons' lowbias32) of x < 2**32, held in a uint64. 32-bit
     products keep the loop vectorizable on AVX2, which lacks a 64-bit multiply."""
@@ -77,7 +77,7 @@ def _hash32(x):
     return x ^ (x >> np.uint64(16))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def dropout_forward(x, out, mask, rate, seed):
     """Inverted dropout: mask = 1/(1-rate) with probability 1-rate else 0; out = x * mask.
 
@@ -96,7 +96,7 @@ def dropout_forward(x, out, mask, rate, seed):
         of[i] = xf[i] * m
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def dropout_backward(mask, dout, dx):
     """dx += dout * mask."""
     mf, gf, dxf = mask.reshape(-1), dout.reshape(-1), dx.reshape(-1)
@@ -104,7 +104,7 @@ def dropout_backward(mask, dout, dx):
         dxf[i] += gf[i] * mf[i]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def add_into(dst, src):
     """dst += src (same shape): add's forward after a copy, and each of add's input gradients."""
     df, sf = dst.reshape(-1), src.reshape(-1)
@@ -112,7 +112,7 @@ def add_into(dst, src):
         df[i] += sf[i]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def add_forward(a, b, out):
     """out = a + b (same shape), in one pass."""
     af, bf, of = a.reshape(-1), b.reshape(-1), out.reshape(-1)

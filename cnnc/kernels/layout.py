@@ -2,7 +2,7 @@
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nchw_to_cnhw(x, out):
     """x (N,C,H,W) -> out (C,N,H,W)."""
     N, C = x.shape[0], x.shape[1]
@@ -15,7 +15,7 @@ def nchw_to_cnhw(x, out):
                 ys[i] = xs[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def cnhw_to_nchw(x, out):
     """x (C,N,H,W) -> out (N,C,H,W)."""
     C, N = x.shape[0], x.shape[1]
@@ -28,7 +28,7 @@ def cnhw_to_nchw(x, out):
                 ys[i] = xs[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def flatten_forward(x, out):
     """x (C,N,H,W) -> out (N, C*H*W) in C, H, W order (PyTorch's flatten of the NCHW tensor)."""
     C, N = x.shape[0], x.shape[1]
@@ -43,7 +43,7 @@ def flatten_forward(x, out):
                 on[base + i] = xs[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def flatten_backward(dout, dx):
     """dx (C,N,H,W) += dout (N, C*H*W) laid back out as CNHW."""
     C, N = dx.shape[0], dx.shape[1]
@@ -58,7 +58,7 @@ def flatten_backward(dout, dx):
                 ds[i] += gn[base + i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def concat_forward(x, out, c0):
     """out[c0:c0+C] = x for CNHW x (C,N,H,W); for (N,D) vectors, out[:, c0:c0+D] = x."""
     x2 = x.reshape(x.shape[0], -1)
@@ -74,7 +74,7 @@ def concat_forward(x, out, c0):
                 o2[c0 + c, i] = x2[c, i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def concat_backward(dout, dx, c0):
     """dx += dout[c0:c0+C] for CNHW dx (C,N,H,W); for (N,D) vectors, dx += dout[:, c0:c0+D]."""
     dx2 = dx.reshape(dx.shape[0], -1)

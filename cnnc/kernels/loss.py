@@ -6,7 +6,7 @@ from numba import njit
 FAST = {"nsz", "arcp", "contract", "reassoc"}
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _softmax_rows(x, out):
     """out[r] = exp(x[r] - max) / sum, row by row; returns the float64 row sums of exp (N,)."""
     R, K = x.shape
@@ -28,14 +28,14 @@ def _softmax_rows(x, out):
     return sums
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def softmax_forward(x, out):
     """out = softmax(x) over the last axis (any ndim)."""
     K = x.shape[-1]
     _softmax_rows(x.reshape(-1, K), out.reshape(-1, K))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def softmax_backward(out, dout, dx):
     """dx += out * (dout - sum(dout * out)) over the last axis."""
     K = out.shape[-1]
@@ -49,7 +49,7 @@ def softmax_backward(out, dout, dx):
             dx2[r, k] += o2[r, k] * (g2[r, k] - t)
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def softmax_cross_entropy(logits, labels, probs, dlogits):
     """Mean cross-entropy of softmax(logits) (N,K) against int labels (N,), accumulated in float64.
 
@@ -73,7 +73,7 @@ def softmax_cross_entropy(logits, labels, probs, dlogits):
     return total / N
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def cross_entropy_of_probabilities(probs, labels, dprobs):
     """Mean -log(probs[n, label]) for a softmax output that was not fused with its loss.
 

@@ -11,7 +11,7 @@ FAST = {"nsz", "arcp", "contract", "reassoc"}
 # so every public kernel compiles to one of the two loops below.
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _stats_update(c, s, q, m, running_mean, running_var, momentum):
     """Mean and biased variance from the float64 sums s, q of m values; update running stats."""
     mean = s / m
@@ -22,7 +22,7 @@ def _stats_update(c, s, q, m, running_mean, running_var, momentum):
     return mean, var
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _train_rows(x, gamma, beta, running_mean, running_var, out, xhat, invstd, eps, momentum):
     C, M = x.shape
     T = x.dtype.type
@@ -45,7 +45,7 @@ def _train_rows(x, gamma, beta, running_mean, running_var, out, xhat, invstd, ep
             oc[i] = g * h + b
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _train_cols(x, gamma, beta, running_mean, running_var, out, xhat, invstd, eps, momentum):
     N, D = x.shape
     T = x.dtype.type
@@ -71,7 +71,7 @@ def _train_cols(x, gamma, beta, running_mean, running_var, out, xhat, invstd, ep
             out[n, d] = gamma[d] * h + beta[d]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def batchnorm_train_forward(x, gamma, beta, running_mean, running_var, out, xhat, invstd, eps, momentum):
     """Normalize with batch statistics (biased variance); write out, xhat (same shape as x) and
     invstd (C,); running = (1-momentum)*running + momentum*batch (unbiased variance), as PyTorch."""
@@ -84,7 +84,7 @@ def batchnorm_train_forward(x, gamma, beta, running_mean, running_var, out, xhat
         _train_rows(x2, gamma, beta, running_mean, running_var, out2, xhat2, invstd, eps, momentum)
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _backward_rows(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
     C, M = dout.shape
     T = dout.dtype.type
@@ -104,7 +104,7 @@ def _backward_rows(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
             dxc[i] += a * gc[i] - b1 - b2 * hc[i]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _backward_cols(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
     N, D = dout.shape
     sg = np.zeros(D)
@@ -129,7 +129,7 @@ def _backward_cols(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
             dx[n, d] += a[d] * dout[n, d] - b1[d] - b2[d] * xhat[n, d]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
     """dbeta = sum dout, dgamma = sum dout*xhat (overwritten);
     dx += gamma*invstd * (dout - mean(dout) - xhat*mean(dout*xhat))."""
@@ -142,7 +142,7 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
         _backward_rows(dout2, xhat2, gamma, invstd, dx2, dgamma, dbeta)
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _scale_shift(gamma, beta, running_mean, running_var, eps, dtype):
     """Per channel: scale = gamma/sqrt(var+eps), shift = beta - mean*scale."""
     C = gamma.shape[0]
@@ -155,7 +155,7 @@ def _scale_shift(gamma, beta, running_mean, running_var, eps, dtype):
     return scale, shift
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def batchnorm_infer_forward(x, gamma, beta, running_mean, running_var, out, eps):
     """out = (x - running_mean) * gamma / sqrt(running_var + eps) + beta, per channel."""
     scale, shift = _scale_shift(gamma, beta, running_mean, running_var, eps, x.dtype)
@@ -173,7 +173,7 @@ def batchnorm_infer_forward(x, gamma, beta, running_mean, running_var, out, eps)
                 out2[c, i] = x2[c, i] * s + t
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps, w_out, b_out):
     """Fold an inference batchnorm into the preceding conv (F,C,Kh,Kw) or dense (U,D) layer:
     w_out = w * s[:, None...], b_out = (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""

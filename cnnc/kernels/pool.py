@@ -9,14 +9,14 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _span(p, k, stride, pad, size):
     """The input indices [lo, hi) of output p's window that lie inside the input (one axis)."""
     start = p * stride - pad
     return max(start, 0), max(min(start + k, size), 0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _taps(j, stride, pad, size, n_out):
     """Output columns [lo, hi) whose window tap j, at input column q*stride + j - pad, is real."""
     lo = 0 if pad - j <= 0 else (pad - j + stride - 1) // stride
@@ -25,7 +25,7 @@ def _taps(j, stride, pad, size, n_out):
     return lo, max(lo, hi)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _real_counts(kw, stride, pad, size, n_out):
     """counts[q]: how many real input columns output column q's window covers."""
     counts = np.empty(n_out, np.int64)
@@ -35,7 +35,7 @@ def _real_counts(kw, stride, pad, size, n_out):
     return counts
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def maxpool_forward(x, out, argmax, kh, kw, stride_h, stride_w, pad_top, pad_left):
     C, N, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -63,7 +63,7 @@ def maxpool_forward(x, out, argmax, kh, kw, stride_h, stride_w, pad_top, pad_lef
                     where_row[q] = where
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _maxpool_2x2(x, out, argmax):
     """The common 2x2, stride 2, unpadded case, unrolled: 3-6x faster than the general loop."""
     C, N, H, W = x.shape
@@ -82,7 +82,7 @@ def _maxpool_2x2(x, out, argmax):
                     best_row[q], where_row[q] = best, where
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxpool_backward(dout, argmax, dx):
     C, N, OH, OW = dout.shape
     for c in range(C):
@@ -95,7 +95,7 @@ def maxpool_backward(dout, argmax, dx):
                         plane[where[q]] += g[q]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_top, pad_left):
     C, N, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -117,7 +117,7 @@ def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_top, pad_left):
                     acc[q] = acc[q] / real if real > 0 else 0
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def avgpool_backward(dout, dx, kh, kw, stride_h, stride_w, pad_top, pad_left):
     C, N, OH, OW = dout.shape
     H, W = dx.shape[2], dx.shape[3]
@@ -138,7 +138,7 @@ def avgpool_backward(dout, dx, kh, kw, stride_h, stride_w, pad_top, pad_left):
                             dst[k * stride_w] += s[k]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def globalavgpool_forward(x, out):
     C, N, H, W = x.shape
     for c in range(C):
@@ -146,7 +146,7 @@ def globalavgpool_forward(x, out):
             out[c, n, 0, 0] = x[c, n].sum() / (H * W)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def globalavgpool_backward(dout, dx):
     C, N, H, W = dx.shape
     for c in range(C):

@@ -11,7 +11,7 @@ from ..graph import inputs
 from ..ops import BUFFER_KINDS
 from ..shapes import parameter_shapes
 
-RESERVED = {"x", "y", "n", "P", "G", "seed", "loss", "np", "njit", "EMPTY4", "EMPTY2"}
+RESERVED = {"x", "y", "n", "P", "G", "seed", "loss", "np", "EMPTY4", "EMPTY2"}
 
 
 class ParamLayout:
@@ -58,13 +58,8 @@ def identifiers(g: nx.DiGraph) -> dict[str, str]:
 
 
 def scalars(*values) -> str:
-    """Integer and boolean arguments of a kernel call, as `int(1), bool(True)`.
-
-    Numba compiles a kernel anew for every distinct literal it is called with from compiled
-    code; int() and bool() make the values plain int64 and bool, so each kernel compiles once
-    for all layers (and all models) and its machine code is cached.
-    """
-    return ", ".join(f"bool({v})" if isinstance(v, bool) else f"int({v})" for v in values)
+    """Integer and boolean arguments of a kernel call, as `1, True`."""
+    return ", ".join(map(str, values))
 
 
 class Context:

@@ -1,15 +1,14 @@
-"""Optimized graphs -> the Python source of one kernel module: `forward` and `loss_and_grads`.
+"""Optimized graphs -> the Python source of one model module: `forward` and `loss_and_grads`.
 
-Every shape, stride, padding and parameter offset is a constant in the source; only the batch
-size `n` is read at run time. The same graphs always give byte-identical source.
+The two functions are plain Python: each allocates the activations and calls one compiled
+kernel (cnnc/kernels, Numba) per fused group of ops. Every shape, stride, padding and parameter
+offset is a constant in the source; only the batch size `n` is read at run time. The same
+graphs always give byte-identical source.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import re
-from functools import cache
-from pathlib import Path
 from dataclasses import dataclass
 
 import networkx as nx
@@ -44,7 +43,7 @@ def lower(inference: nx.DiGraph, training: nx.DiGraph, layout: ParamLayout) -> L
     body = forward_function(Context(inference, layout))
     if training.graph["loss"]:
         body += ["", ""] + loss_and_grads_function(Context(training, layout))
-    source = "\n".join(header(inference, layout, body) + [""] + body) + "\n"
+    source = "\n".join(header(inference, layout, body) + ["", ""] + body) + "\n"
     g = inference
     return Lowered(source, layout, g.nodes[g.graph["input"]]["shape"], g.nodes[g.graph["output"]]["shape"])
 
@@ -57,25 +56,13 @@ def header(g: nx.DiGraph, layout: ParamLayout, body: list[str]) -> list[str]:
              "into the flat float32 vector P (gradients: G), at these offsets:"]
     lines += [f"    {name:<28} {show(shape):<14} P[{offset}:{offset + math.prod(shape)}]"
               for name, (offset, shape) in layout.slots.items()]
-    lines += ["", "Integer and boolean kernel arguments are written int(...) and bool(...): Numba would",
-              "otherwise compile each kernel once per distinct constant, that is once per layer.",
-              "",
-              f"Kernel library {kernel_fingerprint()}: Numba's cache of this module holds the kernels'",
-              "code too and does not notice when they change, so a new library must give a new module.",
-              '"""', "import numpy as np", "from numba import njit", ""]
+    lines += ["", "The functions here are plain Python calling the compiled kernels: compiling this glue",
+              "too would save a few microseconds a call and cost seconds of compile time for every",
+              "new model, and it is what lets the runtime run batch slices in parallel threads.",
+              '"""', "import numpy as np", ""]
     for module, names in kernel_imports("\n".join(body)).items():
         lines.append(f"from cnnc.kernels.{module} import {', '.join(names)}")
     return lines
-
-
-@cache
-def kernel_fingerprint() -> str:
-    """A hash of the kernel sources (cnnc/kernels/*.py)."""
-    folder = Path(__file__).resolve().parent.parent / "kernels"
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def kernel_imports(code: str) -> dict[str, list[str]]:
@@ -134,7 +121,7 @@ def forward_function(ctx: Context) -> list[str]:
 
 def function(name: str, args: str, doc: str, lines: list[str]) -> list[str]:
     body = [f'"""{doc}"""', "n = x.shape[0]"] + lines
-    return ["@njit(cache=True)", f"def {name}({args}):"] + ["    " + line if line else "" for line in body]
+    return [f"def {name}({args}):"] + ["    " + line if line else "" for line in body]
 
 
 def needs_grad(g: nx.DiGraph, layout: ParamLayout) -> set[str]:
@@ -158,10 +145,8 @@ def loss_lines(ctx: Context) -> list[str]:
                   f"loss = softmax_cross_entropy({ctx.var(out)}, y, probs, {ctx.grad(out)})"]
     else:
         lines += [f"loss = cross_entropy_of_probabilities({ctx.var(out)}, y, {ctx.grad(out)})"]
-    return lines + ["correct = 0  # training accuracy comes free with the loss",
-                    "for i in range(n):",
-                    f"    if np.argmax({ctx.var(out)}[i]) == y[i]:",
-                    "        correct += 1"]
+    return lines + [f"correct = int(np.count_nonzero({ctx.var(out)}.argmax(axis=1) == y))"
+                    "  # training accuracy comes free with the loss"]
 
 
 def backward_lines(ctx: Context) -> list[str]:

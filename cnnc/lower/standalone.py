@@ -58,11 +58,8 @@ def standalone(source: str) -> str:
         imports += [i for i in module_imports if not KERNEL_IMPORT.match(i) and i not in imports]
         sections.append(f"# ---- kernels from cnnc/kernels/{module}.py ----\n\n{body}")
     head, _, rest = source.partition("\nimport numpy as np\n")
-    rest = KERNEL_IMPORT.sub("", rest).replace("from numba import njit\n", "", 1).lstrip("\n")
+    rest = KERNEL_IMPORT.sub("", rest).lstrip("\n")
     imports = [i for i in imports if i not in ("import numpy as np", "from numba import njit")]
-    threading = ("# Numba's OpenMP layer fights OpenBLAS for the cores when kernels call np.dot.\n"
-                 "import numba\n\nif numba.config.THREADING_LAYER == \"default\":\n"
-                 "    numba.config.THREADING_LAYER = \"workqueue\"")
-    parts = [head, "import numpy as np", "from numba import njit", *imports, "", threading, "",
+    parts = [head, "import numpy as np", "from numba import njit", *imports, "",
              *[s + "\n" for s in sections], "# ---- the model ----\n", rest]
     return "\n".join(parts)

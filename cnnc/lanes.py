@@ -1,0 +1,49 @@
+"""Data parallelism: the generated functions run on slices of a batch, one thread ("lane") each.
+
+The kernels are serial and release the GIL, so lanes run side by side, each with a one-thread
+BLAS; a batch too small to split runs whole on the calling thread with a BLAS of all lanes.
+Splitting the whole network, not each kernel, costs one hand-over per call instead of one per
+layer, and keeps a lane's activations in its own core's caches.
+
+The lane count is $CNNC_THREADS, else the CPUs this process may run on.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+from .kernels import set_blas_threads
+
+# A lane gets at least this many images: below it, handing work to another thread (~20-50 us)
+# costs more than it saves on these networks.
+MIN_IMAGES_PER_LANE = 4
+
+
+def lane_count() -> int:
+    configured = os.environ.get("CNNC_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnc-lane")
+
+
+def slices(n: int, lanes: int) -> list[slice]:
+    """The batch's images cut into at most `lanes` contiguous, near-equal slices."""
+    parts = max(1, min(lanes, n // MIN_IMAGES_PER_LANE))
+    return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
+
+
+def run(fn, calls: list[tuple]) -> list:
+    """[fn(*args) for args in calls], the calls side by side (the first on this thread)."""
+    if len(calls) == 1:
+        set_blas_threads(lane_count())
+        return [fn(*calls[0])]
+    set_blas_threads(1)
+    futures = [_pool(lane_count() - 1).submit(fn, *args) for args in calls[1:]]
+    first = fn(*calls[0])
+    return [first] + [f.result() for f in futures]
