@@ -266,7 +266,7 @@ def timed_compile(model: Path, env: dict, *options: str) -> tuple[float, float |
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"cnnc compile {model} failed:\n{done.stderr}")
-    reported = re.search(r"compiled in ([\d.]+) s", done.stdout)
+    reported = re.search(r"\) in ([\d.]+) s; model code", done.stdout)
     return seconds, float(reported.group(1)) if reported else None
 
 

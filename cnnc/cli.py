@@ -153,8 +153,10 @@ def run_compile(args) -> int:
         return 0
     from .summary import render_summary
 
-    seconds = net.compile()
-    kernels = f"kernels: {net.module.__name__} compiled in {seconds:.2f} s (cache: {net.module.__file__})"
+    compiled = net.compile()
+    count = len(net.kernel_calls)
+    kernels = (f"kernels: {count} ({compiled} compiled, {count - compiled} from Numba's cache) in "
+               f"{net.compile_seconds:.2f} s; model code: {net.module.__file__}")
     write(render_summary(parsed, net.graph, net.passes, [kernels]), args.output)
     return 0
 
@@ -214,6 +216,7 @@ def run_train(args) -> int:
         data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
     if data.x_test is not None and len(data.x_test) == 0:
         data.x_test = data.y_test = None  # an empty test split is no test split
+    net.compile()  # on two cores when the cache is cold; the data's mistakes are reported first
     command = ["cnnc", "train", str(args.model), str(args.data)]
     for flag in TRAIN_FLAGS:
         value = getattr(args, flag)
@@ -230,6 +233,7 @@ def run_eval(args) -> int:
 
     net = load_network(args.model, args.weights)
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
+    net.compile(training=False)
     write(render_evaluation(evaluate(net, data)), None)
     return 0
 
@@ -240,6 +244,7 @@ def run_predict(args) -> int:
 
     net = load_network(args.model, args.weights)
     x = load_images(args.images, net.input_shape)
+    net.compile(training=False)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])
     write(render_predictions(args.images, probabilities(net, x), names), None)
     return 0

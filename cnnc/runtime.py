@@ -23,6 +23,7 @@ from .frontend import check_file, check_source, optimized
 from . import lanes
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
+from .precompile import compile_all, kernel_calls
 from .ops import BUFFER_KINDS
 
 
@@ -136,17 +137,20 @@ class Network:
     def source(self) -> str:
         return self.lowered.source
 
-    def compile(self) -> float:
-        """Compiles (or loads from Numba's cache) every kernel now; returns the seconds it took."""
+    def compile(self, training: bool = True) -> int:
+        """Compiles every kernel that `forward` calls and, with `training` and a loss,
+        `loss_and_grads`, unless Numba's cache holds it; returns how many were compiled (the
+        seconds it took are in `compile_seconds`). Without this, the first call compiles what
+        it needs, one kernel after the other."""
         started = time.perf_counter()
         x = np.ones((1,) + self.input_shape, np.float32)
-        self.forward(x)
-        if self.parsed.graph["loss"]:
-            saved, rng = self.vector.copy(), self.dropout_rng.bit_generator.state
-            self.loss_and_grads(x, np.zeros(1, np.int64))  # the probe must not move running statistics
-            self.vector[:], self.dropout_rng.bit_generator.state = saved, rng
+        probes = [("forward", (x, self.vector))]
+        if training and self.parsed.graph["loss"]:
+            probes.append(("loss_and_grads", (x, np.zeros(1, np.int64), self.vector, self.grad_vector, 0)))
+        self.kernel_calls = kernel_calls(self.module, probes)
+        compiled = compile_all(self.kernel_calls)
         self.compile_seconds = time.perf_counter() - started
-        return self.compile_seconds
+        return compiled
 
     def check_input(self, x) -> np.ndarray:
         x = np.asarray(x)

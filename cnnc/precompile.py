@@ -1,0 +1,103 @@
+"""Compiling a model's kernels before its first call, on two cores when Numba's cache is cold.
+
+A dry run of the generated functions, with every kernel replaced by a recorder, lists the
+(kernel, argument types) pairs the model will call. Those missing from Numba's on-disk cache
+are compiled by this process from the front of the list and by one helper process from the
+back, until they meet (each claims an item by creating a file); both write Numba's cache, so
+the real first call then only loads. Should the helper fail, this process compiles what is left.
+Kernels already in the cache are not loaded here: a cached `cnnc compile` only checks them.
+Compiling a kernel takes 0.3-5 s and they are independent: two processes halve a cold compile.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import types
+
+import numba
+import numpy as np
+from numba.core.registry import CPUDispatcher
+
+def kernel_calls(module: types.ModuleType, probes: list[tuple[str, tuple]]) -> list[tuple[CPUDispatcher, tuple]]:
+    """The distinct (kernel, argument types) pairs that module.<function>(*args) would call, in order."""
+    calls: dict = {}
+    recorders = {}
+    for name, value in vars(module).items():
+        if isinstance(value, CPUDispatcher):
+            def record(*args, kernel=value):
+                calls.setdefault((kernel, tuple(numba.typeof(a) for a in args)), None)
+            recorders[name] = record
+    namespace = {**vars(module), **recorders}
+    with np.errstate(all="ignore"):  # the dry run computes on uninitialized buffers
+        for function, args in probes:
+            code = getattr(module, function)
+            types.FunctionType(code.__code__, namespace)(*args)
+    return list(calls)
+
+
+def is_cached(kernel: CPUDispatcher, signature: tuple) -> bool:
+    """Whether Numba's cache holds machine code for this signature (without loading it)."""
+    if signature in kernel.overloads:
+        return True
+    try:  # Numba's internals: any surprise only means "compile it"
+        cache = kernel._cache
+        key = cache._index_key(signature, kernel.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:
+        return False
+
+
+def compile_all(pairs: list[tuple[CPUDispatcher, tuple]]) -> int:
+    """Makes sure every pair has machine code, in this process or in Numba's cache (cached code
+    is not loaded: the first call does that); returns how many had to be compiled."""
+    missing = [(k, s) for k, s in pairs if not is_cached(k, s)]
+    if len(missing) > 1:
+        with tempfile.TemporaryDirectory(prefix="cnnc-compile-") as claims:
+            helper = start_helper(missing, claims)
+            for index, (kernel, signature) in enumerate(missing):
+                if helper is None or claim(claims, index):
+                    kernel.compile(signature)
+            if helper is not None:
+                helper.wait()
+    for kernel, signature in missing:  # what the helper left, or could not write to the cache
+        if not is_cached(kernel, signature):
+            kernel.compile(signature)
+    return len(missing)
+
+
+def claim(folder: str, index: int) -> bool:
+    """Takes item `index` for this process: True for the first process to ask."""
+    try:
+        os.close(os.open(os.path.join(folder, str(index)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def start_helper(missing, claims: str) -> subprocess.Popen | None:
+    """`python -m cnnc.precompile CLAIMS` compiling `missing` from the back, or None."""
+    names = [(k.py_func.__module__, k.py_func.__name__, s) for k, s in missing]
+    try:
+        helper = subprocess.Popen([sys.executable, "-m", "cnnc.precompile", claims], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        helper.stdin.write(pickle.dumps(names))
+        helper.stdin.close()
+        return helper
+    except (OSError, pickle.PicklingError):
+        return None
+
+
+def helper_main(claims: str) -> None:
+    names = pickle.loads(sys.stdin.buffer.read())
+    for index in reversed(range(len(names))):
+        module, name, signature = names[index]
+        if claim(claims, index):
+            getattr(importlib.import_module(module), name).compile(signature)
+
+
+if __name__ == "__main__":
+    helper_main(sys.argv[1])

@@ -1,0 +1,83 @@
+"""Compiling a model's kernels ahead of the first call: the dry run finds exactly the kernel
+signatures the real calls use, and a cold compile (two processes) leaves them all in Numba's cache."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+
+import cnnc
+from cnnc.precompile import claim, kernel_calls
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def spy_calls(module, probes):
+    """The (kernel, argument types) pairs of the real calls, which run."""
+    seen = {}
+    namespace = dict(vars(module))
+    for name, value in vars(module).items():
+        if isinstance(value, numba.core.registry.CPUDispatcher):
+            def spy(*args, kernel=value):
+                seen.setdefault((kernel, tuple(numba.typeof(a) for a in args)), None)
+                return kernel(*args)
+            namespace[name] = spy
+    for function, args in probes:
+        type(getattr(module, function))(getattr(module, function).__code__, namespace)(*args)
+    return list(seen)
+
+
+def test_the_dry_run_finds_the_signatures_of_the_real_calls():
+    for example in ("resnet_tiny", "vgg_small"):
+        net = cnnc.compile(EXAMPLES / f"{example}.cnn")
+        x = np.random.default_rng(0).standard_normal((2,) + net.input_shape).astype(np.float32)
+        y = np.array([1, 0])
+        probes = [("forward", (x, net.vector)),
+                  ("loss_and_grads", (x, y, net.vector.copy(), net.grad_vector.copy(), 3))]
+        dry = kernel_calls(net.module, probes)
+        assert dry == spy_calls(net.module, probes)
+        assert {k.py_func.__name__ for k, _ in dry} >= {"conv2d_forward", "conv2d_backward", "dense_backward"}
+
+
+def test_claims_go_to_the_first_asker(tmp_path):
+    assert claim(str(tmp_path), 3) and not claim(str(tmp_path), 3) and claim(str(tmp_path), 4)
+
+
+TINY = """
+input 1x5x5
+flatten
+dense units=4 activation=relu
+dense units=3
+softmax
+loss cross_entropy
+"""
+
+
+def test_a_cold_compile_fills_the_cache_and_a_fresh_process_runs_from_it(tmp_path):
+    """Three fresh processes on an empty cache: `cnnc compile` compiles every kernel (itself and
+    its helper process), the same command again finds them all cached, and a program runs the
+    model from the cache (once a crash: a cached caller of parallel kernels)."""
+    model = tmp_path / "tiny.cnn"
+    model.write_text(TINY)
+    env = {**os.environ, "CNNC_CACHE_DIR": str(tmp_path / "cnnc"), "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    command = [shutil.which("cnnc")] if shutil.which("cnnc") else [sys.executable, "-m", "cnnc.cli"]
+    counts = []
+    for _ in range(2):
+        done = subprocess.run(command + ["compile", str(model)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        found = re.search(r"kernels: (\d+) \((\d+) compiled, (\d+) from Numba's cache\)", done.stdout)
+        counts.append(tuple(map(int, found.groups())))
+    (total, compiled, cached), again = counts
+    assert total >= 5 and compiled == total and cached == 0
+    assert again == (total, 0, total)
+    program = ("import numpy as np, cnnc, sys; net = cnnc.compile(sys.argv[1]);"
+               "print(net.forward(np.ones((2, 1, 5, 5), np.float32)).sum())")
+    done = subprocess.run([sys.executable, "-c", program, str(model)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert abs(float(done.stdout) - 2.0) < 1e-5  # two rows of softmax probabilities
