@@ -188,6 +188,16 @@ def _masked_grad(out, dout, relu, n0, ld, g, db):
         db[f] += s
 
 
+@njit(cache=True, fastmath=True)
+def _add_transposed(dst, src):
+    """dst += src.T. The backward computes dw.T = cols @ g.T (R x F) rather than dw = g @ cols.T
+    (F x R): OpenBLAS ran the first at 63-69 GFLOP/s and the second at 40-46 on one core for
+    vgg_small's 32-filter layer (70-73 and 59-62 for the 64-filter ones)."""
+    for f in range(dst.shape[0]):
+        for r in range(dst.shape[1]):
+            dst[f, r] += src[r, f]
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu):
     F, C, KH, KW = w.shape
@@ -223,7 +233,7 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     g_buf = np.empty(F * nb * OH * ld, x.dtype)
-    dw_part = np.empty((F, rows), x.dtype)
+    dw_part = np.empty((rows, F), x.dtype)  # dw transposed: see _add_transposed
     dw2[:] = 0
     db[:] = 0
     for n0 in range(0, N, nb):
@@ -234,8 +244,8 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
         _masked_grad(out, dout, relu, n0, ld, g, db)
         _pad_chunk(x, n0, pad_top, pad_left, xp)
         _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
-        np.dot(g, cols.T, dw_part)
-        dw2 += dw_part
+        np.dot(cols, g.T, dw_part)
+        _add_transposed(dw2, dw_part)
         if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
             np.dot(wmat.T, g, cols)
             xp[:] = 0
