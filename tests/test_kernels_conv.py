@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnc.kernels.conv import conv2d_backward, conv2d_forward
+from cnnc.kernels.conv import conv2d_backward, conv2d_forward, conv3x3_forward
 
 RTOL = 1e-4
 
@@ -120,14 +120,13 @@ def test_need_dx_false_leaves_dx_alone():
     assert rel_err(db, layer.ref_db) < RTOL
 
 
-# Layers big enough to be cut into chunks of images and, above PARALLEL_MIN_FLOP, split between
-# threads (on a machine with more than one). (C, F, N, H, W, K, stride, padding mode)
+# Layers big enough to be cut into chunks of images. (C, F, N, H, W, K, stride, padding mode)
 WORK_SPLITS = [
-    (1, 6, 30, 28, 28, 5, (1, 1), "same"),    # one thread, chunks of 11, 11 and 8 images
-    (1, 6, 64, 28, 28, 5, (1, 1), "same"),    # lenet5's first layer: 2 x (11, 11, 10)
-    (32, 64, 3, 16, 16, 3, (1, 1), "same"),   # 3 images over 2 threads
+    (1, 6, 30, 28, 28, 5, (1, 1), "same"),    # chunks of 11, 11 and 8 images
+    (1, 6, 64, 28, 28, 5, (1, 1), "same"),    # lenet5's first layer
+    (32, 64, 3, 16, 16, 3, (1, 1), "same"),   # one chunk of 3 images
     (16, 32, 8, 32, 31, 3, (2, 2), "same"),   # strided: the row-gathering im2col
-    (64, 64, 1, 15, 16, 3, (1, 1), "same"),   # batch 1: the forward splits 15 output rows
+    (64, 64, 1, 15, 16, 3, (1, 1), "same"),   # batch 1
     (64, 64, 1, 31, 31, 3, (2, 2), "same"),   # batch 1, strided
 ]
 
@@ -159,6 +158,28 @@ def test_model_shapes(C, Fo, H, K, mode):
     dw, db = layer.backward(out, dx)
     assert rel_err(dw, layer.ref_dw) < RTOL
     assert rel_err(dx, layer.ref_dx) < RTOL
+
+
+# conv3x3_forward (Winograd): odd and even sizes (partial last tiles), every padding, and
+# batches cut into chunks (16x16 images: 64 tiles each, 8 images a chunk). (C, F, N, H, W, mode)
+WINOGRAD = [
+    (3, 4, 2, 8, 8, "same"),
+    (2, 3, 3, 7, 9, "same"),
+    (4, 2, 2, 9, 6, "valid"),
+    (3, 5, 1, 5, 6, "full"),
+    (2, 2, 1, 3, 3, 1),
+    (32, 64, 19, 16, 16, "same"),
+    (16, 8, 3, 31, 33, "valid"),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("C, Fo, N, H, W, mode", WINOGRAD)
+def test_winograd_forward_matches_torch(C, Fo, N, H, W, mode, relu):
+    layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + H)
+    out = np.full((Fo, N, layer.OH, layer.OW), np.nan, np.float32)  # every element must be written
+    conv3x3_forward(layer.x, layer.w, layer.b, out, layer.pt, layer.pl, relu)
+    assert rel_err(out, layer.ref_out) < RTOL
 
 
 def test_finite_differences_float64():

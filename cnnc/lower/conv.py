@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from .context import Context, scalars
 
+# Winograd (kernels/conv.py, conv3x3_forward) pays from this many input channels on: measured on
+# vgg_small's layers, 1.3x faster with 32-64 channels, even at 32 -> 64, 2x slower with 3.
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def geometry(ctx: Context, node: str) -> tuple[int, ...]:
@@ -35,9 +38,20 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
             f" {ctx.var(node)}_w, {ctx.var(node)}_b)",
         ]
         weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
-    lines += [ctx.empty(node),
-              f"conv2d_forward({ctx.var(src)}, {weight}, {b}, {ctx.var(node)}, {scalars(*geometry(ctx, node), relu)})"]
-    return lines
+    sh, sw, top, left = geometry(ctx, node)
+    if winograd(ctx, node):
+        call = f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {ctx.var(node)}, {scalars(top, left, relu)})"
+    else:
+        call = f"conv2d_forward({ctx.var(src)}, {weight}, {b}, {ctx.var(node)}, {scalars(sh, sw, top, left, relu)})"
+    return lines + [ctx.empty(node), call]
+
+
+def winograd(ctx: Context, node: str) -> bool:
+    """3x3 filters at stride 1 over enough channels run as Winograd F(2x2, 3x3)."""
+    data = ctx.node(node)
+    src_channels = ctx.node(ctx.inputs(node)[0])["shape"][0]
+    return (tuple(data["attrs"]["size"]) == (3, 3) and tuple(data["attrs"]["stride"]) == (1, 1)
+            and src_channels >= WINOGRAD_MIN_CHANNELS)
 
 
 def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
