@@ -2,7 +2,8 @@
 
     python benchmarks/bench.py [--models lenet5 vgg_small resnet_tiny] [--quick] [--write]
 
-For each model, in one process and with the same thread count (2) on both sides:
+For each model, with the same thread count (2) on both sides, cnnc in this process and PyTorch
+in a worker process of its own (benchmarks/torch_worker.py), each as its users run it:
 
 - batch-1 latency: `net.forward(x)` vs the eval-mode module under `torch.inference_mode()`;
 - batch-256 inference throughput, the same calls on 256 images;
@@ -11,7 +12,8 @@ For each model, in one process and with the same thread count (2) on both sides:
 - batch-64 `loss_and_grads` alone vs PyTorch's forward + backward.
 
 Each figure is the median time of one call; calls run in alternating blocks (cnnc for ~250 ms,
-then PyTorch for ~250 ms, ...; the first call of each block is not counted) after a warm-up,
+then PyTorch for ~250 ms, ...; the first call of each block is not counted; one process waits
+while the other runs) after a warm-up,
 until the measurement's time budget is spent, so that load from other processes on a shared
 machine hits both sides alike. The PyTorch
 model is built from cnnc's parsed graph (benchmarks/torch_model.py) with cnnc's initial
@@ -27,7 +29,6 @@ text between the bench markers) with them, the machine, the date and the command
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import os
@@ -43,20 +44,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 THREADS = 2
-os.environ.setdefault("NUMBA_NUM_THREADS", str(THREADS))  # before numba is imported
+os.environ.setdefault("CNNC_THREADS", str(THREADS))  # cnnc's lanes (cnnc/lanes.py)
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS that Numba's np.dot calls, so it can be limited)
 import threadpoolctl  # noqa: E402
-import torch  # noqa: E402
 
 import cnnc  # noqa: E402
+from cnnc.lanes import lane_count  # noqa: E402
 from cnnc.summary import summary_rows  # noqa: E402
 from cnnc.train.optim import SGD  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-import torch_model  # noqa: E402
+from timing import BLOCK_SECONDS, run_block  # noqa: E402
+from torch_worker import TORCH_FORMATS, TorchWorker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "performance.md"
@@ -64,11 +66,7 @@ BEGIN = "<!-- bench:begin: rewritten by `python benchmarks/bench.py --write`; ed
 END = "<!-- bench:end -->"
 MODELS = ("lenet5", "vgg_small", "resnet_tiny")
 LR, MOMENTUM = 0.001, 0.9  # small, so that random data cannot drive the weights to inf/NaN
-BLOCK_SECONDS = 0.25
 MEMORY_STEPS, MEMORY_BATCH = 20, 64
-# PyTorch runs each case with its weights in both layouts and is credited with the faster one:
-# under load on this machine channels_last was faster in most cases, NCHW in some.
-TORCH_FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 @dataclass(frozen=True)
@@ -137,31 +135,25 @@ class Memory:
 # Timing
 
 
-def run_block(fn, times: list, seconds: float) -> None:
-    """Calls fn once untimed, then repeatedly for about `seconds` (at least once), appending each
-    call's time. The untimed call absorbs the switch from the other framework: its thread pool
-    still spinning, caches holding the other's data (measured: see Attempts in the page)."""
-    fn()
-    end = time.perf_counter() + seconds
-    while True:
-        start = time.perf_counter()
-        fn()
-        stop = time.perf_counter()
-        times.append(stop - start)
-        if stop >= end:
-            return
-
-
-def race(calls: list, budget: float, min_calls: int = 5) -> list[float]:
-    """Median seconds per call of each callable, timed in alternating blocks after a warm-up."""
-    for fn in calls:
-        run_block(fn, [], min(0.5, budget / 4))
-    times = [[] for _ in calls]
+def race(blocks: list, budget: float, min_calls: int = 5) -> list[float]:
+    """Median seconds per call of each contender, timed in alternating blocks after a warm-up;
+    a contender is a function(seconds) -> the times of the calls of one block."""
+    for block in blocks:
+        block(min(0.5, budget / 4))
+    times = [[] for _ in blocks]
     deadline = time.perf_counter() + budget
     while time.perf_counter() < deadline or min(map(len, times)) < min_calls:
-        for fn, t in zip(calls, times):
-            run_block(fn, t, BLOCK_SECONDS)
+        for block, t in zip(blocks, times):
+            t += block(BLOCK_SECONDS)
     return [statistics.median(t) for t in times]
+
+
+def local_block(fn):
+    def block(seconds):
+        times = []
+        run_block(fn, times, seconds)
+        return times
+    return block
 
 
 @dataclass
@@ -195,55 +187,26 @@ def cnnc_calls(net: cnnc.Network, data: Batches) -> dict:
     }
 
 
-def torch_calls(model: torch_model.GraphNet, data: Batches, memory_format: str) -> dict:
-    """The cases for a copy of `model` whose weights are in `memory_format`; the input stays NCHW,
-    as cnnc gets it (a channels_last conv converts it itself, inside the timed call)."""
-    model = copy.deepcopy(model).to(memory_format=TORCH_FORMATS[memory_format])
-    inference = torch_model.for_inference(model)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    x = {n: torch.from_numpy(v) for n, v in data.x.items()}
-    y64 = torch.from_numpy(data.y)
-
-    def infer(batch):
-        with torch.inference_mode():
-            return torch_model.probabilities(inference, batch)
-
-    def forward_backward():
-        opt.zero_grad(set_to_none=True)
-        torch_model.loss(model, x[64], y64).backward()
-
-    def train_step():
-        forward_backward()
-        opt.step()
-
-    return {
-        "latency": lambda: infer(x[1]),
-        "inference": lambda: infer(x[256]),
-        "train_step": train_step,
-        "loss_and_grads": forward_backward,
-    }
-
-
 def forward_flops(net: cnnc.Network) -> int:
     return sum(row[4] for row in summary_rows(net.parsed, net.graph))
 
 
-def time_model(name: str, budget: float) -> list[Timing]:
-    """Every case of one model, cnnc and PyTorch raced against each other."""
+def time_model(name: str, budget: float, worker: TorchWorker) -> list[Timing]:
+    """Every case of one model, cnnc (here) and PyTorch (the worker process) raced against each other."""
     net = cnnc.compile(ROOT / "examples" / f"{name}.cnn", seed=0)
     net.compile()
-    model = torch_model.build(net.parsed, net.params)
     data = Batches.make(net.input_shape, net.lowered.output_shape[0])
+    params = {k: np.array(v) for k, v in net.params.items()}
+    worker.load(net.parsed, params, {"x": data.x, "y": data.y}, LR, MOMENTUM)
     ours = cnnc_calls(net, data)
-    theirs = {fmt: torch_calls(model, data, fmt) for fmt in TORCH_FORMATS}
     flops = forward_flops(net)
     timings = []
     for case in CASES:
-        cnnc_s, *torch_s = race([ours[case.key], *(calls[case.key] for calls in theirs.values())], budget)
-        timings.append(Timing(name, case, cnnc_s, dict(zip(theirs, torch_s)), flops))
+        theirs = [lambda s, fmt=fmt, key=case.key: worker.block(key, fmt, s) for fmt in TORCH_FORMATS]
+        cnnc_s, *torch_s = race([local_block(ours[case.key]), *theirs], budget)
+        timings.append(Timing(name, case, cnnc_s, dict(zip(TORCH_FORMATS, torch_s)), flops))
         print(f"  {name:12s} {case.title:34s} cnnc {cnnc_s * 1e3:9.3f} ms  " + "  ".join(
-              f"torch {fmt} {s * 1e3:9.3f} ms" for fmt, s in zip(theirs, torch_s)) +
+              f"torch {fmt} {s * 1e3:9.3f} ms" for fmt, s in zip(TORCH_FORMATS, torch_s)) +
               f"  ratio {timings[-1].ratio:5.2f}", file=sys.stderr, flush=True)
     return timings
 
@@ -325,20 +288,13 @@ def tree_state() -> str:
     return f"{head}" + (f" with {len(changed)} uncommitted changed/new files" if changed else "")
 
 
-def numba_layer() -> str:
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel kernel has run
-        return f"{numba.config.THREADING_LAYER}, not started"
-
-
-def machine() -> list[str]:
+def machine(torch_info: dict) -> list[str]:
     return [
-        f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: PyTorch {torch.get_num_threads()}, "
-        f"Numba {numba.get_num_threads()} (layer {numba_layer()}), BLAS {THREADS}",
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: PyTorch {torch_info['threads']} (its own "
+        f"process), cnnc {lane_count()} lanes (CNNC_THREADS) with a one-thread BLAS each",
         f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
-        f"torch {torch.__version__}, cnnc {cnnc.__version__} at {tree_state()}",
-        "BLAS (threadpoolctl): " + "; ".join(blas_info()),
+        f"torch {torch_info['torch']}, cnnc {cnnc.__version__} at {tree_state()}",
+        "BLAS of cnnc's process (threadpoolctl): " + "; ".join(blas_info()),
     ]
 
 
@@ -415,8 +371,8 @@ def report(timings, compiles, memories, context: dict) -> str:
         f"From one run of `{context['command']}` on {context['date']} "
         f"({context['budget']:g} s per measurement; load average {context['load_before']} before, "
         f"{context['load_after']} after; the run took {context['elapsed']:.0f} s). "
-        "Each time is the median of one call; cnnc and PyTorch ran in alternating ~250 ms blocks in one "
-        "process (the first call of a block not counted), so compare figures within this run only. PyTorch ran every case with its weights "
+        "Each time is the median of one call; cnnc and PyTorch (in a process of its own) ran in alternating "
+        "~250 ms blocks (the first call of a block not counted), so compare figures within this run only. PyTorch ran every case with its weights "
         "in both NCHW and channels_last layout (inputs NCHW, as cnnc gets them) and is credited with "
         "the faster. cnnc/PyTorch above 1 means cnnc is faster. "
         "GFLOP/s counts the forward FLOPs of `cnnc compile` (x3 for training).",
@@ -469,27 +425,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def setup_threads() -> None:
-    """Two threads on each side. Numba's count is fixed by NUMBA_NUM_THREADS (set at the top):
-    calling numba.set_num_threads here would start the threading layer before cnnc.kernels
-    chooses it."""
-    torch.set_num_threads(THREADS)
-    threadpoolctl.threadpool_limits(THREADS)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     budget = args.budget or (1.5 if args.quick else 8.0)
-    setup_threads()
     started, load_before = time.perf_counter(), load_average()
-    timings = [t for name in args.models for t in time_model(name, budget)]
+    worker = TorchWorker(THREADS)
+    try:
+        timings = [t for name in args.models for t in time_model(name, budget, worker)]
+        torch_info = worker.info()
+    finally:
+        worker.close()
     compiles = [compile_times(name) for name in args.models]
     memories = [memory(name) for name in args.models]
     context = {
         "command": shlex.join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "budget": budget, "load_before": load_before, "load_after": load_average(),
-        "elapsed": time.perf_counter() - started, "machine": machine(),
+        "elapsed": time.perf_counter() - started, "machine": machine(torch_info),
     }
     section = report(timings, compiles, memories, context)
     print(section)

@@ -6,6 +6,8 @@ Calls run on slices of the batch in parallel threads (cnnc/lanes.py).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import importlib.util
 import math
@@ -13,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import MutableMapping
+from functools import cache
 from pathlib import Path
 
 import networkx as nx
@@ -31,6 +34,23 @@ def cache_dir() -> Path:
     """Where generated modules live: $CNNC_CACHE_DIR, else the user's cache folder."""
     root = os.environ.get("CNNC_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnnc"
     return Path(root)
+
+
+@cache
+def keep_freed_memory() -> None:
+    """Has glibc's malloc serve big arrays from its heap and keep them when freed, instead of
+    mapping fresh pages for every call: each call allocates the same activations again, and a
+    fresh page costs a fault and a zeroing (measured: 15% of vgg_small's batch-256 forward, 30%
+    of lenet5's training step). Peak memory is unchanged; freed memory stays with the process,
+    as with PyTorch's CPU allocator. Does nothing without glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: only blocks over 1 GiB get their own mapping
+        libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD: keep up to 2 GiB of freed heap
+    except (OSError, AttributeError):
+        pass
 
 
 def load_module(source: str):
@@ -120,6 +140,7 @@ class Network:
         # Training-mode batchnorm needs the statistics of the whole batch: no slices then.
         self.slices_in_training = all(d["op"] != "batchnorm" for _, d in self.training_graph.nodes(data=True))
         self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ...
+        keep_freed_memory()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
