@@ -318,36 +318,48 @@ def _winograd_inputs(xp, th, tw, v):
 
 @njit(cache=True, fastmath=True)
 def _winograd_outputs(mm, b, relu, n0, th, tw, out):
-    """out[f, n0+n, 2ty+a, 2tx+b] = (A' M A)[a, b] + b[f] (then ReLU), M[i, j] = mm[4i+j, f, t];
-    a row of tiles at a time, as in _winograd_inputs."""
+    """out[f, n0+n, 2ty+a, 2tx+b] = (A' M A)[a, b] + b[f] (then ReLU), M[i, j] = mm[4i+j, f, t].
+
+    Per filter, y[2a+b, t] = (A' M A)[a, b] for all tiles at once (loops along the chunk's
+    tiles, contiguous in mm), then each tile's 2x2 block goes to its place in out."""
     F, OH, OW = out.shape[0], out.shape[2], out.shape[3]
-    m = mm.shape[2] // (th * tw)
-    s = np.empty((2, 4, tw), mm.dtype)  # A' M, per tile of the row
+    T = mm.shape[2]
+    m = T // (th * tw)
+    y = np.empty((4, T), mm.dtype)
     for f in range(F):
         bf = b[f]
+        for j in range(4):  # s[a, j] = (A' M)[a, j]; then y[a, 0] += s[a, 0..2], y[a, 1] += s[a, 1] - ...
+            m0, m1, m2, m3 = mm[j, f], mm[4 + j, f], mm[8 + j, f], mm[12 + j, f]
+            for t in range(T):
+                s0 = m0[t] + m1[t] + m2[t]
+                s1 = m1[t] - m2[t] - m3[t]
+                if j == 0:
+                    y[0, t], y[1, t], y[2, t], y[3, t] = s0, 0, s1, 0
+                elif j == 1:
+                    y[0, t] += s0
+                    y[1, t] += s0
+                    y[2, t] += s1
+                    y[3, t] += s1
+                elif j == 2:
+                    y[0, t] += s0
+                    y[1, t] -= s0
+                    y[2, t] += s1
+                    y[3, t] -= s1
+                else:
+                    y[1, t] -= s0
+                    y[3, t] -= s1
         for n in range(m):
             for ty in range(th):
                 t0 = (n * th + ty) * tw
-                for j in range(4):
-                    m0, m1, m2, m3 = mm[j, f, t0:], mm[4 + j, f, t0:], mm[8 + j, f, t0:], mm[12 + j, f, t0:]
-                    s0, s1 = s[0, j], s[1, j]
-                    for tx in range(tw):
-                        s0[tx] = m0[tx] + m1[tx] + m2[tx]
-                        s1[tx] = m1[tx] - m2[tx] - m3[tx]
                 for a in range(2):
                     p = 2 * ty + a
                     if p >= OH:
                         break
                     dst = out[f, n0 + n, p]
-                    sa0, sa1, sa2, sa3 = s[a, 0], s[a, 1], s[a, 2], s[a, 3]
-                    for tx in range(OW // 2):
-                        y0 = sa0[tx] + sa1[tx] + sa2[tx] + bf
-                        y1 = sa1[tx] - sa2[tx] - sa3[tx] + bf
-                        dst[2 * tx] = max(y0, 0) if relu else y0
-                        dst[2 * tx + 1] = max(y1, 0) if relu else y1
-                    if OW % 2:  # the last tile's second column lies outside
-                        y0 = sa0[tw - 1] + sa1[tw - 1] + sa2[tw - 1] + bf
-                        dst[OW - 1] = max(y0, 0) if relu else y0
+                    ya0, ya1 = y[2 * a, t0:], y[2 * a + 1, t0:]
+                    for q in range(OW):
+                        v = (ya1[q // 2] if q % 2 else ya0[q // 2]) + bf
+                        dst[q] = max(v, 0) if relu else v
 
 
 @njit(cache=True, nogil=True, fastmath=True)
