@@ -288,22 +288,30 @@ def _winograd_weights(w, u):
 
 
 @njit(cache=True, fastmath=True)
-def _winograd_inputs(xp, th, tw, v):
-    """v[4i+j, c, t] = (B' d B)[i, j] for the 4x4 tile d of tile t = (n*th + ty)*tw + tx.
+def _winograd_inputs(x, n0, pt, pl, th, tw, v):
+    """v[4i+j, c, t] = (B' d B)[i, j] for the 4x4 tile d of tile t = (n*th + ty)*tw + tx of
+    images n0, n0+1, ..., read straight from x: rows and columns outside it are the padding
+    (as fast as copying into a padded buffer first, and one compiled helper fewer).
 
     A row of tiles at a time, so that the loops run along contiguous memory: e = B' d for the
-    whole width first, then the column transform of every tile of the row."""
-    C, m, WP = xp.shape[0], xp.shape[1], xp.shape[3]
-    e = np.empty((4, WP), xp.dtype)
+    whole width first (zero where the four rows are padding), then the column transform of
+    every tile of the row."""
+    C, _, H, W = x.shape
+    m, WP = v.shape[2] // (th * tw), 2 * tw + 2
+    q0, q1 = min(pl, WP), min(pl + W, WP)  # the columns of e that see x
+    e = np.zeros((4, WP), x.dtype)
+    zero = np.zeros(W, x.dtype)
     for c in range(C):
         for n in range(m):
             for ty in range(th):
-                r0, r1, r2, r3 = xp[c, n, 2 * ty], xp[c, n, 2 * ty + 1], xp[c, n, 2 * ty + 2], xp[c, n, 2 * ty + 3]
-                for q in range(WP):
-                    e[0, q] = r0[q] - r2[q]
-                    e[1, q] = r1[q] + r2[q]
-                    e[2, q] = r2[q] - r1[q]
-                    e[3, q] = r1[q] - r3[q]
+                h = 2 * ty - pt
+                r0 = x[c, n0 + n, h] if 0 <= h < H else zero
+                r1 = x[c, n0 + n, h + 1] if 0 <= h + 1 < H else zero
+                r2 = x[c, n0 + n, h + 2] if 0 <= h + 2 < H else zero
+                r3 = x[c, n0 + n, h + 3] if 0 <= h + 3 < H else zero
+                for q in range(q0, q1):  # e's other columns stay zero
+                    d0, d1, d2, d3 = r0[q - pl], r1[q - pl], r2[q - pl], r3[q - pl]
+                    e[0, q], e[1, q], e[2, q], e[3, q] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
                 t0 = (n * th + ty) * tw
                 for i in range(4):
                     row = e[i]
@@ -371,18 +379,14 @@ def conv3x3_forward(x, w, b, out, pad_top, pad_left, relu):
     nb = max(1, min(N, WINOGRAD_TILES // (th * tw)))
     u = np.empty((16, F, C), x.dtype)
     _winograd_weights(w, u)
-    # the tiles cover 2*th + 2 rows and 2*tw + 2 columns; _pad_chunk keeps its last row zero
-    xp_buf = np.empty(C * nb * (2 * th + 3) * (2 * tw + 2), x.dtype)
     v_buf = np.empty(16 * C * nb * th * tw, x.dtype)
     m_buf = np.empty(16 * F * nb * th * tw, x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         tiles = m * th * tw
-        xp = xp_buf[:C * m * (2 * th + 3) * (2 * tw + 2)].reshape(C, m, 2 * th + 3, 2 * tw + 2)
         v = v_buf[:16 * C * tiles].reshape(16, C, tiles)
         mm = m_buf[:16 * F * tiles].reshape(16, F, tiles)
-        _pad_chunk(x, n0, pad_top, pad_left, xp)
-        _winograd_inputs(xp, th, tw, v)
+        _winograd_inputs(x, n0, pad_top, pad_left, th, tw, v)
         for k in range(16):
             np.dot(u[k], v[k], mm[k])
         _winograd_outputs(mm, b, relu, n0, th, tw, out)
