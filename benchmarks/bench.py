@@ -233,16 +233,23 @@ def timed_compile(model: Path, env: dict, *options: str) -> tuple[float, float |
     return seconds, float(reported.group(1)) if reported else None
 
 
+COMPILE_RUNS = 3
+
+
 def compile_times(name: str) -> CompileTime:
-    """Cold (empty caches) then cached compile of one example, in a temporary cache folder."""
+    """Cold (empty caches) then cached compile of one example, each the median of COMPILE_RUNS
+    runs (a fresh temporary cache folder for every cold one)."""
     model = ROOT / "examples" / f"{name}.cnn"
-    with tempfile.TemporaryDirectory(prefix="cnnc-bench-") as tmp:
-        env = {**os.environ, "CNNC_CACHE_DIR": f"{tmp}/cnnc", "NUMBA_CACHE_DIR": f"{tmp}/numba"}
-        cold, cold_kernels = timed_compile(model, env)
-        cached, cached_kernels = timed_compile(model, env)
-        front_end, _ = timed_compile(model, env, "--emit", "json")
-    print(f"  {name:12s} compile cold {cold:.1f} s, cached {cached:.2f} s, front end only {front_end:.2f} s",
-          file=sys.stderr, flush=True)
+    colds, cacheds = [], []
+    for _ in range(COMPILE_RUNS):
+        with tempfile.TemporaryDirectory(prefix="cnnc-bench-") as tmp:
+            env = {**os.environ, "CNNC_CACHE_DIR": f"{tmp}/cnnc", "NUMBA_CACHE_DIR": f"{tmp}/numba"}
+            colds.append(timed_compile(model, env))
+            cacheds.append(timed_compile(model, env))
+            front_end, _ = timed_compile(model, env, "--emit", "json")
+    (cold, cold_kernels), (cached, cached_kernels) = (sorted(runs)[len(runs) // 2] for runs in (colds, cacheds))
+    print(f"  {name:12s} compile cold {cold:.1f} s, cached {cached:.2f} s, front end only {front_end:.2f} s "
+          f"(cold runs: {', '.join(f'{c:.1f}' for c, _ in colds)})", file=sys.stderr, flush=True)
     return CompileTime(name, cold, cached, cold_kernels, cached_kernels, front_end)
 
 
@@ -381,7 +388,7 @@ def report(timings, compiles, memories, context: dict) -> str:
         "",
         *speed_table(timings),
         "",
-        "Compile: wall clock of `cnnc compile MODEL` in a fresh process, cold = empty `CNNC_CACHE_DIR` "
+        "Compile: the median of 3 runs of `cnnc compile MODEL` (wall clock, a fresh process each), cold = empty `CNNC_CACHE_DIR` "
         "and `NUMBA_CACHE_DIR`, cached = the same command again; in brackets the kernel time the "
         "command reports; front end only = `cnnc compile MODEL --emit json` (Python start-up, imports, "
         "parsing, shapes and passes, no kernels). The goals are judged on the whole command's wall clock. "
