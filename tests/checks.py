@@ -1,5 +1,8 @@
-"""Measures the kernel and model tests share: relative error and central finite differences."""
+"""What the kernel and model tests share: relative error, central finite differences, the
+padding of one axis, and moving arrays between PyTorch's NCHW and cnnc's CNHW."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -37,3 +40,26 @@ def check_backward_adds(backward, out, torch_out, torch_in, rng) -> None:
     backward(out, dout, dx)
     assert np.array_equal(dout, dout_before)
     assert rel_err(dx - dx0, torch_in.grad.numpy()) < 1e-4
+
+
+def pads_1d(mode, size, k, s):
+    """(pad_before, out_size) along one axis; `mode` is 'valid', 'same', 'full' or an int."""
+    if mode == "valid":
+        return 0, (size - k) // s + 1
+    if mode == "same":
+        out = math.ceil(size / s)
+        return max((out - 1) * s + k - size, 0) // 2, out  # the extra padding goes after
+    p = k - 1 if mode == "full" else mode
+    return p, (size + 2 * p - k) // s + 1
+
+
+def cnhw(t):
+    """NCHW torch tensor -> CNHW numpy array."""
+    return np.ascontiguousarray(t.detach().numpy().transpose(1, 0, 2, 3))
+
+
+def nchw(a):
+    """CNHW numpy array -> NCHW torch tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2, 3)))

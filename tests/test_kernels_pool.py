@@ -5,34 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import cnhw, nchw, pads_1d, rel_err
 
 from cnnc.kernels.pool import (avgpool_backward, avgpool_forward, globalavgpool_backward,
                                globalavgpool_forward, maxpool_backward, maxpool_forward)
 
 RTOL = 1e-4
-
-
-def pads_1d(mode, size, k, s):
-    """(pad_before, out_size) along one axis; `mode` is 'valid', 'same', 'full' or an int."""
-    if mode == "valid":
-        return 0, (size - k) // s + 1
-    if mode == "same":
-        out = math.ceil(size / s)
-        return max((out - 1) * s + k - size, 0) // 2, out  # the extra padding goes after
-    p = k - 1 if mode == "full" else mode
-    return p, (size + 2 * p - k) // s + 1
-
-
-def cnhw(t):
-    return np.ascontiguousarray(t.detach().numpy().transpose(1, 0, 2, 3))
-
-
-def nchw(a):
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2, 3)))
-
-
-def rel_err(a, ref):
-    return np.abs(a - ref).max() / np.abs(ref).max()
 
 
 class Pool:
