@@ -141,9 +141,11 @@ def test_image_folder_decodes_into_one_array(tmp_path):
 
 @pytest.mark.slow
 def test_hundred_thousand_images(tmp_path):
+    """The same bound as above, 1.25x the result and 750 bytes a file (measured: 1.25x and 480
+    bytes a file; the list of 100,000 paths is no longer small beside the images)."""
     ds, peak = peak_memory_of_loading(many_images(tmp_path, 100_000))
     assert ds.x_train.shape == (100_000, 1, 28, 28)
-    assert peak < 1.4 * ds.x_train.nbytes
+    assert peak < 1.25 * ds.x_train.nbytes + 750 * 100_000
 
 
 def test_image_folder_rgb_and_every_extension(tmp_path):
