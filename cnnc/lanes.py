@@ -15,8 +15,9 @@ from functools import cache
 
 from .kernels import set_blas_threads
 
-# A lane gets at least this many images: below it, handing work to another thread (~20-50 us)
-# costs more than it saves on these networks.
+# A lane gets at least this many images: below it, handing work to another thread costs more
+# than it saves (lenet5's forward: 2 images 158 us whole, 324 us split in two; 8 images 725 us
+# whole, 532 us split; vgg_small, 8 images: 10.4 ms whole, 5.5 ms split).
 MIN_IMAGES_PER_LANE = 4
 
 

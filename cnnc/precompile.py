@@ -6,7 +6,7 @@ are compiled by this process and one helper process, each taking the costliest o
 (each claims an item by creating a file); both write Numba's cache, so the real first call then
 only loads. Should the helper fail, this process compiles what is left.
 Kernels already in the cache are not loaded here: a cached `cnnc compile` only checks them.
-Compiling a kernel takes 0.3-5 s and they are independent: two processes halve a cold compile.
+Compiling a kernel takes 0.3-10 s and they are independent: two processes halve a cold compile.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from numba.core.registry import CPUDispatcher
 
+
 def kernel_calls(module: types.ModuleType, probes: list[tuple[str, tuple]]) -> list[tuple[CPUDispatcher, tuple]]:
     """The distinct (kernel, argument types) pairs that module.<function>(*args) would call, in order."""
     calls: dict = {}
@@ -34,8 +35,8 @@ def kernel_calls(module: types.ModuleType, probes: list[tuple[str, tuple]]) -> l
     namespace = {**vars(module), **recorders}
     with np.errstate(all="ignore"):  # the dry run computes on uninitialized buffers
         for function, args in probes:
-            code = getattr(module, function)
-            types.FunctionType(code.__code__, namespace)(*args)
+            real = getattr(module, function)
+            types.FunctionType(real.__code__, namespace)(*args)
     return list(calls)
 
 
@@ -52,7 +53,7 @@ def is_cached(kernel: CPUDispatcher, signature: tuple) -> bool:
 
 
 # Seconds to compile, measured cold on one core, to hand out the slow ones first (default: 1).
-COMPILE_SECONDS = {"conv3x3_forward": 6.5, "conv2d_backward": 5.9, "conv2d_forward": 5.3,
+COMPILE_SECONDS = {"conv3x3_forward": 9.5, "conv2d_backward": 7.5, "conv2d_forward": 5.3,
                    "maxpool_forward": 2.0, "dense_forward": 1.8, "dense_backward": 1.6,
                    "batchnorm_train_forward": 1.5}
 
