@@ -39,12 +39,13 @@ def slices(n: int, lanes: int) -> list[slice]:
     return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
 
 
-def run(fn, calls: list[tuple]) -> list:
-    """[fn(*args) for args in calls], the calls side by side (the first on this thread)."""
+def run(fn, calls: list[tuple], lanes: int) -> list:
+    """[fn(*args) for args in calls], the calls side by side (the first on this thread); `lanes`
+    is the lane count the calls were cut for."""
     if len(calls) == 1:
-        set_blas_threads(lane_count())
+        set_blas_threads(lanes)
         return [fn(*calls[0])]
     set_blas_threads(1)
-    futures = [_pool(lane_count() - 1).submit(fn, *args) for args in calls[1:]]
+    futures = [_pool(lanes - 1).submit(fn, *args) for args in calls[1:]]
     first = fn(*calls[0])
     return [first] + [f.result() for f in futures]

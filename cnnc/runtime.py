@@ -189,8 +189,9 @@ class Network:
     def forward(self, x) -> np.ndarray:
         """Inference: batchnorm uses running statistics, dropout passes values through."""
         x = self.check_input(x)
-        parts = lanes.slices(len(x), lanes.lane_count())
-        outputs = lanes.run(self.module.forward, [(x[part], self.vector) for part in parts])
+        threads = lanes.lane_count()
+        parts = lanes.slices(len(x), threads)
+        outputs = lanes.run(self.module.forward, [(x[part], self.vector) for part in parts], threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
@@ -213,14 +214,14 @@ class Network:
             raise InputError(f"labels must be a vector of {x.shape[0]} integers, not shape {y.shape}")
         if y.size and (y.min() < 0 or y.max() >= classes):
             raise InputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
-        n = len(x)
-        parts = lanes.slices(n, lanes.lane_count()) if self.slices_in_training else [slice(0, n)]
+        n, threads = len(x), lanes.lane_count()
+        parts = lanes.slices(n, threads) if self.slices_in_training else [slice(0, n)]
         while len(self.lane_grads) < len(parts) - 1:
             self.lane_grads.append(np.empty_like(self.grad_vector))
         grads = [self.grad_vector] + self.lane_grads[:len(parts) - 1]
         calls = [(x[part], y[part], self.vector, g, int(self.dropout_rng.integers(0, 2**31 - 1)))
                  for part, g in zip(parts, grads)]
-        results = lanes.run(self.module.loss_and_grads, calls)
+        results = lanes.run(self.module.loss_and_grads, calls, threads)
         if len(parts) == 1:
             return float(results[0][0]), int(results[0][1])
         # each lane's loss and gradients are means over its slice: weigh them by slice size

@@ -7,11 +7,13 @@ product per chunk. The runtime runs the whole network on slices of the batch in 
 Per chunk the input is copied into a zero-padded buffer xp (C, nb, HP+1, WP) -- HP x WP is the
 input area the output windows cover, plus one zero row -- so that building the column matrix
 needs no bounds logic. The forward is one product W (F, C*Kh*Kw) @ cols (C*Kh*Kw, columns) and
-an epilogue (bias, ReLU) that copies the result into out; the backward is g @ cols.T (dw) and
-W.T @ g scattered back into the padded buffer (dx).
+an epilogue (bias, ReLU) that copies the result into out; the backward is cols @ g.T (dw,
+transposed) and W.T @ g scattered back into the padded buffer (dx). 3x3 layers at stride 1
+have a Winograd forward of their own (conv3x3_forward, at the end).
 
-Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q. For stride 1, ld = WP ("wide"): the columns of
-one kernel tap (c, i, j) and one image are then a single contiguous run of xp, starting at
+Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q. For stride 1,
+ld = WP ("wide"): the columns of one kernel tap (c, i, j) and one image are then a single
+contiguous run of xp, starting at
 xp[c, n, i, j], so im2col is long block copies (10x faster than gathering rows of 16). The
 price is WP - OW discarded columns per output row, e.g. 18 for 16: 12% more product work.
 For other strides ld = OW and im2col gathers one output row at a time.
@@ -26,6 +28,7 @@ COLS_ELEMS = 1 << 18
 # ...but with at least this many columns: OpenBLAS ran these products at 28-34 GFLOP/s with
 # 288 columns and 46-50 with 864 (vgg_small's 64->64 layer has 288 columns per image).
 MIN_COLUMNS = 512
+
 
 @njit(cache=True)
 def _layout(KH, KW, OH, OW, sh, sw):
@@ -257,10 +260,10 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
 #
 # Each 2x2 block of outputs comes from a 4x4 input tile d: Y = A' [(G g G') * (B' d B)] A,
 # with the products for all channels done as 16 matrix products V[k] (tiles x C) @ U[k] (C x F),
-# k = one of the 4x4 positions (that orientation: 63 GFLOP/s against 43 for U @ V on vgg_small's
-# 32-channel layer, 60 against 52 on the 64-channel one). That is 16 multiplications per 2x2 outputs and channel pair
-# instead of 36: on vgg_small's layers the products run at 30-44 GFLOP/s (their K is only C) but
-# do the work of a direct convolution at 67-99 (measured, one core); im2col reaches 37-46.
+# k = one of the 4x4 positions. That is 16 multiplications per 2x2 outputs and channel pair
+# instead of 36. In this orientation OpenBLAS runs the products at 60-63 GFLOP/s on one core for
+# vgg_small's layers (43-52 as U @ V: their inner dimension is only C), which is the work of a
+# direct convolution at 135-140; im2col reaches 37-46.
 # B' = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
 # A' = [1 1 1 0; 0 1 -1 -1].
 
