@@ -13,17 +13,22 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def central_difference(loss, arr: np.ndarray, index, h: float) -> float:
+    """d loss() / d arr[index] by a central difference; arr[index] is restored."""
+    old = arr[index]
+    arr[index] = old + h
+    up = loss()
+    arr[index] = old - h
+    down = loss()
+    arr[index] = old
+    return (up - down) / (2 * h)
+
+
 def numeric_gradient(loss, arr: np.ndarray, h: float = 1e-6) -> np.ndarray:
     """d loss() / d arr by central differences, one element at a time; arr is restored."""
     grad = np.empty_like(arr)
     for i in np.ndindex(arr.shape):
-        old = arr[i]
-        arr[i] = old + h
-        up = loss()
-        arr[i] = old - h
-        down = loss()
-        arr[i] = old
-        grad[i] = (up - down) / (2 * h)
+        grad[i] = central_difference(loss, arr, i, h)
     return grad
 
 

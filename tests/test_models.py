@@ -13,6 +13,7 @@ import pytest
 
 import cnnc
 import reference
+from checks import central_difference
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -162,14 +163,7 @@ def test_gradients_match_finite_differences():
     for name, grad in analytic.items():
         view = net.params[name].reshape(-1)
         for i in rng.choice(view.size, size=min(3, view.size), replace=False):
-            h = 1e-2 * max(1.0, abs(float(view[i])))
-            old = view[i]
-            view[i] = old + h
-            up = loss_at()
-            view[i] = old - h
-            down = loss_at()
-            view[i] = old
-            numeric = (up - down) / (2 * h)
+            numeric = central_difference(loss_at, view, i, h=1e-2 * max(1.0, abs(float(view[i]))))
             assert numeric == pytest.approx(grad.reshape(-1)[i], rel=3e-2, abs=3e-3), (name, i)
 
 
