@@ -86,7 +86,7 @@ MISTAKES = [
      ["unknown op `maxpol`", "did you mean `maxpool`"]),
     ("unknown-op", "input 1x8x8\nzzz\n", 2, 1, None, ["unknown op `zzz`", "the ops are: input, conv"]),
     ("unknown-key-near-miss", "input 1x8x8\nconv filters=2 size=3 strid=2\n", 2, 23, None,
-     ["no key `strid`", "did you mean `stride`", "filters, size, stride, padding, bias, activation"]),
+     ["no key `strid`", "did you mean `stride`", "filters, size, stride, padding, bias, batchnorm, activation"]),
     ("key-on-a-keyless-op", "input 1x8x8\nrelu alpha=0.1\n", 2, 6, None,
      ["`relu` has no key `alpha`", "`relu` takes no keys"]),
     ("value-on-a-keyless-op", "input 1x8x8\nrelu 3\n", 2, 6, None, ["unexpected value `3`", "`relu` takes no values"]),
