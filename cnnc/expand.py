@@ -133,6 +133,9 @@ class Scope:
         if sources == [None]:
             raise ModelError(f"`{stmt.op}` comes before the model's input", stmt.loc,
                              "the first layer is `input CxHxW`, e.g. `input 1x28x28`")
+        if repeat > 1 and len(input_names(block)) != 1:
+            raise ModelError(f"block `{block.name}` takes {len(input_names(block))} inputs, so it cannot be repeated",
+                             stmt.loc, "repeat=N chains copies, each taking the one before")
         for i in range(repeat):
             copy = first if i == 0 and first else block
             if copy.name in frame.stack:
@@ -142,9 +145,6 @@ class Scope:
             wanted = input_names(copy)
             if len(sources) != len(wanted):
                 raise wrong_inputs(stmt, copy, len(sources), refs is None)
-            if i and len(wanted) != 1:
-                raise ModelError(f"block `{copy.name}` takes {len(wanted)} inputs, so it cannot be repeated",
-                                 stmt.loc, "repeat=N chains copies, each taking the one before")
             bound = bind_arguments(stmt, copy, args)
             copy_name = f"{name}.block{i + 1}" if repeat > 1 or has_key(stmt, "repeat") else name
             shown = ", ".join(f"{k}={v.text}" for k, v in bound.items())
@@ -288,14 +288,14 @@ def bind_arguments(stmt: Statement, block: Block, args: dict[str, Arg]) -> dict[
     return bound
 
 
-KINDS = {"int": "an integer", "float": "a number", "name": "a name", "bool": "true or false",
+KINDS = {"int": "an integer or a pair HxW", "float": "a number", "name": "a name", "bool": "true or false",
          "dims": "an integer or a pair HxW"}
 
 
 def same_kind(given: Value, default: Value) -> bool:
     if default.kind == "float":
         return given.kind in ("int", "float")
-    if default.kind == "dims":
+    if default.kind in ("int", "dims"):
         return given.kind in ("int", "dims")
     return given.kind == default.kind
 
