@@ -12,7 +12,7 @@ from dataclasses import replace
 import networkx as nx
 
 from . import ops
-from .diagnostics import Loc, ModelError, did_you_mean
+from .diagnostics import Loc, ModelError, Note, did_you_mean
 from .syntax import Arg, Program, Statement, Value
 
 
@@ -27,6 +27,11 @@ def in_file_order(g: nx.DiGraph) -> list[str]:
     first in the file."""
     position = {node: i for i, node in enumerate(g)}
     return list(nx.lexicographical_topological_sort(g, key=position.__getitem__))
+
+
+def shown(g: nx.DiGraph, node: str) -> str:
+    """The name the user knows a node by: `b3` for `b3.relu`, the node `activation=relu` on `b3` stands for."""
+    return g.nodes[node].get("layer", node)
 
 
 def consumers(g: nx.DiGraph, node: str) -> list[str]:
@@ -280,10 +285,20 @@ def positive_pair(v: Value, wrong) -> tuple[int, int]:
 
 
 def check_connected(g: nx.DiGraph) -> None:
-    """Every layer must contribute to the output: a dangling branch is a mistake, not dead code."""
+    """Every layer must contribute to the output: a dangling branch is a mistake, not dead code.
+    The layer after it in the file took something else, and is most likely where it was meant to go."""
     needed = nx.ancestors(g, g.graph["output"]) | {g.graph["output"]}
-    for node in g.nodes:
+    nodes = list(g.nodes)
+    for i, node in enumerate(nodes):
         if node not in needed:
-            raise ModelError(f"the output of `{node}` is never used", g.nodes[node]["loc"],
-                             f"the network's output is the last layer, `{g.graph['output']}`; "
-                             "use this layer in an input list or remove it")
+            name = shown(g, node)
+            later = [n for n in nodes[i + 1:] if g.nodes[n].get("layer", n) == n and shown(g, n) != name
+                     and g.nodes[n].get("scope") == g.nodes[node].get("scope") and g.nodes[n]["op"] != "input"]
+            notes = []
+            if later:
+                taken = ", ".join(f"`{shown(g, s)}`" for s in inputs(g, later[0]))
+                notes = [Note(f"the next layer, `{later[0]}`, takes {taken}; did you mean `{name}` there?",
+                              g.nodes[later[0]]["loc"])]
+            raise ModelError(f"the output of `{name}` is never used", g.nodes[node]["loc"],
+                             f"the network's output is the last layer, `{shown(g, g.graph['output'])}`; "
+                             "use this layer in an input list or remove it", notes)
