@@ -23,7 +23,7 @@ def expand(program: Program) -> Program:
     """The program with no block uses left: every layer statement named and its inputs resolved."""
     blocks = check_blocks(program)
     out: list[Statement] = []
-    Scope(program, blocks, out).run(program.statements)
+    Scope(blocks, out).run(program.statements)
     return Program(program.file, tuple(out), program.lines)
 
 
@@ -77,8 +77,10 @@ class Frame:
 
 
 class Scope:
-    def __init__(self, program: Program, blocks: dict[str, Block], out: list[Statement]):
-        self.program, self.blocks, self.out = program, blocks, out
+    """Expands the statements of a scope, and of every block use in it, into one flat list."""
+
+    def __init__(self, blocks: dict[str, Block], out: list[Statement]):
+        self.blocks, self.out = blocks, out
 
     def run(self, statements, frame: Frame = Frame(), previous: str | None = None) -> str | None:
         """Expands one scope's statements into self.out; returns the final name of its output."""

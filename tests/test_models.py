@@ -88,10 +88,11 @@ def randomize(net, rng) -> None:
 
 # Too big to run here on CI's two cores: test_blocks.py compiles it and counts its parameters.
 FULL_SIZE_ONLY = {"resnet18"}
-# Deep enough that float32 rounding alone moves some gradients by more than 1e-4: these are held
-# to a float64 reference instead: all gradients together within twice the error of PyTorch's own
-# float32 run, each within five times.
-DEEP = {"densenet_bc40"}
+# Deep enough that float32 rounding alone moves some gradients by more than 1e-4 (in resnet20 it is
+# PyTorch's float32 run that strays: 5e-3 from float64 on batchnorm gradients, where ours is 1e-6
+# off): these are held to a float64 reference instead, all gradients together within twice the
+# error of PyTorch's own float32 run, each within five times (or 1e-4).
+DEEP = {"densenet_bc40", "resnet20"}
 
 
 def model_sources():
