@@ -1,8 +1,10 @@
-"""Syntax tree -> networkx computation graph: layer names, labels, edges, checked attributes.
+"""Expanded syntax tree -> networkx computation graph: edges, input counts, checked attributes.
 
-A node is a layer (see docs/design.md for its attributes). `activation=relu` on a conv or a
-dense layer becomes a separate `relu` node named `<layer>.relu`, the same graph as a `relu`
-line after it; the passes fuse it back where that pays.
+cnnc/expand.py has named every layer and resolved every input list; this stage checks each
+statement against the op table. A node is a layer (see docs/design.md for its attributes).
+`activation=relu` on a conv or a dense layer becomes a separate `relu` node named
+`<layer>.relu`, the same graph as a `relu` line after it, and `batchnorm=true` on a conv a
+`batchnorm` node `<layer>.batchnorm` before it; the passes fuse them back where that pays.
 """
 from __future__ import annotations
 
