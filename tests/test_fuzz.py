@@ -154,7 +154,18 @@ def drop_token(lines, i, j):
     return lines[:i] + [" ".join(tokens)] + lines[i + 1:]
 
 
-MUTATIONS = [delete_line, duplicate_line, swap_lines, change_number, drop_token]
+BLOCK_WORDS = ["in", "end", "block", "filters", "growth*0", "repeat=0", "first=basic", "basic", "r", "filters=filters"]
+
+
+def replace_word(lines, i, j):
+    """A word of a line swapped for one of the block syntax's: the examples with blocks break in their own ways."""
+    words = lines[i].split()
+    if words:
+        words[j % len(words)] = BLOCK_WORDS[j % len(BLOCK_WORDS)]
+    return lines[:i] + [" ".join(words)] + lines[i + 1:]
+
+
+MUTATIONS = [delete_line, duplicate_line, swap_lines, change_number, drop_token, replace_word]
 
 
 @st.composite
