@@ -32,8 +32,9 @@ def check_blocks(program: Program) -> dict[str, Block]:
     blocks: dict[str, Block] = {}
     for block in program.blocks:
         if block.name in ops.OPS or block.name in ops.STATEMENTS or block.name in RESERVED:
-            raise ModelError(f"block `{block.name}` has the name of {'an op' if block.name in ops.OPS else 'a keyword'}",
-                             block.name_loc, "give the block a name of its own")
+            what = "an op" if block.name in ops.OPS else "a keyword"
+            raise ModelError(f"block `{block.name}` has the name of {what}", block.name_loc,
+                             "give the block a name of its own")
         if block.name in blocks:
             raise ModelError(f"block `{block.name}` is already defined at line {blocks[block.name].loc.line}",
                              block.name_loc, "give each block its own name")
@@ -120,9 +121,9 @@ class Scope:
                              "a block holds layers; put it at the top level")
         if s.op in ops.STATEMENTS or s.op == "input":
             return
-        known = list(ops.OPS) + list(ops.STATEMENTS) + list(self.blocks)
-        guess = did_you_mean(s.op, known)
-        hint = (f"did you mean `{guess}`? " if guess else "") + "the ops are: " + ", ".join(list(ops.OPS) + list(ops.STATEMENTS))
+        valid = list(ops.OPS) + list(ops.STATEMENTS)
+        guess = did_you_mean(s.op, valid + list(self.blocks))
+        hint = (f"did you mean `{guess}`? " if guess else "") + "the ops are: " + ", ".join(valid)
         if self.blocks:
             hint += "; the blocks: " + ", ".join(self.blocks)
         raise ModelError(f"unknown op `{s.op}`", s.op_loc, hint)

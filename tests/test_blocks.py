@@ -114,8 +114,8 @@ def test_names_follow_the_nesting_in_graph_summary_and_dot():
 
 
 def test_automatic_names_and_labels_are_local_to_each_use():
-    g = check_source(BASIC + "input 2x6x6\nconv filters=4 size=1\nbasic filters=4\nbasic filters=4\nconv filters=2 size=1\n"
-                     "r: relu\n")
+    g = check_source(BASIC + "input 2x6x6\nconv filters=4 size=1\nbasic filters=4\nbasic filters=4\n"
+                     "conv filters=2 size=1\nr: relu\n")
     assert {"basic1.r", "basic2.r", "r", "conv2", "basic2.conv1"} <= set(g)
     assert "conv3" not in g  # the convolutions inside the uses do not count at the top level
 
@@ -133,8 +133,8 @@ def test_products_of_parameters_and_defaults():
 
 
 def test_a_block_with_two_inputs_and_a_nested_use():
-    g = check_source("block join(a, b) filters\n  x: conv(a) filters=filters size=1\n  y: conv(b) filters=filters size=1\n"
-                     "  concat(x, y)\nend\n"
+    g = check_source("block join(a, b) filters\n  x: conv(a) filters=filters size=1\n"
+                     "  y: conv(b) filters=filters size=1\n  concat(x, y)\nend\n"
                      "block pair filters\n  left: conv filters=filters size=3 padding=same\n"
                      "  join(left, in) filters=filters*2\nend\n"
                      "input 2x5x5\np: pair filters=3\n")
@@ -277,7 +277,8 @@ ERRORS = [
     ("repeat-of-a-two-input-block", TWO + "input 1x8x8\nr: relu\ntwo(r, input1) repeat=2\n", (6, 1),
      ["block `two` takes 2 inputs, so it cannot be repeated"], []),
     ("shape-error-inside-a-block", "block b k\n  relu\n  conv filters=2 size=k\nend\ninput 1x8x8\ns: b k=9 repeat=2\n",
-     (3, 3), ["s.block1.conv1: the kernel 9x9 is larger", "note: in block `b` (k=9), used here as `s.block1`"], [(6, 1)]),
+     (3, 3), ["s.block1.conv1: the kernel 9x9 is larger", "note: in block `b` (k=9), used here as `s.block1`"],
+     [(6, 1)]),
     ("bad-value-through-a-parameter", BASIC + "input 1x8x8\nx: basic filters=0\n", (2, 18),
      ["`filters` must be a positive integer, not `0`", "in block `basic` (filters=0), used here as `x`"], [(8, 1)]),
     ("error-two-blocks-deep", "block inner\n  conv filters=2 size=20\nend\nblock outer\n  relu\n  inner\nend\n"
@@ -285,7 +286,8 @@ ERRORS = [
     ("outer-name-inside-a-block", "block b\n  add(in, stem)\nend\ninput 1x8x8\nstem: relu\nb\n", (2, 3),
      ["add takes `stem`, but no layer has that name", "inside block `b`, name its own layers or its input `in`"],
      [(6, 1)]),
-    ("label-in", "block b\n  in: relu\nend\ninput 1x8x8\nb\n", (2, 3), ["label `in` is the name of the input"], [(5, 1)]),
+    ("label-in", "block b\n  in: relu\nend\ninput 1x8x8\nb\n", (2, 3), ["label `in` is the name of the input"],
+     [(5, 1)]),
     ("input-inside-a-block", "block b\n  input 1x8x8\nend\ninput 1x8x8\nb\n", (2, 3),
      ["`input` cannot stand inside block `b`"], [(5, 1)]),
     ("loss-inside-a-block", "block b\n  relu\n  loss cross_entropy\nend\ninput 1x8x8\nb\n", (3, 3),
@@ -310,7 +312,8 @@ ERRORS = [
      ["`p*2` needs integers, but `p` is `same`"], [(5, 1)]),
     ("division-by-zero", "block a p\n  conv filters=4/p size=1\nend\ninput 1x8x8\na p=0\n", (2, 16),
      ["`4/p` divides by zero"], [(5, 1)]),
-    ("block-before-input", BASIC + "basic filters=2\ninput 1x8x8\n", (7, 1), ["`basic` comes before the model's input"], []),
+    ("block-before-input", BASIC + "basic filters=2\ninput 1x8x8\n", (7, 1),
+     ["`basic` comes before the model's input"], []),
     ("block-as-a-label", "input 1x8x8\nblock: relu\n", (2, 1), ["`block` begins a block definition"], []),
 ]
 

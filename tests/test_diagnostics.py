@@ -132,8 +132,9 @@ MISTAKES = [
     ("only-header", "model m\nloss cross_entropy\n", 1, 1, None, ["no layers"]),
     ("unused-branch", "input 1x8x8\na: conv filters=2 size=3\nb: relu(input1)\n", 2, 1, None,
      ["output of `a` is never used", "m.cnn:3:1: note: the next layer, `b`, takes `input1`; did you mean `a` there?"]),
-    ("unused-activated-branch", "input 1x8x8\na: conv filters=2 size=3 activation=relu\nb: conv(input1) filters=1 size=1\n"
-     "add(b, input1)\n", 2, 1, None, ["output of `a` is never used", "`b`, takes `input1`"]),
+    ("unused-activated-branch", "input 1x8x8\na: conv filters=2 size=3 activation=relu\n"
+     "b: conv(input1) filters=1 size=1\nadd(b, input1)\n", 2, 1, None,
+     ["output of `a` is never used", "`b`, takes `input1`"]),
     ("activated-input-by-its-label", "input 1x8x8\nb3: conv filters=2 size=3 activation=relu\ndense units=3\n", 3, 1,
      None, ["its input b3 is 2x6x6"]),
     ("activated-output-by-its-label", "input 1x8x8\nflatten\nd: dense units=1 activation=tanh\nloss cross_entropy\n",

@@ -107,7 +107,8 @@ def block_program(draw):
         lines.append(f"block {name}{listed} {head}")
         simple = st.sampled_from(["relu", "conv filters=2 size=1", f"conv filters={params[0]} size=3 padding=same"
                                   if params else "batchnorm", "add(in, x)" if not inputs else "concat(p, q)"])
-        lines += ["  " + draw(st.one_of(simple, body_line(params, inputs))) for _ in range(draw(st.integers(0, 4)) or 1)]
+        count = draw(st.integers(0, 4)) or 1
+        lines += ["  " + draw(st.one_of(simple, body_line(params, inputs))) for _ in range(count)]
         if draw(st.integers(0, 19)):
             lines.append("end")
     lines.append("input " + draw(st.sampled_from(["2x8x8", "1x4x4", "3x2x2"])))

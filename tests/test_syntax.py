@@ -175,7 +175,8 @@ def test_syntax_errors_are_located(text, line, column, fragment):
 
 
 def test_a_block_definition_is_gathered_with_its_body():
-    program = parse("input 1x8x8\n\nblock up(x, skip) filters stride=2  # two inputs\n  conv(x) filters=filters size=1\n"
+    program = parse("input 1x8x8\n\nblock up(x, skip) filters stride=2  # two inputs\n"
+                    "  conv(x) filters=filters size=1\n"
                     "  concat(up1, skip)\nend\nup(input1, input1) filters=3\n", "m.cnn")
     (block,) = program.blocks
     assert (block.name, [r.name for r in block.inputs]) == ("up", ["x", "skip"])
