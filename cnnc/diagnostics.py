@@ -9,7 +9,9 @@ class Loc:
     """A place in a model file: 1-based line and column, the line's text and the span's width.
 
     `mark` is where the caret goes when it should point inside the statement the error is
-    reported at (an unknown name in an input list); it defaults to the column.
+    reported at (an unknown name in an input list); it defaults to the column. `via` is, for a
+    place inside a block's definition, the chain of block uses that brought it in, innermost
+    first: a diagnostic there shows each use as a note.
     """
 
     file: str
@@ -18,6 +20,15 @@ class Loc:
     text: str = ""
     width: int = 1
     mark: int | None = None
+    via: tuple["Note", ...] = ()
+
+
+@dataclass(frozen=True)
+class Note:
+    """A second place a diagnostic shows, after the error's own: `file:line:col: note: message`."""
+
+    message: str
+    loc: Loc
 
 
 class CnncError(Exception):
@@ -30,11 +41,12 @@ class CnncError(Exception):
 class ModelError(CnncError):
     """A mistake in a model file, located at a line and column, with an optional hint."""
 
-    def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None):
+    def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None, notes=()):
         super().__init__(message)
         self.message = message
         self.loc = loc
         self.hint = hint
+        self.notes = tuple(notes)
 
     @property
     def file(self) -> str | None:
@@ -53,13 +65,9 @@ class ModelError(CnncError):
         if self.loc is None:
             lines = [f"error: {self.message}"]
         else:
-            loc = self.loc
-            lines = [f"{loc.file}:{loc.line}:{loc.column}: error: {self.message}"]
-            if loc.text:
-                gutter = " " * len(str(loc.line))
-                start = loc.mark or loc.column
-                caret = " " * _display_width(loc.text[: start - 1]) + "^" * max(loc.width, 1)
-                lines += [f" {loc.line} | {loc.text.expandtabs(1)}", f" {gutter} | {caret}"]
+            lines = _quoted(self.loc, "error", self.message)
+            for note in self.loc.via + self.notes:
+                lines += _quoted(note.loc, "note", note.message)
         if self.hint:
             lines.append(f"hint: {self.hint}")
         return "\n".join(lines)
@@ -87,6 +95,17 @@ class DataError(CnncError):
 
 class InputError(CnncError, ValueError):
     """Arrays handed to a compiled network that do not fit it (shape, dtype, labels)."""
+
+
+def _quoted(loc: Loc, severity: str, message: str) -> list[str]:
+    """`file:line:col: severity: message`, then the source line with a caret under the place."""
+    lines = [f"{loc.file}:{loc.line}:{loc.column}: {severity}: {message}"]
+    if loc.text:
+        gutter = " " * len(str(loc.line))
+        start = loc.mark or loc.column
+        caret = " " * _display_width(loc.text[: start - 1]) + "^" * max(loc.width, 1)
+        lines += [f" {loc.line} | {loc.text.expandtabs(1)}", f" {gutter} | {caret}"]
+    return lines
 
 
 def _display_width(prefix: str) -> int:

@@ -7,14 +7,15 @@ import networkx as nx
 
 from . import passes
 from .diagnostics import ModelError
+from .expand import expand
 from .graph import build_graph
 from .shapes import infer_shapes
 from .syntax import parse
 
 
 def check_source(source: str | bytes, file: str = "<model>") -> nx.DiGraph:
-    """Parse, build and shape-check a model; the graph before any pass (the `parsed` stage)."""
-    program = parse(source, file)
+    """Parse, expand, build and shape-check a model; the graph before any pass (the `parsed` stage)."""
+    program = expand(parse(source, file))
     return infer_shapes(build_graph(program, Path(file).stem))
 
 

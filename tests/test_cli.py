@@ -31,8 +31,14 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def dot_nodes(text: str) -> set[str]:
+    """The layers drawn, inside the clusters of block uses too."""
     (graph,) = pydot.graph_from_dot_data(text)
-    return {n.get_name().strip('"') for n in graph.get_nodes()} - {"node", "edge", "graph"}
+    graphs, names = [graph], set()
+    while graphs:
+        g = graphs.pop()
+        names |= {n.get_name().strip('"') for n in g.get_nodes()}
+        graphs += g.get_subgraphs()
+    return names - {"node", "edge", "graph"}
 
 
 # -- compile ----------------------------------------------------------------------------------
