@@ -4,19 +4,20 @@ The kernels are serial: each works through its batch in chunks of nb images, wit
 product per chunk. The runtime runs the whole network on slices of the batch in parallel
 (cnnc/runtime.py), so BLAS is kept to one thread there except when a single slice runs.
 
-Per chunk the input is copied into a zero-padded buffer xp (C, nb, HP+1, WP) -- HP x WP is the
-input area the output windows cover, plus one zero row -- so that building the column matrix
+Per chunk the input is copied into a zero-padded buffer xp, cut into the stride's phases:
+xp[c, n, a*sw + b, h, w] = the padded input at row h*sh + a, column w*sw + b (one phase at
+stride 1), each phase HPh x WPh with one zero row more, so that building the column matrix
 needs no bounds logic. The forward is one product W (F, C*Kh*Kw) @ cols (C*Kh*Kw, columns) and
-an epilogue (bias, ReLU) that copies the result into out; the backward is cols @ g.T (dw,
-transposed) and W.T @ g scattered back into the padded buffer (dx). 3x3 layers at stride 1
-have a Winograd forward of their own (conv3x3_forward, at the end).
+an epilogue (bias, ReLU, residual) that copies the result into out; the backward is cols @ g.T
+(dw, transposed) and W.T @ g scattered back into the padded buffer (dx). 3x3 layers at stride
+1 have Winograd kernels of their own (conv3x3_forward and conv3x3_backward, at the end).
 
-Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q. For stride 1,
-ld = WP ("wide"): the columns of one kernel tap (c, i, j) and one image are then a single
-contiguous run of xp, starting at
-xp[c, n, i, j], so im2col is long block copies (10x faster than gathering rows of 16). The
-price is WP - OW discarded columns per output row, e.g. 18 for 16: 12% more product work.
-For other strides ld = OW and im2col gathers one output row at a time.
+Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q with ld = WPh
+("wide"): the columns of one kernel tap (c, i, j) and one image are then a single contiguous
+run of one phase, the phase (i % sh, j % sw) from row i // sh, column j // sw on, so im2col is
+long block copies at every stride (10x faster than gathering rows of 16 at stride 1, 3x at
+stride 2). The price is WPh - OW discarded columns per output row, e.g. 2 for 16 at stride 1
+and 1 for 16 at stride 2 with 3x3 filters: 6-12% more product work.
 """
 import numpy as np
 from numba import njit
@@ -32,10 +33,10 @@ MIN_COLUMNS = 512
 
 @njit(cache=True)
 def _layout(KH, KW, OH, OW, sh, sw):
-    """(HP, WP, wide, ld): the covered input area, whether the wide layout applies, the row stride."""
+    """(HPh, WPh): the size of each stride phase of the input area the output windows cover;
+    WPh is also the row stride ld of the column layout."""
     HP, WP = (OH - 1) * sh + KH, (OW - 1) * sw + KW
-    wide = sh == 1 and sw == 1
-    return HP, WP, wide, WP if wide else OW
+    return -(-HP // sh), -(-WP // sw)
 
 
 @njit(cache=True)
@@ -78,78 +79,89 @@ def _scatter_add(dst, src, count, step):
         dst[k * step] += src[k]
 
 
-@njit(cache=True)
-def _inside(pad, size, padded):
-    """[lo, hi): the padded-buffer indices that hold real input along one axis."""
-    lo = min(pad, padded)
-    return lo, max(lo, min(pad + size, padded))
+@njit(cache=True, fastmath=True)
+def _phase_columns(pad, size, step, phase, count):
+    """[lo, hi): the columns w of a phase whose input column w*step + phase - pad is inside [0, size)."""
+    lo = min(max(0, -(-(pad - phase) // step)), count)
+    return lo, max(lo, min(-(-(size + pad - phase) // step), count))
 
 
 @njit(cache=True, fastmath=True)
-def _pad_chunk(x, n0, pt, pl, xp):
-    """xp[c, n, h, w] = x[c, n0+n, h-pt, w-pl], zero where that is padding (every element written)."""
+def _pad_chunk(x, n0, pt, pl, sh, sw, xp):
+    """xp[c, n, a*sw + b, h, w] = x[c, n0+n, h*sh + a - pt, w*sw + b - pl], zero where that is
+    padding (every element written, the extra last row too)."""
     C, _, H, W = x.shape
-    m, HP1, WP = xp.shape[1], xp.shape[2], xp.shape[3]
-    h0, h1 = _inside(pt, H, HP1 - 1)
-    w0, w1 = _inside(pl, W, WP)
+    m, HP1, WP = xp.shape[1], xp.shape[3], xp.shape[4]
     for c in range(C):
         for n in range(m):
-            plane = xp[c, n].reshape(-1)
-            _zero(plane, h0 * WP)
-            _zero(plane[h1 * WP:], (HP1 - h1) * WP)
-            for h in range(h0, h1):
-                row = plane[h * WP:]
-                _zero(row, w0)
-                _copy(row[w0:], x[c, n0 + n, h - pt], w1 - w0)
-                _zero(row[w1:], WP - w1)
+            src = x[c, n0 + n]
+            for a in range(sh):
+                h0, h1 = _phase_columns(pt, H, sh, a, HP1 - 1)
+                for b in range(sw):
+                    plane = xp[c, n, a * sw + b]
+                    w0, w1 = _phase_columns(pl, W, sw, b, WP)
+                    _zero(plane.reshape(-1), h0 * WP)
+                    _zero(plane.reshape(-1)[h1 * WP:], (HP1 - h1) * WP)
+                    for h in range(h0, h1):
+                        row, srow = plane[h], src[h * sh + a - pt]
+                        for w in range(w0):
+                            row[w] = 0
+                        if sw == 1:
+                            for w in range(w0, w1):
+                                row[w] = srow[w - pl]
+                        else:
+                            for w in range(w0, w1):
+                                row[w] = srow[w * sw + b - pl]
+                        for w in range(w1, WP):
+                            row[w] = 0
 
 
 @njit(cache=True, fastmath=True)
-def _unpad_add(dxp, n0, pt, pl, dx):
-    """dx[c, n0+n, h, w] += dxp[c, n, h+pt, w+pl]: the adjoint of _pad_chunk."""
+def _unpad_add(dxp, n0, pt, pl, sh, sw, dx):
+    """dx[c, n0+n, h*sh + a - pt, w*sw + b - pl] += dxp[c, n, a*sw + b, h, w]: the adjoint of _pad_chunk."""
     C, _, H, W = dx.shape
-    m, HP1, WP = dxp.shape[1], dxp.shape[2], dxp.shape[3]
-    h0, h1 = _inside(pt, H, HP1 - 1)
-    w0, w1 = _inside(pl, W, WP)
+    m, HP1, WP = dxp.shape[1], dxp.shape[3], dxp.shape[4]
     for c in range(C):
         for n in range(m):
-            for h in range(h0, h1):
-                _add(dx[c, n0 + n, h - pt], dxp[c, n, h, w0:], w1 - w0)
+            for a in range(sh):
+                h0, h1 = _phase_columns(pt, H, sh, a, HP1 - 1)
+                for b in range(sw):
+                    w0, w1 = _phase_columns(pl, W, sw, b, WP)
+                    for h in range(h0, h1):
+                        src, dst = dxp[c, n, a * sw + b, h, w0:], dx[c, n0 + n, h * sh + a - pt]
+                        if sw == 1:
+                            _add(dst[w0 - pl:], src, w1 - w0)
+                        else:
+                            _scatter_add(dst[w0 * sw + b - pl:], src, w1 - w0, sw)
 
 
 @njit(cache=True, fastmath=True)
-def _im2col(xp, kh, kw, sh, sw, oh, ow, wide, cols):
-    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, p*sh+i, q*sw+j]."""
-    C, m, WP = xp.shape[0], xp.shape[1], xp.shape[3]
+def _im2col(xp, kh, kw, sh, sw, oh, cols):
+    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, (i%sh)*sw + j%sw, p + i//sh, q + j//sw]:
+    one contiguous run per tap and image (the extra zero row keeps the last run inside)."""
+    C, m, WP = xp.shape[0], xp.shape[1], xp.shape[4]
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
+                start = (i // sh) * WP + j // sw
                 for n in range(m):
-                    if wide:  # the extra zero row keeps the run inside the plane
-                        _copy(row[n * oh * WP:], xp[c, n].reshape(-1)[i * WP + j:], oh * WP)
-                    else:
-                        for p in range(oh):
-                            _gather(row[(n * oh + p) * ow:], xp[c, n, p * sh + i, j:], ow, sw)
+                    _copy(row[n * oh * WP:], xp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
-def _col2im_add(cols, kh, kw, sh, sw, oh, ow, wide, dxp):
-    """dxp[c, n, p*sh+i, q*sw+j] += cols[(c,i,j), (n*oh+p)*ld + q]: the adjoint of _im2col.
-
-    In the wide layout the discarded columns are added too: they are exactly zero (W.T times
-    zero columns of g), so where they land does not matter."""
-    C, m, WP = dxp.shape[0], dxp.shape[1], dxp.shape[3]
+def _col2im_add(cols, kh, kw, sh, sw, oh, dxp):
+    """The adjoint of _im2col: each tap's run added back into its phase. The discarded columns
+    are added too: they are exactly zero (W.T times zero columns of g), so where they land does
+    not matter."""
+    C, m, WP = dxp.shape[0], dxp.shape[1], dxp.shape[4]
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
+                start = (i // sh) * WP + j // sw
                 for n in range(m):
-                    if wide:
-                        _add(dxp[c, n].reshape(-1)[i * WP + j:], row[n * oh * WP:], oh * WP)
-                    else:
-                        for p in range(oh):
-                            _scatter_add(dxp[c, n, p * sh + i, j:], row[(n * oh + p) * ow:], ow, sw)
+                    _add(dxp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], row[n * oh * WP:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
@@ -208,20 +220,21 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
     """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it is empty."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    HP, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    phases = stride_h * stride_w
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
     nb = _chunk(rows, N, OH * ld)
-    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    xp_buf = np.empty(C * nb * phases * (HP + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     prod_buf = np.empty(F * nb * OH * ld, x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
+        xp = xp_buf[:C * m * phases * (HP + 1) * ld].reshape(C, m, phases, HP + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
-        _pad_chunk(x, n0, pad_top, pad_left, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
+        _pad_chunk(x, n0, pad_top, pad_left, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
         np.dot(wmat, cols, prod)
         _bias_relu_store(prod, b, residual, relu, n0, ld, out)
 
@@ -231,12 +244,13 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     """dw and db are overwritten; dx (when need_dx) is added into."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    HP, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    phases = stride_h * stride_w
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
     dw2 = dw.reshape(F, rows)
     nb = _chunk(rows, N, OH * ld)
-    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    xp_buf = np.empty(C * nb * phases * (HP + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     g_buf = np.empty(F * nb * OH * ld, x.dtype)
     dw_part = np.empty((rows, F), x.dtype)  # dw transposed: see _add_transposed
@@ -244,19 +258,19 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     db[:] = 0
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
+        xp = xp_buf[:C * m * phases * (HP + 1) * ld].reshape(C, m, phases, HP + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)
-        _pad_chunk(x, n0, pad_top, pad_left, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
+        _pad_chunk(x, n0, pad_top, pad_left, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
         np.dot(cols, g.T, dw_part)
         _add_transposed(dw2, dw_part)
         if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
             np.dot(wmat.T, g, cols)
             xp[:] = 0
-            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, OW, wide, xp)
-            _unpad_add(xp, n0, pad_top, pad_left, dx)
+            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, xp)
+            _unpad_add(xp, n0, pad_top, pad_left, stride_h, stride_w, dx)
 
 
 # ---- 3x3, stride 1: Winograd F(2x2, 3x3) ----------------------------------------------------
