@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("model", type=Path)
     c.add_argument("--emit", choices=EMITS, default="summary")
     c.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
+    c.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     c.set_defaults(run=run_compile)
 
     d = sub.add_parser("dot", help="the graph as Graphviz DOT")
@@ -62,12 +64,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="weights file (default: MODEL.npz in the current folder)")
     t.add_argument("--resume", type=Path, help="a checkpoint (WEIGHTS.ckpt.npz) to continue from")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar; one line per epoch")
+    t.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     t.set_defaults(run=run_train)
 
     e = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix on the test split")
     e.add_argument("model", type=Path)
     e.add_argument("data", type=Path)
     e.add_argument("--weights", type=Path, required=True)
+    e.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     e.set_defaults(run=run_eval)
 
     r = sub.add_parser("predict", help="the class of each image")
@@ -75,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("images", type=Path, nargs="+")
     r.add_argument("--weights", type=Path, required=True)
     r.add_argument("--classes", help="comma-separated class names (default: from the weights' checkpoint)")
+    r.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     r.set_defaults(run=run_predict)
 
     x = sub.add_parser("export", help="write the model and its weights as ONNX")
@@ -105,6 +113,22 @@ def nonnegative(kind):
 
     convert.__name__ = kind.__name__
     return convert
+
+
+def memory_size(text: str) -> int:
+    from .memory import parse_size
+
+    try:
+        return parse_size(text)
+    except (ValueError, IndexError, OverflowError):
+        raise argparse.ArgumentTypeError(f"must be a size such as 8G, 512M or 100000000, not {text}") from None
+
+
+def memory_limit(args) -> int | None:
+    """--max-memory, else most of the memory available now (None when that is unknown)."""
+    from .memory import default_limit
+
+    return args.max_memory if args.max_memory is not None else default_limit()
 
 
 def fraction(text: str) -> float:
@@ -143,9 +167,11 @@ def run_compile(args) -> int:
         graph, _ = optimized(parsed)
         write(to_json(graph) if args.emit == "json" else to_dot(graph), args.output)
         return 0
+    from .memory import Budget
     from .runtime import Network
 
-    net = Network(parsed)
+    limit = memory_limit(args)
+    net = Network(parsed, budget=Budget(limit, 1, "training" if parsed.graph["loss"] else "inference"))
     if args.emit == "python":
         from .lower.standalone import standalone
 
@@ -157,8 +183,23 @@ def run_compile(args) -> int:
     count = len(net.kernel_calls)
     kernels = (f"kernels: {count} ({compiled} compiled, {count - compiled} from Numba's cache) in "
                f"{net.compile_seconds:.2f} s; model code: {net.module.__file__}")
-    write(render_summary(parsed, net.graph, net.passes, [kernels]), args.output)
+    write(render_summary(parsed, net.graph, net.passes, [memory_line(net, limit), kernels]), args.output)
     return 0
+
+
+def memory_line(net, limit: int | None) -> str:
+    """`memory: 1.2 MiB inference at batch 1, 20.5 MiB training at batch 64 (the train line's)`"""
+    from .memory import human
+    from .train.loop import recipe
+
+    line = f"memory: {human(net.memory('inference').bytes(1))} inference at batch 1"
+    if net.parsed.graph["loss"]:
+        r = recipe(net.parsed.graph["train"])
+        needed = net.memory("training", r.optimizer).bytes(r.batch)
+        line += f", {human(needed)} training at batch {r.batch}"
+        if limit is not None and needed > limit:
+            line += f" (more than the {human(limit)} available: train with a smaller --batch)"
+    return line
 
 
 def run_dot(args) -> int:
@@ -172,26 +213,30 @@ def run_dot(args) -> int:
     return 0
 
 
-def load_network(path: Path, weights: Path | None = None, seed: int = 0):
-    """The model compiled, with weights loaded when given; also its source text."""
+def load_network(path: Path, weights: Path | None = None, seed: int = 0, limit: int | None = None):
+    """The model for inference, with weights loaded when given, its batch fitted to `limit`."""
     from .frontend import check_file
+    from .memory import Budget, inference_batch
     from .runtime import Network
     from .train.checkpoint import load_weights
 
     graph = check_file(path)
-    net = Network(graph, seed=seed)
+    net = Network(graph, seed=seed, budget=Budget(limit))
+    net.inference_batch = inference_batch(net.memory(), limit)
     if weights is not None:
         for name, value in load_weights(weights, {n: v.shape for n, v in net.params.items()}).items():
             net.params[name] = value
     return net
 
 
-TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight_decay", "schedule", "limit")
+TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight_decay", "schedule", "limit",
+               "max_memory")
 
 
 def run_train(args) -> int:
     from .diagnostics import DataError, ModelError
     from .frontend import check_file
+    from .memory import Budget, inference_batch
     from .runtime import Network
     from .train.data import load_dataset
     from .train.loop import optimizer_for, recipe
@@ -210,7 +255,9 @@ def run_train(args) -> int:
         raise DataError(out, f"cannot write: the folder {out.parent} does not exist")
     if args.resume is not None and not args.resume.is_file():
         raise DataError(args.resume, "no such checkpoint file")
-    net = Network(graph, seed=r.seed)
+    limit = memory_limit(args)
+    net = Network(graph, seed=r.seed, budget=Budget(limit, r.batch, "training", r.optimizer))
+    net.inference_batch = inference_batch(net.memory(), limit)
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
     if args.limit:
         data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
@@ -231,7 +278,7 @@ def run_eval(args) -> int:
     from .train.data import load_dataset
     from .train.evaluate import evaluate, render_evaluation
 
-    net = load_network(args.model, args.weights)
+    net = load_network(args.model, args.weights, limit=memory_limit(args))
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
     net.compile(training=False)
     write(render_evaluation(evaluate(net, data)), None)
@@ -242,7 +289,7 @@ def run_predict(args) -> int:
     from .train.data import load_images
     from .train.evaluate import class_names, probabilities, render_predictions
 
-    net = load_network(args.model, args.weights)
+    net = load_network(args.model, args.weights, limit=memory_limit(args))
     x = load_images(args.images, net.input_shape)
     net.compile(training=False)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])

@@ -23,7 +23,7 @@ import numpy as np
 
 from .diagnostics import InputError, ModelError
 from .frontend import check_file, check_source, optimized
-from . import lanes
+from . import lanes, memory
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
 from .precompile import compile_all, kernel_calls
@@ -121,7 +121,10 @@ def initialize(vector: np.ndarray, layout: ParamLayout, seed: int) -> None:
 class Network:
     """A compiled model: `graph`, `params`, `forward(x)` and `loss_and_grads(x, y)`."""
 
-    def __init__(self, parsed: nx.DiGraph, seed: int = 0, optimize: bool = True):
+    def __init__(self, parsed: nx.DiGraph, seed: int = 0, optimize: bool = True,
+                 budget: memory.Budget | None = None):
+        """`budget`: the batch and the memory limit the caller will run at, checked before
+        anything is allocated (a ModelError naming the largest tensors when it does not fit)."""
         self.parsed = parsed
         if optimize:
             self.graph, self.passes = optimized(parsed, "inference")
@@ -131,12 +134,15 @@ class Network:
             self.training_graph, self.training_passes = parsed, []
         self.layout = ParamLayout.of(parsed)
         self.lowered: Lowered = lower(self.graph, self.training_graph, self.layout)
+        if budget is not None:
+            memory.check(self.memory(budget.mode, budget.optimizer), budget)
         self.vector = allocate_parameters(self.layout, parsed)
         self.params = Params(self.vector, self.layout)
         initialize(self.vector, self.layout, seed)
         self.grad_vector = np.zeros(self.layout.trainable, np.float32)
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
+        self.inference_batch = memory.EVAL_BATCH  # the batch whole data sets are run through forward at
         # Training-mode batchnorm needs the statistics of the whole batch: no slices then.
         self.slices_in_training = all(d["op"] != "batchnorm" for _, d in self.training_graph.nodes(data=True))
         self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ...
@@ -145,6 +151,11 @@ class Network:
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
         self.compile_seconds = None
+
+    def memory(self, mode: str = "inference", optimizer: str = "sgd") -> memory.Estimate:
+        """What one call of forward ("inference") or loss_and_grads ("training") allocates."""
+        g = self.graph if mode == "inference" else self.training_graph
+        return memory.estimate(g, self.layout, mode, optimizer)
 
     @property
     def name(self) -> str:
@@ -164,11 +175,19 @@ class Network:
         seconds it took are in `compile_seconds`). Without this, the first call compiles what
         it needs, one kernel after the other."""
         started = time.perf_counter()
+        training = training and bool(self.parsed.graph["loss"])
+        mode = "training" if training else "inference"
+        # The dry run allocates (without touching) the arrays of one image.
+        memory.check(self.memory(mode), memory.Budget(memory.default_limit() or memory.ADDRESSABLE, 1, mode))
         x = np.ones((1,) + self.input_shape, np.float32)
         probes = [("forward", (x, self.vector))]
-        if training and self.parsed.graph["loss"]:
+        if training:
             probes.append(("loss_and_grads", (x, np.zeros(1, np.int64), self.vector, self.grad_vector, 0)))
-        self.kernel_calls = kernel_calls(self.module, probes)
+        try:
+            self.kernel_calls = kernel_calls(self.module, probes)
+        except MemoryError:
+            raise ModelError(f"{self.name}: the arrays of one image do not fit in memory",
+                             hint="make the largest layers smaller") from None
         compiled = compile_all(self.kernel_calls)
         self.compile_seconds = time.perf_counter() - started
         return compiled
@@ -236,7 +255,7 @@ class Network:
 def allocate_parameters(layout: ParamLayout, g: nx.DiGraph) -> np.ndarray:
     try:
         return np.zeros(layout.size, np.float32)
-    except MemoryError:
+    except (MemoryError, ValueError):  # ValueError: more elements than an array can have
         biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
         loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
         raise ModelError(f"the model's {layout.size:,} parameters ({layout.size * 4 / 2**30:.1f} GiB) do not fit "

@@ -48,9 +48,11 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
 
 def winograd(ctx: Context, node: str) -> bool:
     """3x3 filters at stride 1 over enough channels run as Winograd F(2x2, 3x3)."""
-    data = ctx.node(node)
-    src_channels = ctx.node(ctx.inputs(node)[0])["shape"][0]
-    return (tuple(data["attrs"]["size"]) == (3, 3) and tuple(data["attrs"]["stride"]) == (1, 1)
+    return winograd_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node)["attrs"])
+
+
+def winograd_applies(src_channels: int, attrs: dict) -> bool:
+    return (tuple(attrs["size"]) == (3, 3) and tuple(attrs["stride"]) == (1, 1)
             and src_channels >= WINOGRAD_MIN_CHANNELS)
 
 

@@ -59,9 +59,10 @@ def class_names(weights: Path, k: int) -> list[str]:
     return [str(i) for i in range(k)]
 
 
-def probabilities(net: Network, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def probabilities(net: Network, x: np.ndarray, batch: int | None = None) -> np.ndarray:
     """Class probabilities of inference: the output itself when the model ends in softmax, else a
     softmax of its values, which the contract takes as logits."""
+    batch = batch or net.inference_batch
     out = np.concatenate([net.forward(x[i:i + batch]) for i in range(0, len(x), batch)])
     if net.parsed.nodes[net.parsed.graph["output"]]["op"] == "softmax":
         return out

@@ -80,8 +80,9 @@ def epoch_lr(r: Recipe, epoch: int) -> float:
     return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
 
 
-def accuracy(net: Network, x: np.ndarray, y: np.ndarray, batch: int = 256) -> tuple[float, np.ndarray]:
+def accuracy(net: Network, x: np.ndarray, y: np.ndarray, batch: int | None = None) -> tuple[float, np.ndarray]:
     """Accuracy of inference over a split, and the predicted class of every image."""
+    batch = batch or net.inference_batch
     predicted = np.concatenate([net.forward(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
     return float((predicted == y).mean()), predicted
 
