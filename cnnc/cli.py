@@ -146,18 +146,28 @@ def nonnegative_int(text: str) -> int:
 
 
 def write(text: str, output: Path | None) -> None:
+    """To standard output, or atomically to a file (an error leaves no empty or partial file)."""
+    from .files import atomic_write_bytes
+
+    text = text if text.endswith("\n") else text + "\n"
     if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    try:
-        output.write_text(text if text.endswith("\n") else text + "\n")
-    except OSError as err:
-        raise CnncError(f"{output}: cannot write: {err.strerror or err}") from None
+        sys.stdout.write(text)
+    else:
+        atomic_write_bytes(output, text.encode())
+
+
+def refuse_overwrite(output: Path | None, **inputs) -> None:
+    """The output must not be one of the command's inputs (`model=args.model, data=...`)."""
+    from .files import refuse_overwrite as refuse
+
+    if output is not None:
+        refuse(output, {what.replace("_", " "): path for what, path in inputs.items()})
 
 
 def run_compile(args) -> int:
     from .frontend import check_file
 
+    refuse_overwrite(args.output, model_file=args.model)
     parsed = check_file(args.model)
     if args.emit in ("json", "dot"):
         from .export.dot import to_dot
@@ -206,6 +216,7 @@ def run_dot(args) -> int:
     from .export.dot import to_dot
     from .frontend import check_file, optimized
 
+    refuse_overwrite(args.output, model_file=args.model)
     graph = check_file(args.model)
     if args.stage == "optimized":
         graph, _ = optimized(graph, args.mode)
@@ -251,10 +262,9 @@ def run_train(args) -> int:
                schedule=args.schedule)
     optimizer_for(r)  # an impossible recipe fails now, before the data is read
     out = args.out or Path(args.model.stem + ".npz")
-    if not out.parent.is_dir():  # rather than after the first epoch, when the weights are saved
-        raise DataError(out, f"cannot write: the folder {out.parent} does not exist")
     if args.resume is not None and not args.resume.is_file():
         raise DataError(args.resume, "no such checkpoint file")
+    check_outputs(args, out)
     limit = memory_limit(args)
     net = Network(graph, seed=r.seed, budget=Budget(limit, r.batch, "training", r.optimizer))
     net.inference_batch = inference_batch(net.memory(), limit)
@@ -272,6 +282,19 @@ def run_train(args) -> int:
     command += ["--out", str(out)] + (["--quiet"] if args.quiet else [])
     return train(net, data, r, out, args.resume, args.quiet, args.model.read_bytes().decode("utf-8", "replace"),
                  command)
+
+
+def check_outputs(args, out: Path) -> None:
+    """The weights and the checkpoint beside them replace none of the inputs and can be written:
+    found now, rather than after the first epoch."""
+    from .files import check_writable
+    from .train.checkpoint import checkpoint_path
+
+    refuse_overwrite(out, model_file=args.model, training_data=args.data, checkpoint_to_resume=args.resume)
+    check_writable(out)
+    ckpt = checkpoint_path(out)
+    refuse_overwrite(ckpt, model_file=args.model, training_data=args.data)
+    check_writable(ckpt)
 
 
 def run_eval(args) -> int:
@@ -300,6 +323,10 @@ def run_predict(args) -> int:
 def run_export(args) -> int:
     from .export.onnx import export_onnx
 
+    from .train.checkpoint import checkpoint_path
+
+    refuse_overwrite(args.output, model_file=args.model, weights_file=args.weights,
+                     checkpoint_file=checkpoint_path(args.weights))
     net = load_network(args.model, args.weights)
     export_onnx(net, args.output)
     print(f"wrote {args.output}", file=sys.stderr)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import zipfile
 import zlib
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnc.diagnostics import DataError
+from cnnc.files import atomic_write
 
 FORMAT_KEY = "__cnnc_checkpoint__"
 FORMAT_VERSION = 1
@@ -193,33 +192,8 @@ def _unflatten(path, stored: dict) -> dict:
 
 
 def atomic_write_npz(path, arrays: dict) -> None:
-    """Write an .npz into a temporary file beside `path`, fsync, then os.replace it over `path`.
-
-    The temporary file is removed on any failure, KeyboardInterrupt included, so the previous
-    file at `path` (if any) is either kept whole or replaced by the complete new one.
-    """
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise DataError(path, f"cannot write: the folder {folder} does not exist")
-    # Not tempfile.mkstemp: its files are 0600, and the weights should get the usual umask mode.
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as e:
-        raise DataError(path, f"cannot write here: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove_quietly(tmp)
-        if isinstance(e, OSError):
-            raise DataError(path, f"cannot write: {e.strerror or e}") from None
-        raise
-    _fsync_folder(folder)
+    """Write an .npz atomically (cnnc/files.py): the previous file is kept whole or replaced whole."""
+    atomic_write(path, lambda f: _write_npz(f, arrays))
 
 
 def _write_npz(f, arrays: dict) -> None:
@@ -229,27 +203,6 @@ def _write_npz(f, arrays: dict) -> None:
         for name, array in arrays.items():
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; best effort, as not every platform can open a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _read_npz(path) -> dict[str, np.ndarray]:
