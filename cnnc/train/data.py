@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnc.diagnostics import DataError
+from cnnc.npz import NpzReader
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLITS = ("train", "test")
@@ -328,15 +328,9 @@ def _gray_palette(im) -> bool:
 
 
 def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        raise DataError(path, "is not an .npz file (a zip of .npy arrays) or is damaged") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(path, "is a single .npy array, not an .npz holding x_train, y_train, "
-                        "x_test, y_test")
-    with archive:
-        keys = set(archive.files)
+    """Only the x_/y_ arrays of the splits asked for are read, each after its header is checked."""
+    with NpzReader(path, ".npz file (a zip of .npy arrays) holding x_train, y_train, x_test, y_test") as npz:
+        keys = set(npz.names)
         present = {s: f"x_{s}" in keys or f"y_{s}" in keys for s in SPLITS}
         _require_splits(path, split, present, "npz")
         out = {}
@@ -347,20 +341,12 @@ def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
                 if k not in keys:
                     holds = ", ".join(sorted(keys))
                     raise DataError(path, f"has no array '{k}' (it holds {holds})")
-            x = _read_npz_entry(archive, f"x_{s}", path)
-            x = _images_from_array(x, input_shape, path, f"x_{s}")
-            y = _labels_from_array(_read_npz_entry(archive, f"y_{s}", path), path, f"y_{s}")
+            x = _images_from_array(npz.read(f"x_{s}"), input_shape, path, f"x_{s}")
+            y = _labels_from_array(npz.read(f"y_{s}"), path, f"y_{s}")
             _check_labels(path, y, num_classes, f"y_{s}")
             _check_lengths(path, x, y, f"x_{s}", f"y_{s}")
             out[s] = (x, y)
     return _numbered_dataset(out, num_classes, f"{path}")
-
-
-def _read_npz_entry(archive, key: str, path: Path) -> np.ndarray:
-    try:
-        return archive[key]
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        raise DataError(path, f"cannot read array '{key}' (the file is damaged?): {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
