@@ -192,7 +192,7 @@ def run_compile(args) -> int:
     compiled = net.compile()
     count = len(net.kernel_calls)
     kernels = (f"kernels: {count} ({compiled} compiled, {count - compiled} from Numba's cache) in "
-               f"{net.compile_seconds:.2f} s; model code: {net.module.__file__}")
+               f"{net.compile_seconds:.2f} s; model code: {net.module.__file__ or 'not written (no cache folder)'}")
     write(render_summary(parsed, net.graph, net.passes, [memory_line(net, limit), kernels]), args.output)
     return 0
 

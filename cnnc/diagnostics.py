@@ -89,6 +89,13 @@ class InputError(CnncError, ValueError):
     """Arrays handed to a compiled network that do not fit it (shape, dtype, labels)."""
 
 
+def warn(message: str) -> None:
+    """Something the user should know that does not stop the command: `warning: ...` on stderr."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _display_width(prefix: str) -> int:
     return len(prefix.expandtabs(1))
 

@@ -6,14 +6,16 @@ Calls run on slices of the batch in parallel threads (cnnc/lanes.py).
 """
 from __future__ import annotations
 
+import builtins
 import ctypes
 import ctypes.util
 import hashlib
-import importlib.util
 import math
 import os
 import sys
+import tempfile
 import time
+import types
 from collections.abc import MutableMapping
 from functools import cache
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from .diagnostics import InputError, ModelError
+from .diagnostics import InputError, ModelError, warn
 from .frontend import check_file, check_source, optimized
 from . import lanes, memory
 from .lower.context import ParamLayout
@@ -31,9 +33,12 @@ from .ops import BUFFER_KINDS
 
 
 def cache_dir() -> Path:
-    """Where generated modules live: $CNNC_CACHE_DIR, else the user's cache folder."""
-    root = os.environ.get("CNNC_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnnc"
-    return Path(root)
+    """Where generated modules live: $CNNC_CACHE_DIR, else the user's cache folder ($XDG_CACHE_HOME
+    when it is an absolute path, as the XDG spec asks, else ~/.cache)."""
+    if os.environ.get("CNNC_CACHE_DIR"):
+        return Path(os.environ["CNNC_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "cnnc"
 
 
 @cache
@@ -54,23 +59,44 @@ def keep_freed_memory() -> None:
 
 
 def load_module(source: str):
-    """Imports generated source from the cache (writing it there first if it is new)."""
+    """Imports generated source, written first to the cache folder (so that tracebacks and
+    debuggers show its lines). The code is compiled from `source` itself, never from a .pyc or the
+    file, so a damaged cache cannot change what runs."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     name = f"cnnc_model_{digest}"
     if name in sys.modules:
         return sys.modules[name]
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.py"
-    if not path.exists() or path.read_text() != source:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    path = write_module(f"{name}.py", source)
+    module = types.ModuleType(name)
+    module.__file__ = str(path) if path else None
+    exec(builtins.compile(source, str(path) if path else f"<{name}>", "exec"), module.__dict__)
     sys.modules[name] = module
     return module
+
+
+def write_module(filename: str, source: str) -> Path | None:
+    """The generated file in the cache folder, else in a temporary folder (with a warning), else
+    None: a cache that is a file, read-only, full or unreadable costs the file, not the run."""
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"cnnc-{os.getuid() if hasattr(os, 'getuid') else 0}"):
+        path = folder / filename
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not path.is_file() or path.read_text() != source:
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                try:
+                    tmp.write_text(source)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            return path
+        except (OSError, UnicodeDecodeError) as e:
+            cache_warning(folder, str(getattr(e, "strerror", None) or e))
+    return None
+
+
+@cache  # once per folder and reason in a process
+def cache_warning(folder: Path, reason: str) -> None:
+    warn(f"cannot use the cache folder {folder} ({reason}); set CNNC_CACHE_DIR to a writable folder")
 
 
 class Params(MutableMapping):

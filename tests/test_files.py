@@ -3,15 +3,17 @@ files cleaned up, unwritable places found before any work."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cnnc
-from cnnc import files
+from cnnc import files, runtime
 from cnnc.cli import main
 from cnnc.diagnostics import DataError
 from cnnc.train.checkpoint import save_weights
@@ -150,3 +152,70 @@ def test_same_file_sees_links_and_spellings(tmp_path):
     assert not files.same_file(a, tmp_path / "new.npz")
     with pytest.raises(DataError, match="is the data"):
         files.refuse_overwrite(tmp_path / "b.npz", {"data": a, "other": None})
+
+
+# -- the cache folder of generated modules ------------------------------------------------------
+
+
+def fresh_model(tag: str) -> str:
+    """A model whose generated module no process has imported yet."""
+    return MODEL.replace("model small", f"model cache_{tag}_{os.getpid()}_{secrets.token_hex(4)}")
+
+
+def works(net) -> bool:
+    return net.forward(np.ones((2, 1, 8, 8), np.float32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("problem", ["a file", "unwritable", "full disk", "unreadable file"])
+def test_a_cache_folder_that_cannot_be_used_falls_back_with_a_warning(problem, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    if problem == "a file":
+        cache.write_text("not a folder")
+    elif problem == "unwritable":
+        monkeypatch.setenv("CNNC_CACHE_DIR", "/proc/cnnc-cache")
+    else:
+        real_write, real_read = Path.write_text, Path.read_text
+
+        def write_text(self, *a, **k):
+            if self.parent == cache and problem == "full disk":
+                raise OSError(28, "No space left on device")
+            return real_write(self, *a, **k)
+
+        def read_text(self, *a, **k):
+            if self.parent == cache and problem == "unreadable file":
+                raise PermissionError(13, "Permission denied")
+            return real_read(self, *a, **k)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+        monkeypatch.setattr(Path, "read_text", read_text)
+        if problem == "unreadable file":
+            cache.mkdir()
+            net = cnnc.compile_source(text := fresh_model("unreadable"))
+            (cache / Path(net.module.__file__).name).touch()  # it is there, but cannot be read
+            sys.modules.pop(net.module.__name__)
+    net = cnnc.compile_source(text if problem == "unreadable file" else fresh_model(problem.replace(" ", "_")))
+    assert works(net)
+    assert Path(net.module.__file__).parent.parent == tmp_path / "tmp"
+    err = capsys.readouterr().err
+    assert err.startswith("warning: cannot use the cache folder") and "CNNC_CACHE_DIR" in err
+
+
+def test_without_any_writable_folder_the_module_runs_from_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNC_CACHE_DIR", "/proc/cnnc-cache")
+    monkeypatch.setattr(tempfile, "tempdir", "/proc/cnnc-tmp")
+    net = cnnc.compile_source(fresh_model("memory"))
+    assert works(net) and net.module.__file__ is None
+
+
+def test_an_empty_xdg_cache_home_is_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("CNNC_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for value in ("", "relative/cache"):
+        monkeypatch.setenv("XDG_CACHE_HOME", value)
+        assert runtime.cache_dir() == tmp_path / "home" / ".cache" / "cnnc"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.cache_dir() == tmp_path / "xdg" / "cnnc"
