@@ -323,6 +323,61 @@ def test_a_real_sigint_to_the_installed_command(data, workdir):
     assert_same_bits(state["params"], weights("w.npz"))
 
 
+def test_sigterm_stops_like_ctrl_c(data, workdir):
+    """`timeout`, schedulers and `docker stop` send SIGTERM: the run stops gracefully (exit 143),
+    and the last epoch printed is that of the checkpoint, which is whole."""
+    process = subprocess.Popen(cnnc_command() + ["train", "tiny.cnn", str(data["npz"]), "--out", "w.npz",
+                                                 "--epochs", "100000", "-q"],
+                               cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        printed = [process.stdout.readline() for _ in range(2)]
+        process.terminate()
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and "terminated; the checkpoint after epoch" in err
+    assert "continue with: cnnc train" in err
+    state = load_checkpoint("w.ckpt.npz")
+    assert state["epoch"] == epoch_lines("".join(printed) + out)[-1]["epoch"] >= 2
+    assert_same_bits(state["params"], weights("w.npz"))
+    assert not list(workdir.glob(".*.tmp"))
+
+
+def test_sigterm_during_the_save_finishes_it(data, monkeypatch):
+    original = checkpoint.save_weights
+
+    def save_weights_terminated(path, params):
+        signal.raise_signal(signal.SIGTERM)
+        original(path, params)
+
+    monkeypatch.setattr(checkpoint, "save_weights", save_weights_terminated)
+    code, _, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "-q")
+    assert code == 143 and "terminated; the checkpoint after epoch 1 is kept" in err
+    state = load_checkpoint("w.ckpt.npz")
+    assert state["epoch"] == 1
+    assert_same_bits(state["params"], weights("w.npz"))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after the run
+
+
+@pytest.mark.parametrize("stderr", ["separate", "same pipe"])
+def test_a_closed_output_pipe_does_not_stop_training(stderr, data, workdir):
+    """`cnnc train ... | head -1`: the printing stops, the training goes on to the end and saves."""
+    process = subprocess.Popen(cnnc_command() + ["train", "tiny.cnn", str(data["npz"]), "--out", "w.npz",
+                                                 "--epochs", "6", "-q"],
+                               cwd=workdir, stdout=subprocess.PIPE, text=True,
+                               stderr=subprocess.STDOUT if stderr == "same pipe" else subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # as `head -1` does
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert first.startswith("training tiny" if stderr == "same pipe" else "epoch 1/6")
+    assert load_checkpoint("w.ckpt.npz")["epoch"] == 6
+    if stderr == "separate":
+        assert "Traceback" not in err and "Exception ignored" not in err
+        assert "weights: w.npz" in err
+
+
 def test_ctrl_c_repeats_the_flags_that_were_given(data, monkeypatch):
     StepCounter(monkeypatch, SGD, interrupt_at=30 + 10)  # batches of 10: epoch 2, batch 10
     code, _, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--lr", 0.05,

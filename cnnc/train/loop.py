@@ -207,20 +207,44 @@ def _short(names, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (from `timeout`, a scheduler, `docker stop`): stops training as Ctrl-C does."""
+
+
+def raise_terminated(*_):
+    raise Terminated
+
+
 @contextlib.contextmanager
-def deferred_interrupt():
-    """Holds back Ctrl-C (SIGINT) until the block has finished, then raises it."""
+def sigterm_stops_gracefully():
+    """Within the block SIGTERM raises Terminated, so a run stops as Ctrl-C stops it (the last
+    whole checkpoint kept) instead of dying wherever it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
-        yield  # Ctrl-C is ignored (a background job, nohup): it must not become an interrupt here
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Holds back Ctrl-C (SIGINT) and SIGTERM until the block has finished, then raises it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # An ignored Ctrl-C (a background job, nohup) must not become an interrupt here.
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    caught = []
+    previous = {s: signal.signal(s, lambda number, _: caught.append(number)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if signal.SIGTERM in caught:
+        raise Terminated
     if caught:
         raise KeyboardInterrupt
