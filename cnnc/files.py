@@ -78,11 +78,23 @@ def refuse_overwrite(output, inputs: dict) -> None:
                             hint="choose another output file")
 
 
+def why_missing(path, missing: str = "no such file or folder") -> str:
+    """Why a path that does not exist cannot be opened: `missing`, or what else it is (a
+    symbolic link loop, a link to nothing, a component that is not a folder)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"{missing} (a symbolic link to nothing)" if os.path.islink(path) else missing
+    except OSError as e:
+        return f"cannot open: {e.strerror}"
+    return missing
+
+
 def same_file(a, b) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:  # one does not exist (yet): compare where they would be
-        return Path(a).resolve() == Path(b).resolve()
+        return os.path.realpath(a) == os.path.realpath(b)  # realpath, unlike resolve, takes link loops
 
 
 def remove_stale_temporaries(path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import DataError
+from .files import why_missing
 from .memory import default_limit, human
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -68,7 +69,7 @@ class NpzReader:
 
 def open_zip(path: Path, what: str) -> zipfile.ZipFile:
     if not path.exists():
-        raise DataError(path, "no such file")
+        raise DataError(path, why_missing(path, "no such file"))
     if path.is_dir():
         raise DataError(path, f"is a folder, not an {what.split(' (')[0]}")
     try:

@@ -512,3 +512,45 @@ def test_batches_are_seeded_and_ordered_without_rng():
         batches(x, y, 0)
     with pytest.raises(ValueError):
         batches(x, y[:3], 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files and folders
+
+
+@pytest.mark.parametrize("which", ["train", "train/dog"])
+def test_an_unreadable_folder_is_named(which, tmp_path, monkeypatch):
+    root = image_folder(tmp_path / "d")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == root / which:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    err = data_error(root)
+    assert err.path == str(root / which) and err.message == "cannot read folder: Permission denied"
+
+
+def test_a_symlink_loop_is_not_called_missing(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert "symbolic links" in data_error(tmp_path / "a").message
+    (tmp_path / "c").symlink_to(tmp_path / "nothing")
+    assert "a symbolic link to nothing" in data_error(tmp_path / "c").message
+    with pytest.raises(DataError, match="symbolic links"):
+        load_images([tmp_path / "a"], GRAY)
+
+
+def test_an_image_larger_than_pillows_bomb_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    root = image_folder(tmp_path / "d")
+    save_image(root / "train" / "dog" / "big.png", gray(1, (40, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns above this, errs above twice it
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = data_error(root)
+    assert err.path.endswith("big.png") and "1x40x40" in err.message and "1x8x8" in err.message
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnc.diagnostics import DataError
+from cnnc.files import why_missing
 from cnnc.npz import NpzReader
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -99,7 +101,7 @@ def load_dataset(path, input_shape, num_classes=None, split=SPLITS, progress=Non
     if unknown or not split:
         raise ValueError(f"split must name some of {SPLITS}, got {split!r}")
     if not path.exists():
-        raise DataError(path, "no such file or folder")
+        raise DataError(path, why_missing(path))
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return _load_npz(path, input_shape, num_classes, split)
@@ -118,7 +120,7 @@ def load_images(paths, input_shape) -> np.ndarray:
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.is_file():
-            raise DataError(p, "no such image file" if not p.exists() else "is not a file")
+            raise DataError(p, why_missing(p, "no such image file") if not p.exists() else "is not a file")
     return _to_float(_decode_all(paths, tuple(int(d) for d in input_shape)))
 
 
@@ -209,8 +211,7 @@ def _load_image_folders(root: Path, input_shape, num_classes, split, progress) -
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    entries = os.scandir(split_dir)
-    names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    names = sorted(e.name for e in _scan(split_dir) if e.is_dir() and not e.name.startswith("."))
     if not names:
         raise DataError(split_dir, "has no class folders; expected "
                         f"{split_dir.name}/<class>/*.png, one folder per class",
@@ -249,9 +250,19 @@ class _Progress:
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
         folder / e.name
-        for e in os.scandir(folder)
+        for e in _scan(folder)
         if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_SUFFIXES)
     )
+
+
+def _scan(folder: Path) -> list:
+    """The entries of a folder of the data set; a DataError naming it when it cannot be read."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as e:
+        raise DataError(folder, f"cannot read folder: {e.strerror}",
+                        hint="check its permissions" if isinstance(e, PermissionError) else None) from None
 
 
 def _decode_all(files: list[Path], input_shape, counter: _Progress | None = None) -> np.ndarray:
@@ -276,7 +287,17 @@ def _decode(path: Path, input_shape) -> np.ndarray:
                         hint="use an .npz with N x C x H x W arrays instead")
     target = "L" if c == 1 else "RGB"
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow warns of decompression bombs; an image larger than the model is refused here
+            # from its header, before it is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > w * h:
+                raise DataError(path, f"the model takes {c}x{h}x{w} images but this one is "
+                                f"{len(im.getbands())}x{im.height}x{im.width} ({im.mode})",
+                                hint="cnnc does not resize or convert images; prepare them "
+                                "with the model's size and channel count")
             im.load()
             if im.mode.startswith(("I", "F")):
                 raise DataError(path, f"has more than 8 bits per pixel (mode {im.mode}); the "
