@@ -554,3 +554,15 @@ def test_an_image_larger_than_pillows_bomb_limit_is_refused_from_its_header(tmp_
         err = data_error(root)
     assert err.path.endswith("big.png") and "1x40x40" in err.message and "1x8x8" in err.message
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_float64_pixels_beyond_float32_are_named_not_nan(tmp_path):
+    import warnings
+
+    x = np.zeros((4, 8, 8))
+    x[2, 3, 3] = 1e300
+    path = npz_file(tmp_path / "d.npz", x_train=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        err = data_error(path)
+    assert "x_train holds values up to 1e+300, beyond float32's range" in err.message

@@ -848,3 +848,97 @@ def test_no_training_images_is_a_user_error(data):
     np.savez("empty.npz", x_train=x[:0], y_train=y[:0], x_test=x, y_test=y)
     code, _, err = cnnc_cli("train", "tiny.cnn", "empty.npz", "--out", "w.npz")
     assert code == 1 and "empty.npz" in err and "no training images" in err and "Traceback" not in err
+
+
+# -- hostile weights, checkpoints and data -------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_infinite_weights_are_refused(command, value, trained, data):
+    params = weights(trained / "w.npz")
+    params["conv1.weight"][0, 0, 1, 1] = value
+    save_weights("bad.npz", params)
+    target = {"eval": [data["images"]], "predict": [next((data["images"] / "test").glob("*/*.png"))],
+              "export": []}[command]
+    code, out, err = cnnc_cli(command, "tiny.cnn", *target, "--weights", "bad.npz",
+                              *(["-o", "m.onnx"] if command == "export" else []))
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "bad.npz" in err and "conv1.weight holds 1 NaN or infinite value" in err
+    assert not Path("m.onnx").exists()
+
+
+@pytest.mark.parametrize("entry, value, expected", [
+    ("rng", None, "its entry 'rng' is missing"),
+    ("rng", {"bit_generator": "Nope"}, "its entry 'rng' is not a random generator's state"),
+    ("epoch", -5, "its epoch is -5"),
+    ("epoch", "2", "its entry 'epoch' is a str, not a int"),
+    ("classes", None, "its entry 'classes' is missing"),
+])
+def test_a_damaged_checkpoint_says_which_entry(entry, value, expected, good_run, data):
+    put_good_run(good_run)
+    state = load_checkpoint("w.ckpt.npz")
+    state[entry] = value
+    checkpoint.save_checkpoint("w.ckpt.npz", state)
+    code, out, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--resume", "w.ckpt.npz",
+                              "--epochs", 2, "-q")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert f"damaged checkpoint: {expected}" in err
+
+
+def test_huge_pixels_point_at_the_data_not_the_learning_rate(tmp_path):
+    x, y = make_images(64, 4)
+    np.savez("huge.npz", x_train=x.astype(np.float32) * np.float32(1e30), y_train=y)
+    code, _, err = cnnc_cli("train", "tiny.cnn", "huge.npz", "--out", "w.npz", "-q")
+    assert code == 1 and "diverged" in err
+    assert "the training images hold values up to" in err and "scale them to [0, 1]" in err
+    assert "learning rate" not in err
+
+
+def test_one_class_trains_with_a_warning_that_says_why(tmp_path):
+    x, y = make_images(32, 4)
+    np.savez("one.npz", x_train=x, y_train=np.zeros_like(y))
+    code, out, err = cnnc_cli("train", "tiny.cnn", "one.npz", "--out", "w.npz", "--epochs", 1, "-q")
+    assert code == 0, err
+    assert "warning: every training image is of class 0: the network can only learn to answer 0" in err
+    assert load_checkpoint("w.ckpt.npz")["epoch"] == 1
+
+
+def test_predict_names_the_classes_the_checkpoint_has(data, workdir):
+    """Trained on two classes of three outputs: the names of those two, a number for the third."""
+    x, y = make_images(60, 6)
+    keep = y < 2
+    write_image_folder(workdir / "two", {"train": (x[keep], y[keep])})
+    code, _, err = cnnc_cli("train", "tiny.cnn", workdir / "two", "--out", "w.npz", "--epochs", 1, "-q")
+    assert code == 0, err
+    files = sorted((workdir / "two" / "train").glob("*/*.png"))[:4]
+    code, out, err = cnnc_cli("predict", "tiny.cnn", *files, "--weights", "w.npz")
+    assert code == 0, err
+    assert {line.split("\t")[1] for line in out.splitlines()} <= {"alpha", "beta", "2"}
+    assert {"alpha", "beta"} & {line.split("\t")[1] for line in out.splitlines()}
+
+
+def test_predict_with_a_damaged_checkpoint_beside_the_weights_still_predicts(trained, data):
+    save_weights("w.npz", weights(trained / "w.npz"))
+    Path("w.ckpt.npz").write_bytes(b"not a zip")
+    image = next((data["images"] / "test").glob("*/*.png"))
+    code, out, err = cnnc_cli("predict", "tiny.cnn", image, "--weights", "w.npz")
+    assert code == 0 and out.split("\t")[1] in ("0", "1", "2")
+    assert err.startswith("warning: ") and "shown as numbers" in err
+
+
+def test_a_full_disk_at_the_checkpoint_write_says_the_weights_are_newer(data, monkeypatch):
+    assert cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--epochs", 1, "-q")[0] == 0
+    real = checkpoint.atomic_write_npz
+
+    def disk_full(path, arrays):
+        if str(path).endswith(".ckpt.npz"):
+            raise cnnc.DataError(path, "cannot write: No space left on device")
+        real(path, arrays)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_npz", disk_full)
+    code, _, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--epochs", 2, "-q",
+                            "--resume", "w.ckpt.npz")
+    assert code == 1 and "No space left on device" in err
+    assert "the weights of epoch 2 are saved in w.npz, but this checkpoint was not replaced" in err
+    assert load_checkpoint("w.ckpt.npz")["epoch"] == 1

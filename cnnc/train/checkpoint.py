@@ -83,8 +83,18 @@ def load_weights(path, expected: dict) -> dict[str, np.ndarray]:
                                 f"is {_shape(shape)}")
             if dtype.kind not in "fiu":
                 raise DataError(path, f"{name} has dtype {dtype}; expected float32")
-            out[name] = npz.read(members[name]).astype(np.float32)
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused below
+                out[name] = _finite(path, name, npz.read(members[name]).astype(np.float32))
     return out
+
+
+def _finite(path, name: str, array: np.ndarray) -> np.ndarray:
+    """Weights with NaN or infinite values give plausible-looking nonsense: refuse them."""
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DataError(path, f"{name} holds {bad:,} NaN or infinite value{'s' if bad > 1 else ''}; "
+                        "these weights cannot be used", hint="were they saved from a run that diverged?")
+    return array
 
 
 def _parameter_members(path, tree) -> dict[str, str]:
@@ -129,6 +139,17 @@ def load_checkpoint(path) -> dict:
                             hint=f"--resume takes the {CHECKPOINT_SUFFIX} file that `cnnc train` "
                             "keeps beside its --out weights")
         return _unflatten(path, _read_header(path, npz), npz)
+
+
+def checkpoint_classes(path) -> list:
+    """The class names a checkpoint holds, from its header alone (no array is read)."""
+    with NpzReader(path) as npz:
+        if FORMAT_KEY not in npz.names:
+            raise DataError(path, "is not a cnnc checkpoint")
+        tree = _read_header(path, npz)
+    classes = tree.get("classes") if isinstance(tree, dict) else None
+    return classes if isinstance(classes, list) and not any(_is_array_node(c) or isinstance(c, (dict, list))
+                                                            for c in classes) else []
 
 
 def check_resume(path, checkpoint: dict, model: str, model_hash: str) -> None:

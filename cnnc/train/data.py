@@ -454,9 +454,13 @@ def _images_from_array(x: np.ndarray, input_shape, path, name: str = "the file")
                         hint="cnnc does not resize or convert images")
     if x.dtype == np.uint8:
         return _to_float(np.ascontiguousarray(x))
-    x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.all(np.isfinite(x)):
         raise DataError(path, f"{name} holds NaN or infinite values")
+    biggest = float(np.abs(x).max()) if x.size else 0.0
+    if biggest > float(np.finfo(np.float32).max):
+        raise DataError(path, f"{name} holds values up to {biggest:g}, beyond float32's range "
+                        f"(±{np.finfo(np.float32).max:g})", hint="scale the images to [0, 1]")
+    x = np.ascontiguousarray(x, dtype=np.float32)
     return x if x.flags.writeable else x.copy()
 
 

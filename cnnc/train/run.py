@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -55,6 +56,8 @@ def _train(net, data, r, out, resume, quiet, model_text, command) -> int:
                           "nothing to do (raise --epochs to train on)")
             return 0
     console.print(describe_run(net, data, r))
+    for line in data_warnings(data):
+        console.print(f"warning: {line}")
     try:
         while trainer.epoch < r.epochs:
             report = run_epoch(trainer, console, quiet)
@@ -105,6 +108,17 @@ class Output:
             os.close(null)
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             pass
+
+
+def data_warnings(data: Dataset) -> list[str]:
+    """What makes a run pointless without making it wrong: one class only. Training goes on (a
+    first try of the pipeline is a fair use), but the user should know what the result will be."""
+    labels = np.unique(data.y_train)
+    if len(labels) == 1:
+        name = data.classes[labels[0]] if labels[0] < len(data.classes) else str(labels[0])
+        return [f"every training image is of class {name}: the network can only learn to answer "
+                f"{name} (a classifier needs examples of two classes at least)"]
+    return []
 
 
 def recipe_changes(saved: dict | None, r: Recipe) -> list[str]:
