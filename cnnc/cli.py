@@ -255,6 +255,7 @@ def run_train(args) -> int:
     from .memory import Budget, inference_batch
     from .runtime import Network
     from .train.data import load_dataset
+    from .train.checkpoint import check_checkpoint
     from .train.loop import optimizer_for, recipe
     from .train.run import train
 
@@ -267,8 +268,10 @@ def run_train(args) -> int:
                schedule=args.schedule)
     optimizer_for(r)  # an impossible recipe fails now, before the data is read
     out = args.out or Path(args.model.stem + ".npz")
-    if args.resume is not None and not args.resume.is_file():
-        raise DataError(args.resume, "no such checkpoint file")
+    if args.resume is not None:
+        if not args.resume.is_file():
+            raise DataError(args.resume, "no such checkpoint file")
+        check_checkpoint(args.resume)
     check_outputs(args, out)
     limit = memory_limit(args)
     net = Network(graph, seed=r.seed, budget=Budget(limit, r.batch, "training", r.optimizer))

@@ -134,11 +134,21 @@ def load_checkpoint(path) -> dict:
     """Read a checkpoint written by save_checkpoint, exactly as it was saved. Only the members its
     header names are read."""
     with NpzReader(path) as npz:
-        if FORMAT_KEY not in npz.names:
-            raise DataError(path, "is not a cnnc checkpoint",
-                            hint=f"--resume takes the {CHECKPOINT_SUFFIX} file that `cnnc train` "
-                            "keeps beside its --out weights")
+        _require_checkpoint(path, npz)
         return _unflatten(path, _read_header(path, npz), npz)
+
+
+def check_checkpoint(path) -> None:
+    """A DataError unless `path` is a checkpoint (from the member names alone: nothing is read)."""
+    with NpzReader(path) as npz:
+        _require_checkpoint(path, npz)
+
+
+def _require_checkpoint(path, npz: NpzReader) -> None:
+    if FORMAT_KEY not in npz.names:
+        raise DataError(path, "is not a cnnc checkpoint",
+                        hint=f"--resume takes the {CHECKPOINT_SUFFIX} file that `cnnc train` "
+                        "keeps beside its --out weights")
 
 
 def checkpoint_classes(path) -> list:
