@@ -279,7 +279,13 @@ class Network:
 
 
 def allocate_parameters(layout: ParamLayout, g: nx.DiGraph) -> np.ndarray:
+    """The flat parameter vector; a ModelError at the largest parameter's layer when it cannot be
+    (more than the memory available: zeros would be granted lazily, then initializing them would
+    bring the machine to its knees)."""
+    limit = memory.default_limit()
     try:
+        if limit is not None and layout.size * 4 > limit:
+            raise MemoryError
         return np.zeros(layout.size, np.float32)
     except (MemoryError, ValueError):  # ValueError: more elements than an array can have
         biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))

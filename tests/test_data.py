@@ -566,3 +566,30 @@ def test_float64_pixels_beyond_float32_are_named_not_nan(tmp_path):
         warnings.simplefilter("error")
         err = data_error(path)
     assert "x_train holds values up to 1e+300, beyond float32's range" in err.message
+
+
+def test_an_idx_gzip_bomb_is_read_only_as_far_as_its_header_says(tmp_path):
+    root = idx_folder(tmp_path, n_train=5)
+    labels = root / "train-labels-idx1-ubyte"
+    header_and_data = labels.read_bytes()
+    labels.unlink()
+    bomb = labels.with_name(labels.name + ".gz")
+    bomb.write_bytes(gzip.compress(header_and_data + bytes(50 << 20), compresslevel=1))
+    tracemalloc.start()
+    try:
+        err = data_error(root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.path == str(bomb) and "has extra bytes" in err.message
+    assert peak < 5 << 20
+
+
+def test_data_larger_than_the_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import cnnc.train.data as data_module
+
+    monkeypatch.setattr(data_module, "default_limit", lambda: 300)
+    err = data_error(image_folder(tmp_path / "images"))
+    assert "8 images of 1x8x8 take as bytes and float32: 2.5 KiB, more than the 300 bytes" in err.message
+    err = data_error(idx_folder(tmp_path / "idx"))
+    assert "the header says 5x8x8" in err.message and "more than the 300 bytes" in err.message

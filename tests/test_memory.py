@@ -150,3 +150,10 @@ def test_the_python_interface_refuses_parameters_that_cannot_exist():
     with pytest.raises(ModelError) as info:
         cnnc.compile_source("model m\ninput 1x8x8\nflatten\ndense units=999999999999999999\n")
     assert info.value.line == 4
+
+
+def test_parameters_beyond_the_memory_are_refused_before_they_are_allocated(monkeypatch):
+    monkeypatch.setattr(memory, "default_limit", lambda: 10_000)
+    with pytest.raises(ModelError) as info:
+        cnnc.compile_source("model m\ninput 1x8x8\nflatten\ndense units=3000\ndense units=3\n")
+    assert info.value.line == 4 and "do not fit in memory" in info.value.message

@@ -40,6 +40,7 @@ names are "0", "1", ... up to ``num_classes`` (or up to the largest label when i
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import warnings
 import zlib
@@ -50,6 +51,7 @@ import numpy as np
 
 from cnnc.diagnostics import DataError
 from cnnc.files import why_missing
+from cnnc.memory import default_limit, human
 from cnnc.npz import NpzReader
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -204,7 +206,10 @@ def _load_image_folders(root: Path, input_shape, num_classes, split, progress) -
     # progress total is known.
     listed = {s: _list_split_folder(root / s, classes)
               for s in SPLITS if s in split and (root / s).is_dir()}
-    counter = _Progress(progress, sum(len(files) for files, _ in listed.values()))
+    total = sum(len(files) for files, _ in listed.values())
+    _check_fits(root, total * math.prod(input_shape) * 5, f"{total:,} images of {_fmt(input_shape)} "
+                "take as bytes and float32")
+    counter = _Progress(progress, total)
     out = {s: (_to_float(_decode_all(files, input_shape, counter)), labels)
            for s, (files, labels) in listed.items()}
     return _dataset(out, classes, f"image folders in {root}")
@@ -403,32 +408,40 @@ def _idx_file(folder: Path, name: str) -> Path | None:
 
 
 def read_idx(path) -> np.ndarray:
-    """An IDX file (optionally gzip-compressed) as a numpy array in native byte order."""
+    """An IDX file (optionally gzip-compressed) as a numpy array in native byte order. The header
+    is read first and the data only up to the size it gives, so a crafted file (a gzip bomb, dims
+    beyond the memory) costs nothing."""
     path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
+                raise DataError(path, f"not an IDX file (bad magic number {magic.hex() or 'none'})")
+            ndim = magic[3]
+            raw_dims = f.read(4 * ndim)
+            if ndim == 0 or len(raw_dims) < 4 * ndim:
+                raise DataError(path, f"truncated IDX header ({4 + len(raw_dims)} bytes)")
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+            dtype = np.dtype(IDX_DTYPES[magic[2]])
+            expected = math.prod(dims) * dtype.itemsize
+            _check_fits(path, expected, f"the header says {_fmt(dims)}")
+            data = f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(path, f"cannot read IDX file: {e}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise DataError(path, f"not an IDX file (bad magic number {data[:4].hex() or 'none'})")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(path, f"truncated IDX header ({len(data)} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
-        shape = _fmt(dims)
-        problem = "truncated" if len(data) - header < expected else "has extra bytes"
-        raise DataError(path, f"{problem}: the header says {shape} ({expected} bytes of data) "
-                        f"but the file holds {len(data) - header}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    if len(data) != expected:
+        problem = "truncated" if len(data) < expected else "has extra bytes"
+        holds = len(data) if len(data) < expected else f"more than {expected}"
+        raise DataError(path, f"{problem}: the header says {_fmt(dims)} ({expected} bytes of data) "
+                        f"but the file holds {holds}")
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _check_fits(path, size: int, what: str) -> None:
+    """A DataError when `size` bytes would not fit in the memory available."""
+    limit = default_limit()
+    if limit is not None and size > limit:
+        raise DataError(path, f"{what}: {human(size)}, more than the {human(limit)} of memory available")
 
 
 # ---------------------------------------------------------------------------------------------
