@@ -160,9 +160,10 @@ class Network:
             self.training_graph, self.training_passes = parsed, []
         self.layout = ParamLayout.of(parsed)
         self.lowered: Lowered = lower(self.graph, self.training_graph, self.layout)
+        self.memory_limit = memory.default_limit() if budget is None else budget.limit
         if budget is not None:
             memory.check(self.memory(budget.mode, budget.optimizer), budget)
-        self.vector = allocate_parameters(self.layout, parsed)
+        self.vector = allocate_parameters(self.layout, parsed, self.memory_limit)
         self.params = Params(self.vector, self.layout)
         initialize(self.vector, self.layout, seed)
         self.grad_vector = np.zeros(self.layout.trainable, np.float32)
@@ -204,7 +205,7 @@ class Network:
         training = training and bool(self.parsed.graph["loss"])
         mode = "training" if training else "inference"
         # The dry run allocates (without touching) the arrays of one image.
-        memory.check(self.memory(mode), memory.Budget(memory.default_limit() or memory.ADDRESSABLE, 1, mode))
+        memory.check(self.memory(mode), memory.Budget(self.memory_limit or memory.ADDRESSABLE, 1, mode))
         x = np.ones((1,) + self.input_shape, np.float32)
         probes = [("forward", (x, self.vector))]
         if training:
@@ -278,20 +279,19 @@ class Network:
         return float(sum(share * loss for share, (loss, _) in zip(shares, results))), sum(int(c) for _, c in results)
 
 
-def allocate_parameters(layout: ParamLayout, g: nx.DiGraph) -> np.ndarray:
+def allocate_parameters(layout: ParamLayout, g: nx.DiGraph, limit: int | None) -> np.ndarray:
     """The flat parameter vector; a ModelError at the largest parameter's layer when it cannot be
-    (more than the memory available: zeros would be granted lazily, then initializing them would
-    bring the machine to its knees)."""
-    limit = memory.default_limit()
-    try:
-        if limit is not None and layout.size * 4 > limit:
-            raise MemoryError
-        return np.zeros(layout.size, np.float32)
-    except (MemoryError, ValueError):  # ValueError: more elements than an array can have
-        biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
-        loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
-        raise ModelError(f"the model's {layout.size:,} parameters ({layout.size * 4 / 2**30:.1f} GiB) do not fit "
-                         f"in memory; the largest is {biggest}", loc, "make the layers smaller") from None
+    (more than `limit` bytes: zeros would be granted lazily, then initializing them would bring
+    the machine to its knees)."""
+    if limit is None or layout.size * 4 <= limit:
+        try:
+            return np.zeros(layout.size, np.float32)
+        except (MemoryError, ValueError):  # ValueError: more elements than an array can have
+            pass
+    biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
+    loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
+    raise ModelError(f"the model's {layout.size:,} parameters ({memory.human(layout.size * 4)}) do not fit "
+                     f"in memory; the largest is {biggest}", loc, "make the layers smaller")
 
 
 def _trainable_only(layout: ParamLayout) -> ParamLayout:
