@@ -251,7 +251,7 @@ TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight
 
 def run_train(args) -> int:
     from .diagnostics import DataError, ModelError
-    from .frontend import check_file
+    from .frontend import check_source, read_model
     from .memory import Budget, inference_batch
     from .runtime import Network
     from .train.data import load_dataset
@@ -259,7 +259,8 @@ def run_train(args) -> int:
     from .train.loop import optimizer_for, recipe
     from .train.run import train
 
-    graph = check_file(args.model)
+    text = read_model(args.model)
+    graph = check_source(text, str(args.model))
     if not graph.graph["loss"]:
         raise ModelError(f"{args.model}: the model has no `loss` statement, so it cannot be trained",
                          hint="add `loss cross_entropy` after the last layer")
@@ -288,7 +289,7 @@ def run_train(args) -> int:
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
     command += ["--out", str(out)] + (["--quiet"] if args.quiet else [])
-    return train(net, data, r, out, args.resume, args.quiet, args.model.read_bytes().decode("utf-8", "replace"),
+    return train(net, data, r, out, args.resume, args.quiet, text.decode("utf-8", "replace"),
                  command)
 
 

@@ -72,6 +72,8 @@ def open_zip(path: Path, what: str) -> zipfile.ZipFile:
         raise DataError(path, why_missing(path, "no such file"))
     if path.is_dir():
         raise DataError(path, f"is a folder, not an {what.split(' (')[0]}")
+    if not path.is_file():  # a device or a pipe: a zip needs a file to seek in
+        raise DataError(path, f"is not a regular file, so not an {what.split(' (')[0]}")
     try:
         with open(path, "rb") as f:
             magic = f.read(len(NPY_MAGIC))

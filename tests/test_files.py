@@ -219,3 +219,32 @@ def test_an_empty_xdg_cache_home_is_not_the_current_folder(tmp_path, monkeypatch
         assert runtime.cache_dir() == tmp_path / "home" / ".cache" / "cnnc"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert runtime.cache_dir() == tmp_path / "xdg" / "cnnc"
+
+
+# -- devices and pipes where files are expected --------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["compile", "/dev/zero"], "larger than 16 MiB: not a model file"),
+    (["eval", "m.cnn", "d.npz", "--weights", "/dev/zero"], "/dev/zero: error: is not a regular file"),
+    (["train", "m.cnn", "/dev/zero"], "/dev/zero: error: is neither a file nor a folder"),
+])
+def test_a_device_is_refused_without_reading_it_all(argv, expected, folder, capsys):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and expected in err
+
+
+def test_a_model_from_a_pipe_is_read_once(folder, capsys):
+    """`cnnc train <(cat m.cnn) ...`: the model is read for the graph and for the checkpoint's hash
+    from one read; a second read of the pipe would wait forever."""
+    fifo = folder / "model.pipe"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat m.cnn > '{fifo}'"])
+    try:
+        code, _, err = run(capsys, "train", fifo, "d.npz", "--out", "w.npz", "-q")
+    finally:
+        writer.kill()
+    assert code == 0, err
+    from cnnc.train.checkpoint import load_checkpoint, source_hash
+
+    assert load_checkpoint("w.ckpt.npz")["model_hash"] == source_hash(MODEL)

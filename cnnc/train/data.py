@@ -104,6 +104,8 @@ def load_dataset(path, input_shape, num_classes=None, split=SPLITS, progress=Non
         raise ValueError(f"split must name some of {SPLITS}, got {split!r}")
     if not path.exists():
         raise DataError(path, why_missing(path))
+    if not path.is_file() and not path.is_dir():
+        raise DataError(path, f"is neither a file nor a folder; {EXPECTED_LAYOUTS}")
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return _load_npz(path, input_shape, num_classes, split)
