@@ -19,6 +19,8 @@ from threadpoolctl import threadpool_limits
 from cnnc.kernels.conv import conv2d_backward, conv2d_forward
 from cnnc.kernels.pool import maxpool_backward, maxpool_forward
 
+NO_RESIDUAL = np.empty((0, 0, 0, 0), np.float32)
+
 # name, C, F, H (=W), K, padding per side (same for odd K), relu, need_dx (False: first layer)
 CONVS = [
     ("lenet conv1 1->6 5x5 same 28", 1, 6, 28, 5, 2, True, False),
@@ -67,10 +69,10 @@ def conv_cases(name, C, Fo, H, K, pad, relu, need_dx, n, rng):
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
 
     def ours_fwd():
-        conv2d_forward(x, w, b, out, 1, 1, pad, pad, relu)
+        conv2d_forward(x, w, b, NO_RESIDUAL, out, 1, 1, pad, pad, relu)
 
     def ours_step():
-        conv2d_forward(x, w, b, out, 1, 1, pad, pad, relu)
+        conv2d_forward(x, w, b, NO_RESIDUAL, out, 1, 1, pad, pad, relu)
         conv2d_backward(x, w, out, dout, dx, dw, db, 1, 1, pad, pad, relu, need_dx)
 
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2, 3)))

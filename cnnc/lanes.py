@@ -5,15 +5,19 @@ BLAS; a batch too small to split runs whole on the calling thread with a BLAS of
 Splitting the whole network, not each kernel, costs one hand-over per call instead of one per
 layer, and keeps a lane's activations in its own core's caches.
 
-The lane count is $CNNC_THREADS, else the CPUs this process may run on.
+The lane count is $CNNC_THREADS, else the CPUs this process may run on. A training step's lanes
+are replicas (cnnc/replicas.py): each call gets its lane's handle, whose sum() adds the
+batchnorm statistics up across the lanes.
 """
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 from .kernels import set_blas_threads
+from .replicas import LaneGroup
 
 # A lane gets at least this many images: below it, handing work to another thread costs more
 # than it saves (lenet5's forward: 2 images 158 us whole, 324 us split in two; 8 images 725 us
@@ -39,13 +43,32 @@ def slices(n: int, lanes: int) -> list[slice]:
     return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
 
 
-def run(fn, calls: list[tuple], lanes: int) -> list:
+def run(fn, calls: list[tuple], lanes: int, replicas: bool = False) -> list:
     """[fn(*args) for args in calls], the calls side by side (the first on this thread); `lanes`
-    is the lane count the calls were cut for."""
+    is the lane count the calls were cut for. With `replicas`, each call gets one more argument,
+    its lane's Replicas handle (None for a call that runs alone)."""
     if len(calls) == 1:
         set_blas_threads(lanes)
-        return [fn(*calls[0])]
+        return [fn(*calls[0], *([None] if replicas else []))]
     set_blas_threads(1)
-    futures = [_pool(lanes - 1).submit(fn, *args) for args in calls[1:]]
-    first = fn(*calls[0])
+    group = LaneGroup(len(calls)) if replicas else None
+    handles = group.lanes() if group else [None] * len(calls)
+
+    def lane(k):
+        try:
+            return fn(*calls[k], *([handles[k]] if replicas else []))
+        except BaseException:
+            if group:
+                group.abort()  # the other lanes stop waiting for this one at their next sum
+            raise
+
+    futures = [_pool(lanes - 1).submit(lane, k) for k in range(1, len(calls))]
+    try:
+        first, errors = lane(0), [None]
+    except BaseException as error:  # Ctrl-C too: wait for the other lanes before it goes on
+        first, errors = None, [error]
+    errors += [f.exception() for f in futures]
+    failed = [e for e in errors if e is not None]
+    if failed:  # a lane's own error, rather than the broken barrier it left the others
+        raise next((e for e in failed if not isinstance(e, threading.BrokenBarrierError)), failed[0])
     return [first] + [f.result() for f in futures]

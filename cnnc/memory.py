@@ -3,7 +3,7 @@ against the memory there is (`--max-memory`, else what /proc/meminfo and the cgr
 
 The generated module (cnnc/lower/) allocates one float32 array per node of the graph and keeps
 every one until the call returns; training adds a gradient per node that needs one, and a few ops
-keep extra arrays (max pooling's argmax, dropout's mask, batchnorm's normalized input).
+keep extra arrays (max pooling's argmax, dropout's mask).
 Convolutions take a workspace per batch slice (cnnc/kernels/conv.py sizes it by its chunks).
 Parameters, their gradients and the optimizer's state come on top, once.
 """
@@ -18,8 +18,9 @@ import networkx as nx
 
 from . import lanes
 from .diagnostics import ModelError
+from .graph import inputs
 from .kernels.conv import COLS_ELEMS, MIN_COLUMNS, WINOGRAD_TILES  # the chunk sizes the workspaces follow
-from .lower.conv import winograd_applies
+from .lower.conv import winograd_applies, winograd_backward_applies
 from .lower.program import needs_grad
 from .shapes import show
 
@@ -105,7 +106,7 @@ def node_tensors(g: nx.DiGraph, node: str, training: bool) -> list[Tensor]:
     if op == "dropout" and not training:
         return []  # passes its input through
     out = [Tensor(node, shape, size, node)]
-    extra = {"maxpool": "argmax", "dropout": "mask", "batchnorm": "xhat" if training else None}.get(op)
+    extra = {"maxpool": "argmax", "dropout": "mask"}.get(op)
     if extra:
         out.append(Tensor(f"{node} ({extra})", shape, size, node))
     if node == g.graph["output"] and (len(shape) == 3 or training):
@@ -120,29 +121,35 @@ def gradient_tensors(g: nx.DiGraph, layout) -> list[Tensor]:
 
 
 def conv_workspace(g: nx.DiGraph, node: str, training: bool):
-    """bytes(slice size) of the buffers conv2d_forward/backward or conv3x3_forward allocate."""
+    """bytes(slice size) of the largest buffers a kernel of this convolution allocates:
+    conv2d_forward/backward (im2col) or conv3x3_forward/backward (Winograd), as lower/conv.py picks."""
     data = g.nodes[node]
-    (src,) = g.predecessors(node)
-    c, h, w = g.nodes[src]["shape"]
+    c, h, w = g.nodes[inputs(g, node)[0]]["shape"]  # a second input is a residual fused in
     f, oh, ow = data["shape"]
     kh, kw = data["attrs"]["size"]
     sh, sw = data["attrs"]["stride"]
     hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
     ld = wp if (sh, sw) == (1, 1) else ow
     rows = c * kh * kw
+    th, tw, xh, xw = (oh + 1) // 2, (ow + 1) // 2, (h + 1) // 2, (w + 1) // 2
 
     def im2col(n: int) -> int:
         nb = max(1, min(n, max(COLS_ELEMS // max(1, rows * oh * ld), -(-MIN_COLUMNS // max(1, oh * ld)))))
         return FLOAT * (c * nb * (hp + 1) * wp + rows * nb * oh * ld + f * nb * oh * ld + rows * f)
 
     def winograd(n: int) -> int:
-        th, tw = (oh + 1) // 2, (ow + 1) // 2
         nb = max(1, min(n, WINOGRAD_TILES // (th * tw)))
         return FLOAT * 16 * (c * f + (c + f) * nb * th * tw)
 
-    if not training and winograd_applies(c, data["attrs"]):
-        return winograd
-    return im2col
+    def winograd_backward(n: int) -> int:
+        nb = max(1, min(n, WINOGRAD_TILES // max(th * tw, xh * xw)))
+        return FLOAT * (16 * (2 * c * f + (c + f) * nb * (th * tw + xh * xw)) + f * nb * oh * ow + c * f * 10)
+
+    forward = winograd if winograd_applies(c, data["attrs"]) else im2col
+    if not training:
+        return forward
+    backward = winograd_backward if winograd_backward_applies(c, data) else im2col
+    return lambda n: max(forward(n), backward(n))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -170,8 +170,6 @@ class Network:
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
         self.inference_batch = memory.EVAL_BATCH  # the batch whole data sets are run through forward at
-        # Training-mode batchnorm needs the statistics of the whole batch: no slices then.
-        self.slices_in_training = all(d["op"] != "batchnorm" for _, d in self.training_graph.nodes(data=True))
         self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ...
         keep_freed_memory()
         started = time.perf_counter()
@@ -261,22 +259,16 @@ class Network:
         if y.size and (y.min() < 0 or y.max() >= classes):
             raise InputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
         n, threads = len(x), lanes.lane_count()
-        parts = lanes.slices(n, threads) if self.slices_in_training else [slice(0, n)]
+        parts = lanes.slices(n, threads)
         while len(self.lane_grads) < len(parts) - 1:
             self.lane_grads.append(np.empty_like(self.grad_vector))
         grads = [self.grad_vector] + self.lane_grads[:len(parts) - 1]
-        calls = [(x[part], y[part], self.vector, g, int(self.dropout_rng.integers(0, 2**31 - 1)))
+        calls = [(x[part], y[part], self.vector, g, int(self.dropout_rng.integers(0, 2**31 - 1)), n)
                  for part, g in zip(parts, grads)]
-        results = lanes.run(self.module.loss_and_grads, calls, threads)
-        if len(parts) == 1:
-            return float(results[0][0]), int(results[0][1])
-        # each lane's loss and gradients are means over its slice: weigh them by slice size
-        shares = [(part.stop - part.start) / n for part in parts]
-        self.grad_vector *= shares[0]
-        for share, g in zip(shares[1:], grads[1:]):
-            g *= share
+        results = lanes.run(self.module.loss_and_grads, calls, threads, replicas=True)
+        for g in grads[1:]:  # each lane's loss and gradients are its share of the step's
             self.grad_vector += g
-        return float(sum(share * loss for share, (loss, _) in zip(shares, results))), sum(int(c) for _, c in results)
+        return float(sum(loss for loss, _ in results)), sum(int(c) for _, c in results)
 
 
 def allocate_parameters(layout: ParamLayout, g: nx.DiGraph, limit: int | None) -> np.ndarray:

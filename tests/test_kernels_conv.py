@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import cnhw, nchw, pads_1d, rel_err
+from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err
 
-from cnnc.kernels.conv import conv2d_backward, conv2d_forward, conv3x3_forward
+from cnnc.kernels.conv import conv2d_backward, conv2d_forward, conv3x3_backward, conv3x3_forward
 
 RTOL = 1e-4
 
@@ -17,7 +17,7 @@ def randn(rng, *shape, dtype=np.float32):
 class Layer:
     """One random conv layer and its PyTorch reference; builds the kernels' arguments."""
 
-    def __init__(self, C, Fo, N, H, W, KH, KW, stride, mode_h, mode_w, bias, relu, seed=0):
+    def __init__(self, C, Fo, N, H, W, KH, KW, stride, mode_h, mode_w, bias, relu, seed=0, residual=False):
         rng = np.random.default_rng(seed)
         self.sh, self.sw = stride
         self.pt, self.OH = pads_1d(mode_h, H, KH, self.sh)
@@ -27,6 +27,8 @@ class Layer:
         self.w = randn(rng, Fo, C, KH, KW)
         self.b = randn(rng, Fo) if bias else np.zeros(Fo, np.float32)
         self.dout = randn(rng, Fo, N, self.OH, self.OW)
+        # a fused add's other input, added before the ReLU
+        self.residual = randn(rng, Fo, N, self.OH, self.OW) if residual else np.empty((0, 0, 0, 0), np.float32)
         # PyTorch only pads symmetrically: pad explicitly (bottom/right get what the output needs)
         pb = max((self.OH - 1) * self.sh + KH - H - self.pt, 0)
         pr = max((self.OW - 1) * self.sw + KW - W - self.pl, 0)
@@ -34,6 +36,7 @@ class Layer:
         self.wt = torch.from_numpy(self.w.copy()).requires_grad_()
         self.bt = torch.from_numpy(self.b.copy()).requires_grad_()
         y = F.conv2d(F.pad(self.xt, (self.pl, pr, self.pt, pb)), self.wt, self.bt, stride=stride)
+        y = y + nchw(self.residual) if residual else y
         y = F.relu(y) if relu else y
         y.backward(nchw(self.dout))
         self.ref_out = cnhw(y)
@@ -41,7 +44,7 @@ class Layer:
 
     def forward(self):
         out = np.empty((self.w.shape[0], self.x.shape[1], self.OH, self.OW), self.x.dtype)
-        conv2d_forward(self.x, self.w, self.b, out, self.sh, self.sw, self.pt, self.pl, self.relu)
+        conv2d_forward(self.x, self.w, self.b, self.residual, out, self.sh, self.sw, self.pt, self.pl, self.relu)
         return out
 
     def backward(self, out, dx, need_dx=True):
@@ -68,11 +71,12 @@ GEOMETRIES = [
 ]
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_matches_torch(geometry, bias, relu):
-    layer = Layer(3, 4, 3, *geometry, bias=bias, relu=relu)
+def test_matches_torch(geometry, bias, relu, residual):
+    layer = Layer(3, 4, 3, *geometry, bias=bias, relu=relu, residual=residual)
     out = layer.forward()
     assert rel_err(out, layer.ref_out) < RTOL
     dout = layer.dout.copy()
@@ -148,13 +152,54 @@ WINOGRAD = [
 ]
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("C, Fo, N, H, W, mode", WINOGRAD)
-def test_winograd_forward_matches_torch(C, Fo, N, H, W, mode, relu):
-    layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + H)
+def test_winograd_forward_matches_torch(C, Fo, N, H, W, mode, relu, residual):
+    layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + H, residual=residual)
     out = np.full((Fo, N, layer.OH, layer.OW), np.nan, np.float32)  # every element must be written
-    conv3x3_forward(layer.x, layer.w, layer.b, out, layer.pt, layer.pl, relu)
+    conv3x3_forward(layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, relu)
     assert rel_err(out, layer.ref_out) < RTOL
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("C, Fo, N, H, W, mode", WINOGRAD + [(2, 3, 2, 6, 5, 2), (32, 32, 9, 15, 16, "same")])
+def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx):
+    """conv3x3_backward: dw and db overwritten (NaN-filled before), dx added into random values,
+    dout left alone; padding 0, 1 and 2, partial tiles of g and of dx, batches in chunks."""
+    layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + W)
+    out, dout = layer.ref_out.copy(), layer.dout.copy()
+    prefill = randn(np.random.default_rng(4), *layer.x.shape)
+    dx = prefill.copy()
+    dw, db = np.full_like(layer.w, np.nan), np.full_like(layer.b, np.nan)
+    conv3x3_backward(layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, relu, need_dx)
+    assert np.array_equal(layer.dout, dout)
+    assert rel_err(dw, layer.ref_dw) < RTOL
+    assert rel_err(db, layer.ref_db) < RTOL
+    if need_dx:
+        assert rel_err(dx - prefill, layer.ref_dx) < RTOL
+    else:
+        assert np.array_equal(dx, prefill)
+
+
+def test_winograd_backward_finite_differences_float64():
+    """The Winograd backward is the adjoint of the Winograd forward, in float64."""
+    rng = np.random.default_rng(6)
+    x, w, b = randn(rng, 3, 2, 5, 6, dtype=np.float64), randn(rng, 4, 3, 3, 3, dtype=np.float64), randn(rng, 4, dtype=np.float64)
+    dout = randn(rng, 4, 2, 5, 6, dtype=np.float64)
+
+    def loss():
+        out = np.empty((4, 2, 5, 6))
+        conv3x3_forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
+        return (out * dout).sum()
+
+    out = np.empty((4, 2, 5, 6))
+    conv3x3_forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
+    dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
+    conv3x3_backward(x, w, out, dout, dx, dw, db, 1, 1, False, True)
+    for param, grad in ((x, dx), (w, dw), (b, db)):
+        np.testing.assert_allclose(grad, numeric_gradient(loss, param), rtol=1e-6, atol=1e-7)
 
 
 def test_finite_differences_float64():
@@ -166,7 +211,7 @@ def test_finite_differences_float64():
 
     def loss():
         out = np.empty((3, 2, OH, OW))
-        conv2d_forward(x, w, b, out, sh, sw, pt, pl, False)
+        conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, False)
         return (out * dout).sum(), out
 
     _, out = loss()

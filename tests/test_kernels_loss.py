@@ -36,7 +36,7 @@ def test_softmax_cross_entropy_against_torch(n, k):
     labels = rng.integers(0, k, n).astype(np.int64)
     probs = np.empty_like(logits)
     dlogits = rng.standard_normal((n, k)).astype(np.float32)  # overwritten
-    loss = softmax_cross_entropy(logits, labels, probs, dlogits)
+    loss = softmax_cross_entropy(logits, labels, probs, dlogits, len(labels))
     assert isinstance(loss, float)
 
     lt = torch.tensor(logits, requires_grad=True)
@@ -53,12 +53,12 @@ def test_softmax_cross_entropy_finite_differences():
     logits = rng.standard_normal((n, k))
     labels = np.array([0, 3, 1], np.int64)
     probs, dlogits = np.empty_like(logits), np.empty_like(logits)
-    softmax_cross_entropy(logits, labels, probs, dlogits)
-    numeric = numeric_gradient(lambda: softmax_cross_entropy(logits, labels, probs, np.empty_like(logits)), logits)
+    softmax_cross_entropy(logits, labels, probs, dlogits, len(labels))
+    numeric = numeric_gradient(lambda: softmax_cross_entropy(logits, labels, probs, np.empty_like(logits), len(labels)), logits)
     assert rel_err(dlogits, numeric) < 1e-6
 
 
 def test_softmax_cross_entropy_rejects_bad_labels():
     logits = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError):
-        softmax_cross_entropy(logits, np.array([0, 3], np.int64), np.empty_like(logits), np.empty_like(logits))
+        softmax_cross_entropy(logits, np.array([0, 3], np.int64), np.empty_like(logits), np.empty_like(logits), 2)

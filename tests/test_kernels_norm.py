@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnc.kernels.norm import (
-    batchnorm_backward, batchnorm_infer_forward, batchnorm_train_forward, fold_batchnorm,
+    batchnorm_backward_apply, batchnorm_grad_sums, batchnorm_infer_forward, batchnorm_sums, batchnorm_train_apply,
+    fold_batchnorm,
 )
 from checks import numeric_gradient, rel_err
 
@@ -30,23 +31,51 @@ def channels(shape):
     return shape[0] if len(shape) == 4 else shape[1]
 
 
+def empty_like_nothing(shape, dtype):
+    return np.empty((0,) * len(shape), dtype)
+
+
+def train_forward(x, gamma, beta, rm, rv, eps, momentum, residual=None, relu=False):
+    """The three-step training forward of one replica: sums, (no other replica), apply."""
+    c = gamma.shape[0]
+    sums = np.empty((2, c))
+    batchnorm_sums(x, sums)
+    count = x.size // c
+    out, stats = np.empty_like(x), np.empty((2, c), x.dtype)
+    residual = empty_like_nothing(x.shape, x.dtype) if residual is None else residual
+    batchnorm_train_apply(x, sums, count, gamma, beta, rm, rv, True, eps, momentum, residual, relu, out, stats)
+    return out, stats
+
+
+def train_backward(x, out, dout, stats, gamma, relu, dx, dresidual, dgamma, dbeta):
+    sums = np.empty((2, gamma.shape[0]))
+    batchnorm_grad_sums(x, out, dout, stats, relu, sums, dgamma, dbeta)
+    batchnorm_backward_apply(x, out, dout, stats, gamma, sums, x.size // gamma.shape[0], relu, dx, dresidual)
+
+
+FUSED = [(False, False), (False, True), (True, True)]  # (residual, relu) fused into the batchnorm
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-def test_batchnorm_train_against_torch(shape):
+@pytest.mark.parametrize("residual, relu", FUSED)
+def test_batchnorm_train_against_torch(shape, residual, relu):
     rng = np.random.default_rng(len(shape))
     c = channels(shape)
     x = (2 + 3 * rng.standard_normal(shape)).astype(np.float32)
+    r = rng.standard_normal(shape).astype(np.float32) if residual else None
     gamma, beta, rmean, rvar = params(rng, c)
     eps, momentum = 1e-5, 0.1
-    out, xhat = np.empty_like(x), np.empty_like(x)
-    invstd = np.empty(c, np.float32)
     rm, rv = rmean.copy(), rvar.copy()
-    batchnorm_train_forward(x, gamma, beta, rm, rv, out, xhat, invstd, eps, momentum)
+    out, stats = train_forward(x, gamma, beta, rm, rv, eps, momentum, r, relu)
 
     xt = torch.tensor(to_torch_layout(x).copy(), requires_grad=True)
+    rt = torch.tensor(to_torch_layout(r).copy(), requires_grad=True) if residual else None
     gt = torch.tensor(gamma, requires_grad=True)
     bt = torch.tensor(beta, requires_grad=True)
     rmt, rvt = torch.tensor(rmean), torch.tensor(rvar)
     yt = F.batch_norm(xt, rmt, rvt, gt, bt, training=True, momentum=momentum, eps=eps)
+    yt = yt + rt if residual else yt
+    yt = torch.relu(yt) if relu else yt
     assert rel_err(to_torch_layout(out), yt.detach().numpy()) < 1e-4
     assert rel_err(rm, rmt.numpy()) < 1e-4
     assert rel_err(rv, rvt.numpy()) < 1e-4
@@ -54,14 +83,35 @@ def test_batchnorm_train_against_torch(shape):
     dout = rng.standard_normal(shape).astype(np.float32)
     dout_before = dout.copy()
     yt.backward(torch.tensor(to_torch_layout(dout).copy()))
-    dx0 = rng.standard_normal(shape).astype(np.float32)
-    dx = dx0.copy()
+    dx0, dr0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    dx, dr = dx0.copy(), (dr0.copy() if residual else empty_like_nothing(shape, np.float32))
     dgamma, dbeta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
-    batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta)
+    train_backward(x, out, dout, stats, gamma, relu, dx, dr, dgamma, dbeta)
     assert np.array_equal(dout, dout_before)
     assert rel_err(to_torch_layout(dx - dx0), xt.grad.numpy()) < 1e-4
+    if residual:
+        assert rel_err(to_torch_layout(dr - dr0), rt.grad.numpy()) < 1e-4
     assert rel_err(dgamma, gt.grad.numpy()) < 1e-4
     assert rel_err(dbeta, bt.grad.numpy()) < 1e-4
+
+
+def test_batchnorm_sums_of_slices_add_up_to_the_whole():
+    """What replicas rely on: the sums of two slices of a batch add up to the whole batch's, and
+    applying them normalizes each slice with the whole batch's statistics."""
+    rng = np.random.default_rng(7)
+    x = (1 + 2 * rng.standard_normal((3, 10, 4, 5))).astype(np.float32)
+    gamma, beta, rmean, rvar = params(rng, 3)
+    whole, _ = train_forward(x, gamma, beta, rmean.copy(), rvar.copy(), 1e-5, 0.1)
+    halves = [np.ascontiguousarray(x[:, :4]), np.ascontiguousarray(x[:, 4:])]
+    sums = [np.empty((2, 3)) for _ in halves]
+    for part, s in zip(halves, sums):
+        batchnorm_sums(part, s)
+    total = sums[0] + sums[1]
+    for part, n0 in zip(halves, (0, 4)):
+        out, stats = np.empty_like(part), np.empty((2, 3), np.float32)
+        batchnorm_train_apply(part, total, x.size // 3, gamma, beta, rmean.copy(), rvar.copy(), False, 1e-5, 0.1,
+                              np.empty((0, 0, 0, 0), np.float32), False, out, stats)
+        assert rel_err(out, whole[:, n0:n0 + part.shape[1]]) < 1e-6
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -78,25 +128,27 @@ def test_batchnorm_infer_against_torch(shape):
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 2, 2), (4, 3)])
-def test_batchnorm_finite_differences(shape):
+@pytest.mark.parametrize("residual, relu", FUSED)
+def test_batchnorm_finite_differences(shape, residual, relu):
     rng = np.random.default_rng(5)
     c = channels(shape)
     x = rng.standard_normal(shape)
+    res = rng.standard_normal(shape) if residual else None
     gamma, beta, rmean, rvar = params(rng, c, np.float64)
     r = rng.standard_normal(shape)
     eps = 1e-5
 
-    def forward(x, gamma, beta):
-        out, xhat, invstd = np.empty_like(x), np.empty_like(x), np.empty(c)
-        batchnorm_train_forward(x, gamma, beta, rmean.copy(), rvar.copy(), out, xhat, invstd, eps, 0.1)
-        return out, xhat, invstd
+    def loss():
+        out, _ = train_forward(x, gamma, beta, rmean.copy(), rvar.copy(), eps, 0.1, res, relu)
+        return (out * r).sum()
 
-    out, xhat, invstd = forward(x, gamma, beta)
+    out, stats = train_forward(x, gamma, beta, rmean.copy(), rvar.copy(), eps, 0.1, res, relu)
     dx, dgamma, dbeta = np.zeros_like(x), np.empty(c), np.empty(c)
-    batchnorm_backward(r, xhat, gamma, invstd, dx, dgamma, dbeta)
-    for arr, grad in ((x, dx), (gamma, dgamma), (beta, dbeta)):
-        numeric = numeric_gradient(lambda: (forward(x, gamma, beta)[0] * r).sum(), arr)
-        assert rel_err(grad, numeric) < 1e-5
+    dres = np.zeros_like(x) if residual else empty_like_nothing(shape, x.dtype)
+    train_backward(x, out, r, stats, gamma, relu, dx, dres, dgamma, dbeta)
+    checked = ((x, dx), (gamma, dgamma), (beta, dbeta)) + (((res, dres),) if residual else ())
+    for arr, grad in checked:
+        assert rel_err(grad, numeric_gradient(loss, arr)) < 1e-5
 
 
 def test_fold_batchnorm_matches_conv_then_batchnorm():

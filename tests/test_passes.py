@@ -12,10 +12,14 @@ import pytest
 from cnnc import passes
 from cnnc.frontend import check_source, optimized
 from cnnc.graph import inputs
-from cnnc.passes import drop_dropout, fold_batchnorm, fuse_conv_relu, fuse_dense_relu, fuse_softmax_cross_entropy
+from cnnc.passes import (
+    drop_dropout, fold_batchnorm, fuse_batchnorm_add, fuse_batchnorm_relu, fuse_conv_add, fuse_conv_relu,
+    fuse_dense_relu, fuse_softmax_cross_entropy,
+)
 
 EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.cnn"))
-ALL_PASSES = [drop_dropout, fold_batchnorm, fuse_conv_relu, fuse_dense_relu, fuse_softmax_cross_entropy]
+ALL_PASSES = [drop_dropout, fold_batchnorm, fuse_conv_relu, fuse_dense_relu, fuse_softmax_cross_entropy,
+              fuse_conv_add, fuse_batchnorm_add, fuse_batchnorm_relu]
 
 MIXED = """input 3x8x8
 conv filters=4 size=3 padding=same
@@ -178,12 +182,64 @@ def test_fuse_softmax_cross_entropy_after_a_join():
     assert "softmax1" not in after and after.graph["output"] == "add1"
 
 
+BLOCK = """input 4x6x6
+stem: conv filters=4 size=3 padding=same activation=relu
+conv filters=4 size=3 padding=same
+batchnorm
+relu
+conv filters=4 size=3 padding=same
+r: batchnorm
+add(stem, r)
+out: relu
+flatten
+dense units=2
+loss cross_entropy
+"""
+
+
+def test_fuse_conv_add_takes_the_residual_as_a_second_input():
+    after = fuse_conv_relu(fuse_conv_add(fold_batchnorm(graph(BLOCK))))
+    assert "add1" not in after and "out" not in after
+    assert inputs(after, "conv3") == ["conv2", "stem"]
+    assert fused(after, "conv3") == (["r", "add1", "out"], ["batchnorm", "add", "relu"], "relu", "r")
+    assert inputs(after, "flatten1") == ["conv3"]
+
+
+def test_fuse_batchnorm_add_then_relu():
+    after = fuse_batchnorm_relu(fuse_batchnorm_add(graph(BLOCK)))
+    assert "add1" not in after and "out" not in after
+    assert inputs(after, "r") == ["conv3", "stem.relu"]  # fuse_conv_relu has not run
+    assert fused(after, "r") == (["add1", "out"], ["add", "relu"], "relu", None)
+    assert fused(after, "batchnorm1") == (["relu1"], ["relu"], "relu", None)
+    assert inputs(after, "flatten1") == ["r"]
+
+
+@pytest.mark.parametrize("source", [
+    "input 2x4x4\na: conv filters=2 size=1\nadd(input1, a)\n",  # add(x, conv(x)): x feeds both already
+    "input 2x4x4\na: relu\nb: conv filters=2 size=1\nc: conv(a) filters=2 size=1\nadd(a, b, c)\n",  # three inputs
+    "input 2x4x4\na: relu\nb: conv filters=2 size=1 activation=relu\nadd(a, b)\n",  # ReLU before the add
+    "input 2x4x4\na: relu\nb: conv filters=2 size=1\nadd(a, b)\nc: relu(b)\nadd(add1, c)\n",  # b has two consumers
+])
+def test_fuse_conv_add_leaves(source):
+    g = graph(source)
+    assert fuse_conv_add(g) is g
+
+
+def test_fuse_conv_add_picks_one_input_per_add():
+    """Both inputs qualify: the later one absorbs the add; the earlier becomes its residual."""
+    g = graph("input 2x4x4\na: conv filters=2 size=1\nb: conv(input1) filters=2 size=3 padding=same\nadd(a, b)\n")
+    after = fuse_conv_add(g)
+    assert set(after) == {"input1", "a", "b"} and inputs(after, "b") == ["input1", "a"]
+    assert after.graph["output"] == "b"
+
+
 # -- pipelines --------------------------------------------------------------------------------
 
 
 def test_pipelines():
-    assert passes.INFERENCE == [drop_dropout, fold_batchnorm, fuse_conv_relu, fuse_dense_relu]
-    assert passes.TRAINING == [fuse_softmax_cross_entropy, fuse_conv_relu, fuse_dense_relu]
+    assert passes.INFERENCE == [drop_dropout, fold_batchnorm, fuse_conv_add, fuse_conv_relu, fuse_dense_relu]
+    assert passes.TRAINING == [fuse_softmax_cross_entropy, fuse_batchnorm_add, fuse_conv_relu, fuse_dense_relu,
+                               fuse_batchnorm_relu]
 
 
 def test_the_mixed_model_through_both_pipelines():
@@ -196,10 +252,12 @@ def test_the_mixed_model_through_both_pipelines():
     assert inputs(inference, "concat1") == ["conv1", "d", "c"]  # d stays: concat takes c already
     assert inputs(inference, "add1") == ["conv1", "b"]
     training, applied = optimized(g, "training")
-    assert applied == [("fuse_softmax_cross_entropy", 1), ("fuse_conv_relu", 1), ("fuse_dense_relu", 1)]
-    assert training.number_of_nodes() == 14
+    assert applied == [("fuse_softmax_cross_entropy", 1), ("fuse_conv_relu", 1), ("fuse_dense_relu", 1),
+                       ("fuse_batchnorm_relu", 1)]
+    assert training.number_of_nodes() == 13
     assert training.graph["output"] == "dense2" and training.graph["loss"] == "softmax_cross_entropy"
     assert {"dropout1", "d", "batchnorm1", "batchnorm2"} <= set(training)
+    assert fused(training, "batchnorm1") == (["a"], ["relu"], "relu", None)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -31,7 +31,8 @@ def spy_calls(module, probes):
                 return kernel(*args)
             namespace[name] = spy
     for function, args in probes:
-        type(getattr(module, function))(getattr(module, function).__code__, namespace)(*args)
+        real = getattr(module, function)
+        type(real)(real.__code__, namespace, None, real.__defaults__)(*args)
     return list(seen)
 
 

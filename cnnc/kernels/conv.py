@@ -153,22 +153,24 @@ def _col2im_add(cols, kh, kw, sh, sw, oh, ow, wide, dxp):
 
 
 @njit(cache=True, fastmath=True)
-def _bias_relu_store(prod, b, relu, n0, ld, out):
-    """out[f, n0+n, p, q] = prod[f, (n*OH + p)*ld + q] + b[f], then max(0, .) if relu."""
+def _bias_relu_store(prod, b, residual, relu, n0, ld, out):
+    """out[f, n0+n, p, q] = prod[f, (n*OH + p)*ld + q] + b[f] (+ residual[f, n0+n, p, q] unless
+    it is empty), then max(0, .) if relu."""
     OH, OW = out.shape[2], out.shape[3]
     m = prod.shape[1] // (OH * ld)
+    add = residual.size != 0
     for f in range(prod.shape[0]):
         bf = b[f]
         for n in range(m):
             for p in range(OH):
                 src = prod[f, (n * OH + p) * ld:]
                 dst = out[f, n0 + n, p]
-                if relu:
-                    for q in range(OW):
-                        dst[q] = max(src[q] + bf, 0)
-                else:
-                    for q in range(OW):
-                        dst[q] = src[q] + bf
+                res = residual[f, n0 + n, p] if add else dst
+                for q in range(OW):  # the loop-invariant branches are hoisted out of the loop
+                    v = src[q] + bf
+                    if add:
+                        v += res[q]
+                    dst[q] = max(v, 0) if relu else v
 
 
 @njit(cache=True, fastmath=True)
@@ -202,7 +204,8 @@ def _add_transposed(dst, src):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu):
+def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, relu):
+    """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it is empty."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
     HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
@@ -220,7 +223,7 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, relu):
         _pad_chunk(x, n0, pad_top, pad_left, xp)
         _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
         np.dot(wmat, cols, prod)
-        _bias_relu_store(prod, b, relu, n0, ld, out)
+        _bias_relu_store(prod, b, residual, relu, n0, ld, out)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -330,14 +333,17 @@ def _winograd_inputs(x, n0, pt, pl, th, tw, v):
 
 
 @njit(cache=True, fastmath=True)
-def _winograd_outputs(mm, b, relu, n0, th, tw, out):
-    """out[f, n0+n, 2ty+a, 2tx+b] = (A' M A)[a, b] + b[f] (then ReLU), M[i, j] = mm[4i+j, t, f].
+def _winograd_outputs(mm, b, residual, relu, accumulate, n0, th, tw, out):
+    """out[f, n0+n, 2ty+a, 2tx+b] = (A' M A)[a, b] + b[f] (+ the same element of residual unless
+    it is empty; then ReLU), M[i, j] = mm[4i+j, t, f]; with `accumulate` the value (without
+    bias, residual or ReLU) is added into out instead.
 
     y[2a+b] = (A' M A)[a, b] for every tile and filter at once (loops along all of mm[k],
     contiguous), then each tile's 2x2 block goes to its place in out."""
     F, OH, OW = out.shape[0], out.shape[2], out.shape[3]
     T = mm.shape[1]
     m, L = T // (th * tw), T * F
+    add = residual.size != 0
     mf = mm.reshape(16, L)
     y = np.empty((4, L), mm.dtype)
     for j in range(4):  # s[a, j] = (A' M)[a, j]; y[a, 0] += s[a, 0..2], y[a, 1] += s[a, 1] - s[a, 2] - s[a, 3]
@@ -370,15 +376,23 @@ def _winograd_outputs(mm, b, relu, n0, th, tw, out):
                     if p >= OH:
                         break
                     dst = out[f, n0 + n, p]
+                    res = residual[f, n0 + n, p] if add else dst
                     ya0, ya1 = y[2 * a], y[2 * a + 1]
-                    for q in range(OW):
-                        at = (t0 + q // 2) * F + f
-                        v = (ya1[at] if q % 2 else ya0[at]) + bf
-                        dst[q] = max(v, 0) if relu else v
+                    if accumulate:
+                        for q in range(OW):
+                            at = (t0 + q // 2) * F + f
+                            dst[q] += ya1[at] if q % 2 else ya0[at]
+                    else:
+                        for q in range(OW):
+                            at = (t0 + q // 2) * F + f
+                            v = (ya1[at] if q % 2 else ya0[at]) + bf
+                            if add:
+                                v += res[q]
+                            dst[q] = max(v, 0) if relu else v
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv3x3_forward(x, w, b, out, pad_top, pad_left, relu):
+def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu):
     """conv2d_forward for 3x3 filters at stride 1, by Winograd F(2x2, 3x3)."""
     F, C = w.shape[0], w.shape[1]
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
@@ -396,4 +410,138 @@ def conv3x3_forward(x, w, b, out, pad_top, pad_left, relu):
         _winograd_inputs(x, n0, pad_top, pad_left, th, tw, v)
         for k in range(16):  # tiles x C @ C x F: the shape OpenBLAS runs fastest (see above)
             np.dot(v[k], u[k], mm[k])
-        _winograd_outputs(mm, b, relu, n0, th, tw, out)
+        _winograd_outputs(mm, b, residual, relu, False, n0, th, tw, out)
+
+
+# The backward of a 3x3 stride-1 layer, by Winograd too. The input gradient is a 3x3
+# convolution of the output gradient g with the filters flipped and transposed (w'[c, f] =
+# w[f, c] turned by 180 degrees), padded by 2 - pad: the forward's transforms and products as
+# they are. The weight gradient is the adjoint of the forward's products: with V the input
+# tiles as in the forward and dM = A dY A' the 2x2 blocks of g taken to 4x4, dU[k] = V[k]' @
+# dM[k] (C x tiles @ tiles x F, summed over the chunks), and dw = G' dU G.
+
+
+@njit(cache=True, fastmath=True)
+def _winograd_grads(g, n0, th, tw, gt, db):
+    """gt[4i+j, t, f] = (A dY A')[i, j] for the 2x2 block dY of g[:, n0+n] at tile
+    t = (n*th + ty)*tw + tx (zero past the edge of g), and db[f] += the sum of those images of g.
+    A = [1 0; 1 1; 1 -1; 0 -1].
+
+    A row of tiles at a time, as _winograd_inputs: e[i, q, f] = (A dY)[i] along the whole
+    width first, then the row transform of each tile along the filters."""
+    F, OH, OW = g.shape[0], g.shape[2], g.shape[3]
+    m = gt.shape[1] // (th * tw)
+    e = np.zeros((4, 2 * tw, F), g.dtype)
+    for n in range(m):
+        for ty in range(th):
+            p = 2 * ty
+            for f in range(F):
+                r0 = g[f, n0 + n, p]
+                s = 0.0
+                if p + 1 < OH:
+                    r1 = g[f, n0 + n, p + 1]
+                    for q in range(OW):
+                        a, b_ = r0[q], r1[q]
+                        e[0, q, f], e[1, q, f], e[2, q, f], e[3, q, f] = a, a + b_, a - b_, -b_
+                        s += a + b_
+                else:
+                    for q in range(OW):
+                        a = r0[q]
+                        e[0, q, f], e[1, q, f], e[2, q, f], e[3, q, f] = a, a, a, 0
+                        s += a
+                db[f] += s
+            t0 = (n * th + ty) * tw
+            for tx in range(tw):
+                t = t0 + tx
+                for i in range(4):
+                    a, b_ = e[i, 2 * tx], e[i, 2 * tx + 1]
+                    v0, v1, v2, v3 = gt[4 * i, t], gt[4 * i + 1, t], gt[4 * i + 2, t], gt[4 * i + 3, t]
+                    for f in range(F):
+                        v0[f] = a[f]
+                        v1[f] = a[f] + b_[f]
+                        v2[f] = a[f] - b_[f]
+                        v3[f] = -b_[f]
+
+
+@njit(cache=True, fastmath=True)
+def _winograd_weight_grads(du, dw):
+    """dw[f, c] = G' dU G with dU[i, j] = du[4i+j, c, f]: the adjoint of _winograd_weights (dw overwritten)."""
+    F, C = dw.shape[0], dw.shape[1]
+    t = np.empty((3, 4), du.dtype)
+    for f in range(F):
+        for c in range(C):
+            for j in range(4):
+                m0, m1, m2, m3 = du[j, c, f], du[4 + j, c, f], du[8 + j, c, f], du[12 + j, c, f]
+                t[0, j] = m0 + 0.5 * (m1 + m2)
+                t[1, j] = 0.5 * (m1 - m2)
+                t[2, j] = 0.5 * (m1 + m2) + m3
+            for a in range(3):
+                dw[f, c, a, 0] = t[a, 0] + 0.5 * (t[a, 1] + t[a, 2])
+                dw[f, c, a, 1] = 0.5 * (t[a, 1] - t[a, 2])
+                dw[f, c, a, 2] = 0.5 * (t[a, 1] + t[a, 2]) + t[a, 3]
+
+
+@njit(cache=True, fastmath=True)
+def _relu_masked(out, dout, n0, m, g):
+    """g[f, n] = dout[f, n0+n] where out > 0, else 0, for n < m."""
+    F = g.shape[0]
+    for f in range(F):
+        for n in range(m):
+            src, o, dst = dout[f, n0 + n].reshape(-1), out[f, n0 + n].reshape(-1), g[f, n].reshape(-1)
+            for k in range(dst.size):
+                dst[k] = src[k] if o[k] > 0 else 0
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def conv3x3_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx):
+    """conv2d_backward for 3x3 filters at stride 1 and padding at most 2, by Winograd F(2x2, 3x3):
+    dw and db are overwritten; dx (when need_dx) is added into."""
+    F, C = w.shape[0], w.shape[1]
+    N, H, W = x.shape[1], x.shape[2], x.shape[3]
+    OH, OW = out.shape[2], out.shape[3]
+    th, tw = (OH + 1) // 2, (OW + 1) // 2  # tiles of g: the weight gradient
+    xh, xw = (H + 1) // 2, (W + 1) // 2  # tiles of dx: the input gradient
+    nb = max(1, min(N, WINOGRAD_TILES // max(th * tw, xh * xw)))
+    flipped = np.empty((C, F, 3, 3), x.dtype)  # w', the filters of the input gradient
+    for f in range(F):
+        for c in range(C):
+            for i in range(3):
+                for j in range(3):
+                    flipped[c, f, i, j] = w[f, c, 2 - i, 2 - j]
+    u = np.empty((16, F, C), x.dtype)
+    _winograd_weights(flipped, u)
+    du = np.zeros((16, C, F), x.dtype)
+    du_part = np.empty((C, F), x.dtype)
+    v_buf = np.empty(16 * C * nb * th * tw, x.dtype)
+    gt_buf = np.empty(16 * F * nb * th * tw, x.dtype)
+    vg_buf = np.empty(16 * F * nb * xh * xw, x.dtype)
+    mm_buf = np.empty(16 * C * nb * xh * xw, x.dtype)
+    masked = np.empty((F, nb, OH, OW) if relu else (0, 0, 0, 0), x.dtype)
+    no_bias = np.zeros(C, x.dtype)
+    db[:] = 0
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        g, g0 = dout, n0  # this chunk's output gradient is g[:, g0:g0+m]
+        if relu:
+            _relu_masked(out, dout, n0, m, masked)
+            g, g0 = masked, 0
+        tiles = m * th * tw
+        v = v_buf[:16 * C * tiles].reshape(16, tiles, C)
+        gt = gt_buf[:16 * F * tiles].reshape(16, tiles, F)
+        _winograd_grads(g, g0, th, tw, gt, db)
+        _winograd_inputs(x, n0, pad_top, pad_left, th, tw, v)
+        for k in range(16):  # C x tiles @ tiles x F
+            np.dot(v[k].T, gt[k], du_part)
+            duk = du[k]
+            for c in range(C):
+                for f in range(F):
+                    duk[c, f] += du_part[c, f]
+        if need_dx:
+            xtiles = m * xh * xw
+            vg = vg_buf[:16 * F * xtiles].reshape(16, xtiles, F)
+            mm = mm_buf[:16 * C * xtiles].reshape(16, xtiles, C)
+            _winograd_inputs(g, g0, 2 - pad_top, 2 - pad_left, xh, xw, vg)
+            for k in range(16):
+                np.dot(vg[k], u[k], mm[k])
+            _winograd_outputs(mm, no_bias, dx, False, True, n0, xh, xw, dx)
+    _winograd_weight_grads(du, dw)

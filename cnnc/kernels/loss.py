@@ -50,15 +50,16 @@ def softmax_backward(out, dout, dx):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def softmax_cross_entropy(logits, labels, probs, dlogits):
-    """Mean cross-entropy of softmax(logits) (N,K) against int labels (N,), accumulated in float64.
+def softmax_cross_entropy(logits, labels, probs, dlogits, total):
+    """Cross-entropy of softmax(logits) (N,K) against int labels (N,), summed in float64 and
+    divided by `total`, the images of the whole step (N for a step of one replica).
 
-    Writes probs = softmax(logits) and dlogits = (probs - onehot(labels)) / N (overwritten).
+    Writes probs = softmax(logits) and dlogits = (probs - onehot(labels)) / total (overwritten).
     """
     N, K = logits.shape
     sums = _softmax_rows(logits, probs)
-    inv_n = probs.dtype.type(1.0 / N)
-    total = 0.0
+    inv_n = probs.dtype.type(1.0 / total)
+    loss = 0.0
     for n in range(N):
         y = labels[n]
         if y < 0 or y >= K:
@@ -69,19 +70,20 @@ def softmax_cross_entropy(logits, labels, probs, dlogits):
         for k in range(K):
             dlogits[n, k] = probs[n, k] * inv_n
         dlogits[n, y] -= inv_n
-        total += np.log(sums[n]) + m - logits[n, y]
-    return total / N
+        loss += np.log(sums[n]) + m - logits[n, y]
+    return loss / total
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def cross_entropy_of_probabilities(probs, labels, dprobs):
-    """Mean -log(probs[n, label]) for a softmax output that was not fused with its loss.
+def cross_entropy_of_probabilities(probs, labels, dprobs, total):
+    """The sum of -log(probs[n, label]) over `total`, the images of the whole step, for a softmax
+    output that was not fused with its loss.
 
-    Writes dprobs = -onehot / (N * probs) (overwritten). Probabilities are clamped at 1e-30
+    Writes dprobs = -onehot / (total * probs) (overwritten). Probabilities are clamped at 1e-30
     so that a probability rounded to zero gives a large, finite loss.
     """
     N, K = probs.shape
-    total = 0.0
+    loss = 0.0
     for n in range(N):
         y = labels[n]
         if y < 0 or y >= K:
@@ -89,6 +91,6 @@ def cross_entropy_of_probabilities(probs, labels, dprobs):
         for k in range(K):
             dprobs[n, k] = 0.0
         p = max(probs[n, y], 1e-30)
-        total -= np.log(p)
-        dprobs[n, y] = -1.0 / (N * p)
-    return total / N
+        loss -= np.log(p)
+        dprobs[n, y] = -1.0 / (total * p)
+    return loss / total

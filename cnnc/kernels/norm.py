@@ -5,141 +5,135 @@ from numba import njit
 # fastmath without nnan/ninf: reductions may be reordered, but inf and NaN keep their meaning.
 FAST = {"nsz", "arcp", "contract", "reassoc"}
 
-# Each public kernel views its input as a 2-d array x2 = x.reshape(x.shape[0], -1):
-# for CNHW input the rows of x2 are the channels (contiguous blocks of N*H*W values),
-# for (N,D) input the columns of x2 are the channels. `x.ndim` is a compile-time constant,
-# so every public kernel compiles to one of the two loops below.
+# Training runs in three steps per pass, so that replicas (lanes, processes) can add up their
+# per-channel sums in between: batchnorm_sums -> replicas.sum -> batchnorm_train_apply forward,
+# batchnorm_grad_sums -> replicas.sum -> batchnorm_backward_apply backward. The normalized
+# values are not stored: the backward recomputes them from x and the (mean, invstd) in `stats`,
+# which saves writing and reading one activation-sized array. A ReLU and a residual input
+# (batchnorm -> add -> relu in a ResNet block) run in the same loops.
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def _stats_update(c, s, q, m, running_mean, running_var, momentum):
-    """Mean and biased variance from the float64 sums s, q of m values; update running stats."""
-    mean = s / m
-    var = max(q / m - mean * mean, 0.0)
-    unbiased = var * m / (m - 1) if m > 1 else var
-    running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
-    running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
-    return mean, var
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def _train_rows(x, gamma, beta, running_mean, running_var, out, xhat, invstd, eps, momentum):
-    C, M = x.shape
-    T = x.dtype.type
-    for c in range(C):
-        xc = x[c]
-        s = 0.0
-        q = 0.0
-        for i in range(M):
-            v = np.float64(xc[i])
-            s += v
-            q += v * v
-        mean, var = _stats_update(c, s, q, M, running_mean, running_var, momentum)
-        istd = 1.0 / np.sqrt(var + eps)
-        invstd[c] = istd
-        mu, k, g, b = T(mean), T(istd), gamma[c], beta[c]
-        hc, oc = xhat[c], out[c]
-        for i in range(M):
-            h = (xc[i] - mu) * k
-            hc[i] = h
-            oc[i] = g * h + b
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def _train_cols(x, gamma, beta, running_mean, running_var, out, xhat, invstd, eps, momentum):
-    N, D = x.shape
-    T = x.dtype.type
-    s = np.zeros(D)
-    q = np.zeros(D)
-    for n in range(N):
-        for d in range(D):
-            v = np.float64(x[n, d])
-            s[d] += v
-            q[d] += v * v
-    mu = np.empty(D, x.dtype)
-    k = np.empty(D, x.dtype)
-    for d in range(D):
-        mean, var = _stats_update(d, s[d], q[d], N, running_mean, running_var, momentum)
-        istd = 1.0 / np.sqrt(var + eps)
-        invstd[d] = istd
-        mu[d] = T(mean)
-        k[d] = T(istd)
-    for n in range(N):
-        for d in range(D):
-            h = (x[n, d] - mu[d]) * k[d]
-            xhat[n, d] = h
-            out[n, d] = gamma[d] * h + beta[d]
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def batchnorm_train_forward(x, gamma, beta, running_mean, running_var, out, xhat, invstd, eps, momentum):
-    """Normalize with batch statistics (biased variance); write out, xhat (same shape as x) and
-    invstd (C,); running = (1-momentum)*running + momentum*batch (unbiased variance), as PyTorch."""
-    x2 = x.reshape(x.shape[0], -1)
-    out2 = out.reshape(out.shape[0], -1)
-    xhat2 = xhat.reshape(xhat.shape[0], -1)
+def _by_channel(x):
+    """x viewed as (A, C, B) with the channels on the middle axis: CNHW (C, N, H, W) as
+    (1, C, N*H*W), one contiguous run per channel; (N, D) as (N, D, 1)."""
     if x.ndim == 2:
-        _train_cols(x2, gamma, beta, running_mean, running_var, out2, xhat2, invstd, eps, momentum)
-    else:
-        _train_rows(x2, gamma, beta, running_mean, running_var, out2, xhat2, invstd, eps, momentum)
+        return x.reshape(x.shape[0], x.shape[1], 1)
+    return x.reshape(1, x.shape[0], x.size // x.shape[0])
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def _backward_rows(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
-    C, M = dout.shape
-    T = dout.dtype.type
+def batchnorm_sums(x, sums):
+    """sums[0, c] = the sum of channel c of x, sums[1, c] = the sum of its squares (float64, overwritten)."""
+    x3 = _by_channel(x)
+    A, C, B = x3.shape
     for c in range(C):
-        gc, hc, dxc = dout[c], xhat[c], dx[c]
+        sums[0, c] = 0.0
+        sums[1, c] = 0.0
+    for a in range(A):
+        for c in range(C):
+            xc = x3[a, c]
+            s = 0.0
+            q = 0.0
+            for b in range(B):
+                v = np.float64(xc[b])
+                s += v
+                q += v * v
+            sums[0, c] += s
+            sums[1, c] += q
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def batchnorm_train_apply(x, sums, count, gamma, beta, running_mean, running_var, update_running, eps, momentum,
+                          residual, relu, out, stats):
+    """out = gamma * (x - mean) * invstd + beta, plus `residual` unless it is empty, then ReLU if
+    `relu`; mean and biased variance from the step's `sums` (batchnorm_sums, added up over the
+    replicas) of `count` values per channel. Writes stats[0] = mean, stats[1] = invstd for the
+    backward; with `update_running`, running = (1-momentum)*running + momentum*batch (unbiased
+    variance), as PyTorch."""
+    x3, o3 = _by_channel(x), _by_channel(out)
+    add = residual.size != 0
+    r3 = _by_channel(residual) if add else x3
+    A, C, B = x3.shape
+    T = x.dtype.type
+    for c in range(C):
+        mean = sums[0, c] / count
+        var = max(sums[1, c] / count - mean * mean, 0.0)
+        if update_running:
+            unbiased = var * count / (count - 1) if count > 1 else var
+            running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+            running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
+        istd = 1.0 / np.sqrt(var + eps)
+        stats[0, c] = mean
+        stats[1, c] = istd
+        m, k, beta_c = T(mean), T(gamma[c] * istd), T(beta[c])
+        zero = T(0)
+        for a in range(A):
+            xc, oc, rc = x3[a, c], o3[a, c], r3[a, c]
+            if add and relu:
+                for b in range(B):
+                    oc[b] = max((xc[b] - m) * k + beta_c + rc[b], zero)
+            elif add:
+                for b in range(B):
+                    oc[b] = (xc[b] - m) * k + beta_c + rc[b]
+            elif relu:
+                for b in range(B):
+                    oc[b] = max((xc[b] - m) * k + beta_c, zero)
+            else:
+                for b in range(B):
+                    oc[b] = (xc[b] - m) * k + beta_c
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def batchnorm_grad_sums(x, out, dout, stats, relu, sums, dgamma, dbeta):
+    """This replica's sums[0, c] = sum of g, sums[1, c] = sum of g * xhat (float64), where g is
+    dout (zero where a fused ReLU's out <= 0) and xhat = (x - mean) * invstd; dbeta and dgamma
+    get the same sums (overwritten): the replicas' parameter gradients are added up later."""
+    x3, o3, g3 = _by_channel(x), _by_channel(out), _by_channel(dout)
+    A, C, B = x3.shape
+    zero = x.dtype.type(0)
+    for c in range(C):
+        mean, istd = stats[0, c], stats[1, c]
         sg = 0.0
         sgh = 0.0
-        for i in range(M):
-            g = np.float64(gc[i])
-            sg += g
-            sgh += g * hc[i]
+        for a in range(A):
+            xc, oc, gc = x3[a, c], o3[a, c], g3[a, c]
+            for b in range(B):
+                g = gc[b] if not relu or oc[b] > zero else zero
+                sg += g
+                sgh += g * ((xc[b] - mean) * istd)
+        sums[0, c] = sg
+        sums[1, c] = sgh
         dbeta[c] = sg
         dgamma[c] = sgh
-        k = gamma[c] * invstd[c]
-        a, b1, b2 = T(k), T(k * sg / M), T(k * sgh / M)
-        for i in range(M):
-            dxc[i] += a * gc[i] - b1 - b2 * hc[i]
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def _backward_cols(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
-    N, D = dout.shape
-    sg = np.zeros(D)
-    sgh = np.zeros(D)
-    for n in range(N):
-        for d in range(D):
-            g = np.float64(dout[n, d])
-            sg[d] += g
-            sgh[d] += g * xhat[n, d]
-    a = np.empty(D, dout.dtype)
-    b1 = np.empty(D, dout.dtype)
-    b2 = np.empty(D, dout.dtype)
-    for d in range(D):
-        dbeta[d] = sg[d]
-        dgamma[d] = sgh[d]
-        k = gamma[d] * invstd[d]
-        a[d] = k
-        b1[d] = k * sg[d] / N
-        b2[d] = k * sgh[d] / N
-    for n in range(N):
-        for d in range(D):
-            dx[n, d] += a[d] * dout[n, d] - b1[d] - b2[d] * xhat[n, d]
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta):
-    """dbeta = sum dout, dgamma = sum dout*xhat (overwritten);
-    dx += gamma*invstd * (dout - mean(dout) - xhat*mean(dout*xhat))."""
-    dout2 = dout.reshape(dout.shape[0], -1)
-    xhat2 = xhat.reshape(xhat.shape[0], -1)
-    dx2 = dx.reshape(dx.shape[0], -1)
-    if dout.ndim == 2:
-        _backward_cols(dout2, xhat2, gamma, invstd, dx2, dgamma, dbeta)
-    else:
-        _backward_rows(dout2, xhat2, gamma, invstd, dx2, dgamma, dbeta)
+def batchnorm_backward_apply(x, out, dout, stats, gamma, sums, count, relu, dx, dresidual):
+    """dx += gamma * invstd * (g - sum(g)/count - xhat * sum(g*xhat)/count), with the step's
+    `sums` (batchnorm_grad_sums, added up over the replicas); dresidual += g unless it is empty.
+    An empty dx (nobody needs it) is skipped."""
+    x3, o3, g3 = _by_channel(x), _by_channel(out), _by_channel(dout)
+    need_dx, need_dr = dx.size != 0, dresidual.size != 0
+    dx3 = _by_channel(dx) if need_dx else x3
+    dr3 = _by_channel(dresidual) if need_dr else x3
+    A, C, B = x3.shape
+    T = x.dtype.type
+    zero = T(0)
+    for c in range(C):
+        mean, istd = stats[0, c], stats[1, c]
+        k = gamma[c] * istd
+        m, s, a1 = T(mean), T(istd), T(k)
+        b1, b2 = T(k * sums[0, c] / count), T(k * sums[1, c] / count)
+        for a in range(A):
+            xc, oc, gc, dxc, drc = x3[a, c], o3[a, c], g3[a, c], dx3[a, c], dr3[a, c]
+            if need_dr:
+                for b in range(B):
+                    drc[b] += gc[b] if not relu or oc[b] > zero else zero
+            if need_dx:
+                for b in range(B):
+                    g = gc[b] if not relu or oc[b] > zero else zero
+                    dxc[b] += a1 * g - b1 - b2 * ((xc[b] - m) * s)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)

@@ -1,4 +1,4 @@
-"""Emitters for convolution, forward and backward side by side (bias, ReLU and batchnorm fused)."""
+"""Emitters for convolution, forward and backward side by side (bias, ReLU, batchnorm and residual add fused)."""
 from __future__ import annotations
 
 from .context import Context, scalars
@@ -6,6 +6,10 @@ from .context import Context, scalars
 # Winograd (kernels/conv.py, conv3x3_forward) pays from this many input channels on: measured on
 # vgg_small's layers, 1.3x faster with 32-64 channels, even at 32 -> 64, 2x slower with 3.
 WINOGRAD_MIN_CHANNELS = 16
+# Its backward (conv3x3_backward) from this many input and output channels on: one thread, 32
+# images, against im2col: 1.3x faster at 32 -> 32 (16x16), 1.7-2x at 64 -> 64 and 128 -> 128,
+# 1.4x slower at 16 -> 16 (32x32), where its transforms cost more than its products save.
+WINOGRAD_BACKWARD_MIN_CHANNELS = 32
 
 
 def geometry(ctx: Context, node: str) -> tuple[int, ...]:
@@ -22,7 +26,8 @@ def bias(ctx: Context, node: str) -> str:
 
 def forward(ctx: Context, node: str, training: bool) -> list[str]:
     data = ctx.node(node)
-    (src,) = ctx.inputs(node)
+    src, *residual = ctx.inputs(node)  # a second input is a residual fused in (passes/fuse_add.py)
+    res = ctx.var(residual[0]) if residual else "EMPTY4"
     relu = data.get("activation") == "relu"
     weight, b = ctx.param(node, "weight"), bias(ctx, node)
     lines = []
@@ -40,9 +45,9 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
         weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
     sh, sw, top, left = geometry(ctx, node)
     if winograd(ctx, node):
-        call = f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {ctx.var(node)}, {scalars(top, left, relu)})"
+        call = f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(top, left, relu)})"
     else:
-        call = f"conv2d_forward({ctx.var(src)}, {weight}, {b}, {ctx.var(node)}, {scalars(sh, sw, top, left, relu)})"
+        call = f"conv2d_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(sh, sw, top, left, relu)})"
     return lines + [ctx.empty(node), call]
 
 
@@ -56,6 +61,18 @@ def winograd_applies(src_channels: int, attrs: dict) -> bool:
             and src_channels >= WINOGRAD_MIN_CHANNELS)
 
 
+def winograd_backward(ctx: Context, node: str) -> bool:
+    return winograd_backward_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node))
+
+
+def winograd_backward_applies(src_channels: int, data: dict) -> bool:
+    """The backward of such a layer, when its padding lets the input gradient be one too (at most 2)."""
+    top, _, left, _ = data["pads"]
+    channels = min(src_channels, data["attrs"]["filters"])
+    return (winograd_applies(src_channels, data["attrs"]) and channels >= WINOGRAD_BACKWARD_MIN_CHANNELS
+            and max(top, left) <= 2)
+
+
 def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     data = ctx.node(node)
     (src,) = ctx.inputs(node)
@@ -63,6 +80,10 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     filters = data["attrs"]["filters"]
     db = ctx.param_grad(node, "bias") if ctx.has_param(node, "bias") else f"np.empty({filters}, np.float32)"
     dx_arg = dx[0] or "EMPTY4"
-    return [f"conv2d_backward({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
-            f"                {dx_arg}, {ctx.param_grad(node, 'weight')}, {db},"
-            f" {scalars(*geometry(ctx, node), relu, dx[0] is not None)})"]
+    sh, sw, top, left = geometry(ctx, node)
+    kernel, geometry_args = ("conv3x3_backward", (top, left)) if winograd_backward(ctx, node) else \
+        ("conv2d_backward", (sh, sw, top, left))
+    indent = " " * (len(kernel) + 1)
+    return [f"{kernel}({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
+            f"{indent}{dx_arg}, {ctx.param_grad(node, 'weight')}, {db},"
+            f" {scalars(*geometry_args, relu, dx[0] is not None)})"]

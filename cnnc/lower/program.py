@@ -62,7 +62,8 @@ def header(g: nx.DiGraph, layout: ParamLayout, body: list[str]) -> list[str]:
               '"""', "import numpy as np", ""]
     for module, names in kernel_imports("\n".join(body)).items():
         lines.append(f"from cnnc.kernels.{module} import {', '.join(names)}")
-    return lines
+    return lines + ["", "EMPTY4 = np.empty((0, 0, 0, 0), np.float32)  # an array that is not there: no residual, "
+                    "an input gradient nobody needs", "EMPTY2 = np.empty((0, 0), np.float32)"]
 
 
 def kernel_imports(code: str) -> dict[str, list[str]]:
@@ -142,9 +143,9 @@ def loss_lines(ctx: Context) -> list[str]:
              f"{ctx.grad(out)} = np.empty({ctx.shape(out)}, np.float32)"]
     if logits:
         lines += [f"probs = np.empty({ctx.shape(out)}, np.float32)",
-                  f"loss = softmax_cross_entropy({ctx.var(out)}, y, probs, {ctx.grad(out)})"]
+                  f"loss = softmax_cross_entropy({ctx.var(out)}, y, probs, {ctx.grad(out)}, total)"]
     else:
-        lines += [f"loss = cross_entropy_of_probabilities({ctx.var(out)}, y, {ctx.grad(out)})"]
+        lines += [f"loss = cross_entropy_of_probabilities({ctx.var(out)}, y, {ctx.grad(out)}, total)"]
     return lines + [f"correct = int(np.count_nonzero({ctx.var(out)}.argmax(axis=1) == y))"
                     "  # training accuracy comes free with the loss"]
 
@@ -169,10 +170,13 @@ def backward_lines(ctx: Context) -> list[str]:
 
 def loss_and_grads_function(ctx: Context) -> list[str]:
     in_shape = ctx.g.nodes[ctx.g.graph["input"]]["shape"]
-    lines = ["EMPTY4 = np.empty((0, 0, 0, 0), np.float32)  # stands for an input gradient nobody needs",
-             "EMPTY2 = np.empty((0, 0), np.float32)"]
+    lines = ["total = n if total is None else total  # images in the whole step, over all replicas",
+             "first = replicas is None or replicas.first  # the replica that updates running statistics"]
     lines += forward_lines(ctx, training=True) + [""] + loss_lines(ctx) + [""] + backward_lines(ctx)
     lines.append("return loss, correct")
     doc = (f"Training step without the update: x float32 N x {show(in_shape)}, y int64 labels; "
-           "writes gradients into G, returns the mean loss and the number of right answers.")
-    return function("loss_and_grads", "x, y, P, G, seed", doc, lines)
+           "writes gradients into G, returns the mean loss and the number of right answers.\n\n"
+           "    One of several replicas of a step (cnnc/replicas.py), it gets `total`, the images of the whole\n"
+           "    step, and `replicas`, whose sum() adds a buffer up over them; its loss and gradients are then\n"
+           "    its share of the step's (sum the replicas' to get the step's).")
+    return function("loss_and_grads", "x, y, P, G, seed, total=None, replicas=None", doc, lines)

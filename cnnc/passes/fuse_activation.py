@@ -1,4 +1,4 @@
-"""Fuse a ReLU into the conv or dense layer before it: bias and ReLU run in the layer's own loop."""
+"""Fuse a ReLU into the conv, dense or (training) batchnorm layer before it: the ReLU runs in the layer's own loop."""
 from __future__ import annotations
 
 import networkx as nx
@@ -35,3 +35,7 @@ def fuse_conv_relu(g: nx.DiGraph) -> nx.DiGraph:
 
 def fuse_dense_relu(g: nx.DiGraph) -> nx.DiGraph:
     return fuse_relu_after("dense", g)
+
+
+def fuse_batchnorm_relu(g: nx.DiGraph) -> nx.DiGraph:
+    return fuse_relu_after("batchnorm", g)

@@ -1,0 +1,65 @@
+"""The replicas of one training step, and what they share: sums of buffers across them.
+
+A training step can run as several replicas, each on its own slice of the batch: lanes
+(threads in this process, cnnc/lanes.py) and, with the distributed extra, processes on other
+machines. Batchnorm needs the statistics of the whole batch, so the generated
+`loss_and_grads` hands its per-channel sums to `replicas.sum(buffer)`, which every replica
+calls in the same order and which leaves the same total in every replica's buffer. Replicas
+is that interface: `count`, `first` (the one replica that updates shared state such as the
+running statistics) and `sum`.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class Alone:
+    """One replica: its sums are already the step's."""
+
+    count = 1
+    first = True
+
+    def sum(self, buffer: np.ndarray) -> None:
+        pass
+
+
+ALONE = Alone()
+
+
+class LaneGroup:
+    """The lanes of one call: threads that meet at a barrier to add up their buffers.
+
+    Every lane adds the same buffers in the same order (lane 0's first), so all of them end
+    with bit-identical totals. Should one lane fail, `abort` breaks the barrier so that the
+    others stop waiting (threading.BrokenBarrierError) instead of hanging."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.barrier = threading.Barrier(count)
+        self.buffers: list = [None] * count
+
+    def lanes(self) -> list["Lane"]:
+        return [Lane(self, k) for k in range(self.count)]
+
+    def abort(self) -> None:
+        self.barrier.abort()
+
+
+class Lane:
+    """One lane's handle on its group: the Replicas the generated code calls."""
+
+    def __init__(self, group: LaneGroup, index: int):
+        self.group, self.index = group, index
+        self.count, self.first = group.count, index == 0
+
+    def sum(self, buffer: np.ndarray) -> None:
+        group = self.group
+        group.buffers[self.index] = buffer
+        group.barrier.wait()  # every lane's buffer is in place
+        total = group.buffers[0].copy()
+        for other in group.buffers[1:]:
+            total += other
+        group.barrier.wait()  # every lane has read every buffer: now they may be overwritten
+        buffer[...] = total

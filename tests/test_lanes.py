@@ -1,0 +1,84 @@
+"""Lanes as replicas: a training step cut into 1, 2 or 3 slices computes the step of the whole
+batch (batchnorm statistics summed across the lanes), and a failing lane never hangs the others."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import cnnc
+import reference
+from cnnc import lanes
+from cnnc.replicas import LaneGroup
+from test_models import SOURCES, assert_gradients_match, randomize, relative_error
+
+BATCHNORM_MODELS = ("every_op_image", "every_op_vector", "resnet_tiny")
+
+
+def step(source: str, threads: int, monkeypatch, optimize: bool = True):
+    monkeypatch.setenv("CNNC_THREADS", str(threads))
+    net = cnnc.compile_source(source, optimize=optimize)
+    rng = np.random.default_rng(11)
+    randomize(net, rng)
+    before = {n: v.copy() for n, v in net.params.items()}
+    x = rng.standard_normal((13,) + net.input_shape).astype(np.float32)
+    y = rng.integers(0, net.lowered.output_shape[0], 13)
+    loss, grads = net.loss_and_grads(x, y)
+    return net, before, x, y, loss, {n: g.copy() for n, g in grads.items()}
+
+
+@pytest.mark.parametrize("name", BATCHNORM_MODELS)
+def test_batchnorm_training_on_lanes_equals_one_lane_and_pytorch(name, monkeypatch):
+    """13 images as 1, 2 (6 + 7) and 3 (4 + 4 + 5) slices: the loss, every gradient and the running
+    statistics of the whole batch, equal to the single lane's to float32 rounding."""
+    source = SOURCES[name]
+    one_net, before, x, y, one_loss, one_grads = step(source, 1, monkeypatch)
+    for threads in (2, 3):
+        net, _, _, _, loss, grads = step(source, threads, monkeypatch)
+        assert loss == pytest.approx(one_loss, rel=1e-6)
+        for param, g in one_grads.items():
+            assert relative_error(grads[param], g) < 2e-5 or np.linalg.norm(g) < 1e-6, (threads, param)
+        for param in (p for p in net.params if "running" in p):
+            assert relative_error(net.params[param], one_net.params[param]) < 1e-6, (threads, param)
+    ref_loss, ref_grads, ref_running = reference.loss_and_grads(one_net.parsed, before, x, y)
+    assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
+    assert_gradients_match(grads, ref_grads)
+    for param, ref in ref_running.items():
+        assert relative_error(net.params[param], ref) < 1e-5, param
+
+
+def test_every_lane_gets_the_same_sum():
+    group = LaneGroup(3)
+    buffers = [np.full(4, k + 1.0) for k in range(3)]
+    threads = [threading.Thread(target=lane.sum, args=(b,)) for lane, b in zip(group.lanes(), buffers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert all(np.array_equal(b, np.full(4, 6.0)) for b in buffers)
+
+
+def test_a_failing_lane_stops_the_others_with_its_own_error():
+    """Lane 1 fails before its first sum; lane 0, waiting there for it, must not hang, and the
+    caller sees lane 1's error, not the broken barrier."""
+    def work(k, replicas):
+        if k == 1:
+            raise ValueError("lane 1 failed")
+        replicas.sum(np.zeros(2))
+        return k
+
+    done = []
+    caller = threading.Thread(target=lambda: done.append(_error_of(lambda: lanes.run(work, [(0,), (1,)], 2, True))))
+    caller.start()
+    caller.join(timeout=20)
+    assert not caller.is_alive(), "a lane waited forever"
+    assert isinstance(done[0], ValueError) and "lane 1 failed" in str(done[0])
+
+
+def _error_of(fn):
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 -- the test inspects it
+        return error
+    return None
