@@ -186,7 +186,8 @@ def run_compile(args) -> int:
     from .runtime import Network
 
     limit = memory_limit(args)
-    net = Network(parsed, budget=Budget(limit, 1, "training" if parsed.graph["loss"] else "inference"))
+    net = Network(parsed, budget=Budget(limit, 1, "training" if parsed.graph["loss"] else "inference",
+                                        stated=args.max_memory is not None))
     if args.emit == "python":
         from .lower.standalone import standalone
 
@@ -229,15 +230,17 @@ def run_dot(args) -> int:
     return 0
 
 
-def load_network(path: Path, weights: Path | None = None, seed: int = 0, limit: int | None = None):
-    """The model for inference, with weights loaded when given, its batch fitted to `limit`."""
+def load_network(path: Path, weights: Path | None = None, seed: int = 0, limit: int | None = None,
+                 stated: bool = False):
+    """The model for inference, with weights loaded when given, its batch fitted to `limit` (the
+    user's --max-memory when `stated`)."""
     from .frontend import check_file
     from .memory import Budget, inference_batch
     from .runtime import Network
     from .train.checkpoint import load_weights
 
     graph = check_file(path)
-    net = Network(graph, seed=seed, budget=Budget(limit))
+    net = Network(graph, seed=seed, budget=Budget(limit, stated=stated))
     net.inference_batch = inference_batch(net.memory(), limit)
     if weights is not None:
         for name, value in load_weights(weights, {n: v.shape for n, v in net.params.items()}).items():
@@ -275,7 +278,8 @@ def run_train(args) -> int:
         check_checkpoint(args.resume)
     check_outputs(args, out)
     limit = memory_limit(args)
-    net = Network(graph, seed=r.seed, budget=Budget(limit, r.batch, "training", r.optimizer))
+    net = Network(graph, seed=r.seed, budget=Budget(limit, r.batch, "training", r.optimizer,
+                                                    stated=args.max_memory is not None))
     net.inference_batch = inference_batch(net.memory(), limit)
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
     if args.limit:
@@ -310,7 +314,7 @@ def run_eval(args) -> int:
     from .train.data import load_dataset
     from .train.evaluate import evaluate, render_evaluation
 
-    net = load_network(args.model, args.weights, limit=memory_limit(args))
+    net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
     net.compile(training=False)
     write(render_evaluation(evaluate(net, data)), None)
@@ -321,7 +325,7 @@ def run_predict(args) -> int:
     from .train.data import load_images
     from .train.evaluate import class_names, probabilities, render_predictions
 
-    net = load_network(args.model, args.weights, limit=memory_limit(args))
+    net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
     x = load_images(args.images, net.input_shape)
     net.compile(training=False)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])

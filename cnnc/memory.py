@@ -211,6 +211,7 @@ class Budget:
     mode: str = "inference"
     optimizer: str = "sgd"
     flag: str = "--batch"  # how the user sets the batch, for the hint
+    stated: bool = False  # the limit is the user's --max-memory, not what is available
 
 
 def check(est: Estimate, budget: Budget) -> None:
@@ -229,8 +230,9 @@ def check(est: Estimate, budget: Budget) -> None:
         hint = (f"even batch 1 needs {human(est.bytes(1))}; make the largest layers smaller "
                 "(or raise the limit with --max-memory)")
     what = "training" if budget.mode == "training" else "inference"
-    raise ModelError(f"{what} at batch {budget.batch} needs about {human(needed)} but "
-                     f"{human(budget.limit)} is available; the largest tensors: {tensors}; "
+    limit = f"--max-memory is {human(budget.limit)}" if budget.stated else f"{human(budget.limit)} is available"
+    raise ModelError(f"{what} at batch {budget.batch} needs about {human(needed)} but {limit}; "
+                     f"the largest tensors: {tensors}; "
                      f"parameters{' and optimizer state' if budget.mode == 'training' else ''}: "
                      f"{human(est.fixed)}",
                      est.locs.get(biggest[0].node), hint)

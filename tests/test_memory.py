@@ -110,7 +110,7 @@ def test_train_suggests_a_batch_that_fits(tmp_path, capsys, monkeypatch):
     net = cnnc.compile("tiny.cnn")
     limit = net.memory("training").bytes(7)
     code, out, err = run(capsys, "train", "tiny.cnn", "d.npz", "--batch", 64, "--max-memory", limit)
-    assert code == 1 and "training at batch 64 needs about" in err
+    assert code == 1 and "training at batch 64 needs about" in err and f"but --max-memory is {memory.human(limit)};" in err
     assert err.startswith("tiny.cnn:3:1: error:") and "conv1 4x8x8" in err  # the largest tensor
     assert "batch 7 fits: --batch 7" in err
     assert not Path("tiny.npz").exists()
