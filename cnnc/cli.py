@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # what the memory checks did not foresee: a message, not a traceback
+        print("error: out of memory; try a smaller --batch, a smaller model or data set, or free some memory",
+              file=sys.stderr)
+        return 1
     except BrokenPipeError:  # the reader of standard output has gone (`cnnc predict ... | head -1`)
         try:  # so that the interpreter's last flush does not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -593,3 +593,14 @@ def test_data_larger_than_the_memory_is_refused_before_it_is_read(tmp_path, monk
     assert "8 images of 1x8x8 take as bytes and float32: 2.5 KiB, more than the 300 bytes" in err.message
     err = data_error(idx_folder(tmp_path / "idx"))
     assert "the header says 5x8x8" in err.message and "more than the 300 bytes" in err.message
+
+
+def test_npz_images_that_would_not_fit_as_float32_are_refused_before_reading(tmp_path, monkeypatch):
+    import cnnc.npz
+    import cnnc.train.data as data_module
+
+    path = npz_file(tmp_path / "d.npz")  # x_train: 6x8x8 uint8, 384 bytes; 1,920 as read and as float32
+    monkeypatch.setattr(cnnc.npz, "default_limit", lambda: 1000)
+    monkeypatch.setattr(data_module, "default_limit", lambda: 1000)
+    err = data_error(path)
+    assert "x_train (6x8x8 uint8) takes as read and as float32: 1.9 KiB, more than the 1000 bytes" in err.message
