@@ -10,7 +10,6 @@ Parameters, their gradients and the optimizer's state come on top, once.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
