@@ -942,3 +942,21 @@ def test_a_full_disk_at_the_checkpoint_write_says_the_weights_are_newer(data, mo
     assert code == 1 and "No space left on device" in err
     assert "the weights of epoch 2 are saved in w.npz, but this checkpoint was not replaced" in err
     assert load_checkpoint("w.ckpt.npz")["epoch"] == 1
+
+
+@pytest.mark.parametrize("flags, hint", [(["--lr", "1e308"], "smaller learning rate"),
+                                         (["--weight-decay", "1e308"], "weight decay well below 1")])
+def test_a_diverging_run_leaks_no_numpy_warning(flags, hint, data):
+    result = subprocess.run(cnnc_command() + ["train", "tiny.cnn", str(data["npz"]), "--out", "w.npz", "-q", *flags],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "diverged" in result.stderr and hint in result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+
+
+def test_float_labels_beyond_any_class_are_named(data):
+    x, _ = make_images(8, 4)
+    np.savez("labels.npz", x_train=x, y_train=np.full(8, 1e300))
+    result = subprocess.run(cnnc_command() + ["train", "tiny.cnn", "labels.npz", "--out", "w.npz", "-q"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "y_train holds label 1e+300; expected class indices" in result.stderr
+    assert "Warning" not in result.stderr

@@ -500,6 +500,8 @@ def _labels_from_array(y: np.ndarray, path, name: str = "the file") -> np.ndarra
         if not np.all(np.isfinite(y) & (y == np.round(y))):
             raise DataError(path, f"{name} holds labels that are not whole numbers; "
                             "expected class indices")
+        if y.size and np.abs(y).max() >= 2**53:  # beyond int64 (and exact floats): no class index
+            raise DataError(path, f"{name} holds label {np.abs(y).max():g}; expected class indices")
     elif y.dtype.kind not in "iub":
         raise DataError(path, f"{name} has dtype {y.dtype}; expected integer class labels")
     return y.astype(np.int64)

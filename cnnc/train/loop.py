@@ -179,16 +179,17 @@ class Trainer:
         trainable = net.vector[: net.layout.trainable]
         total_loss, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
-        for xb, yb in batches(self.data.x_train, self.data.y_train, r.batch, self.rng):
-            loss, right = net.loss_grads_correct(xb, yb)
-            if not np.isfinite(loss):
-                self.diverged(f"the loss became {loss}", lr)
-            self.optimizer.step(trainable, net.grad_vector, lr)
-            total_loss += loss * len(yb)
-            correct += right
-            seen += len(yb)
-            if progress:
-                progress(seen, total_loss / seen, seen / (time.perf_counter() - started))
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging step is caught below, not warned of
+            for xb, yb in batches(self.data.x_train, self.data.y_train, r.batch, self.rng):
+                loss, right = net.loss_grads_correct(xb, yb)
+                if not np.isfinite(loss):
+                    self.diverged(f"the loss became {loss}", lr)
+                self.optimizer.step(trainable, net.grad_vector, lr)
+                total_loss += loss * len(yb)
+                correct += right
+                seen += len(yb)
+                if progress:
+                    progress(seen, total_loss / seen, seen / (time.perf_counter() - started))
         seconds = max(time.perf_counter() - started, 1e-9)
         # The epoch's last step is not followed by a loss that would show it went wrong: check
         # the weights themselves, so that non-finite weights are never saved over good ones.
@@ -218,6 +219,8 @@ class Trainer:
         if biggest > LARGE_PIXEL:
             return (f"the training images hold values up to {biggest:g}; scale them to [0, 1] "
                     "(uint8 images are scaled for you)")
+        if self.recipe.weight_decay >= 1:
+            return f"try a weight decay well below 1 (--weight-decay), not {self.recipe.weight_decay:g}"
         return f"try a smaller learning rate than {lr:g} (--lr)"
 
 
