@@ -259,7 +259,7 @@ TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight
 def run_train(args) -> int:
     from .diagnostics import DataError, ModelError
     from .frontend import check_source, read_model
-    from .memory import Budget, inference_batch
+    from .memory import Budget, check as memory_check, inference_batch
     from .runtime import Network
     from .train.data import load_dataset
     from .train.checkpoint import check_checkpoint
@@ -290,6 +290,11 @@ def run_train(args) -> int:
         data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
     if data.x_test is not None and len(data.x_test) == 0:
         data.x_test = data.y_test = None  # an empty test split is no test split
+    if args.max_memory is None:  # the data set has taken its share of what is available: again
+        limit = limit_after_loading(net)
+        net.memory_limit = limit
+        memory_check(net.memory("training", r.optimizer), Budget(limit, r.batch, "training", r.optimizer))
+        net.inference_batch = inference_batch(net.memory(), limit)
     net.compile()  # on two cores when the cache is cold; the data's mistakes are reported first
     command = ["cnnc", "train", str(args.model), str(args.data)]
     for flag in TRAIN_FLAGS:
@@ -299,6 +304,15 @@ def run_train(args) -> int:
     command += ["--out", str(out)] + (["--quiet"] if args.quiet else [])
     return train(net, data, r, out, args.resume, args.quiet, text.decode("utf-8", "replace"),
                  command)
+
+
+def limit_after_loading(net) -> int | None:
+    """The default limit measured now, plus what the network has allocated since the first
+    measurement (the estimate counts the parameters, which the available memory no longer does)."""
+    from .memory import default_limit
+
+    limit = default_limit()
+    return None if limit is None else limit + net.vector.nbytes + net.grad_vector.nbytes
 
 
 def check_outputs(args, out: Path) -> None:
@@ -320,6 +334,10 @@ def run_eval(args) -> int:
 
     net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
+    if args.max_memory is None:
+        from .memory import inference_batch
+
+        net.inference_batch = inference_batch(net.memory(), limit_after_loading(net))
     net.compile(training=False)
     write(render_evaluation(evaluate(net, data)), None)
     return 0

@@ -5,7 +5,8 @@ The generated module (cnnc/lower/) allocates one float32 array per node of the g
 every one until the call returns; training adds a gradient per node that needs one, and a few ops
 keep extra arrays (max pooling's argmax, dropout's mask).
 Convolutions take a workspace per batch slice (cnnc/kernels/conv.py sizes it by its chunks).
-Parameters, their gradients and the optimizer's state come on top, once.
+Smaller temporaries (folded batchnorm weights, the kernels' own small buffers) are covered by a
+margin of SLACK. Parameters, their gradients and the optimizer's state come on top, once.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ FLOAT = 4  # bytes of a float32 (int32 for max pooling's argmax too)
 ADDRESSABLE = 2**62  # more than any machine has: a limit for when none is known
 MARGIN = 0.9  # of the available memory, left for Python, NumPy, Numba and the data set
 EVAL_BATCH = 256  # what `eval`, `predict` and the test split of `train` run at, at most
+SLACK = 1.1  # on each call's arrays: the kernels' small temporaries and folded weights, not itemized
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Estimate:
         parts = lanes.slices(batch, lanes.lane_count())
         slice_size = max(p.stop - p.start for p in parts)
         workspace = max((ws(slice_size) for _, ws in self.workspaces), default=0)
-        return self.fixed + activations + len(parts) * workspace
+        return self.fixed + math.ceil(SLACK * (activations + len(parts) * workspace))
 
     def largest(self, count: int = 3) -> list[Tensor]:
         return sorted(self.tensors, key=lambda t: -t.bytes_per_image)[:count]

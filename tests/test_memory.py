@@ -158,3 +158,17 @@ def test_parameters_beyond_the_memory_are_refused_before_they_are_allocated(monk
     with pytest.raises(ModelError) as info:
         cnnc.compile_source("model m\ninput 1x8x8\nflatten\ndense units=3000\ndense units=3\n")
     assert info.value.line == 4 and "do not fit in memory" in info.value.message
+
+
+def test_train_checks_again_once_the_data_has_taken_its_share(tmp_path, capsys, monkeypatch):
+    """The first check comes before the data set is read; the memory it then takes is the data's."""
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.cnn").write_text(TINY)
+    np.savez("d.npz", x_train=np.zeros((40, 8, 8), np.uint8), y_train=np.arange(40) % 3)
+    need = cnnc.compile("tiny.cnn").memory("training").bytes(16)
+    limits = iter([10 * need, need // 2])  # plenty before the data set is read, half after
+
+    monkeypatch.setattr(memory, "default_limit", lambda: next(limits, need // 2))
+    code, _, err = run(capsys, "train", "tiny.cnn", "d.npz")
+    assert code == 1 and "training at batch 16 needs about" in err and "is available" in err
+    assert not Path("tiny.npz").exists()
