@@ -44,9 +44,8 @@ class NpzReader:
             raise DataError(self.path, f"the .npz file is damaged: member {name} is unreadable ({e})") from None
         return shape, dtype
 
-    def read(self, name: str, limit: int | None = None) -> np.ndarray:
-        """The member as an array, after its header has been checked: numbers only, a size the
-        member really holds, and at most `limit` bytes (default: most of the available memory)."""
+    def checked_header(self, name: str) -> tuple[tuple, np.dtype]:
+        """The member's shape and dtype, once they are known to be numbers the member really holds."""
         shape, dtype = self.header(name)
         if dtype.hasobject:
             raise DataError(self.path, f"{name} holds Python objects, which cnnc does not load")
@@ -54,6 +53,13 @@ class NpzReader:
         if size > self.members[name].file_size:
             raise DataError(self.path, f"the .npz file is damaged: {name} claims {human(size)} "
                             f"but holds {human(self.members[name].file_size)}")
+        return shape, dtype
+
+    def read(self, name: str, limit: int | None = None) -> np.ndarray:
+        """The member as an array, after its header has been checked (`checked_header`) and its
+        size found to be at most `limit` bytes (default: most of the available memory)."""
+        shape, dtype = self.checked_header(name)
+        size = math.prod(shape) * dtype.itemsize
         limit = default_limit() if limit is None else limit
         if limit is not None and size > limit:
             raise DataError(self.path, f"{name} takes {human(size)}, more than the {human(limit)} of "

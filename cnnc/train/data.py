@@ -369,7 +369,7 @@ def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
                 if k not in keys:
                     holds = ", ".join(sorted(keys))
                     raise DataError(path, f"has no array '{k}' (it holds {holds})")
-            shape, dtype = npz.header(f"x_{s}")
+            shape, dtype = npz.checked_header(f"x_{s}")
             _check_fits(path, math.prod(shape) * (dtype.itemsize + 4), f"x_{s} ({_fmt(shape)} {dtype}) "
                         "takes as read and as float32")
             x = _images_from_array(npz.read(f"x_{s}"), input_shape, path, f"x_{s}")
