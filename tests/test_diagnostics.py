@@ -220,3 +220,35 @@ def test_a_tab_before_the_caret_counts_as_one_column():
 def test_model_error_carries_file_line_column():
     err = ModelError("x", Loc("f.cnn", 3, 4, "abc"))
     assert (err.file, err.line, err.column, err.message) == ("f.cnn", 3, 4, "x")
+
+
+@pytest.mark.parametrize("hostile", ["\x1b[2J\x1b[31m", "\u202e", "\x07\x08\r", "\u2066x\u2069"])
+def test_the_echoed_line_cannot_control_the_terminal(hostile):
+    with pytest.raises(ModelError) as info:
+        check_source(f"model m\ninput 1x8x8\nconv filters=4 {hostile} size=3\n", "m.cnn")
+    rendered = info.value.render()
+    assert info.value.line == 3
+    assert all(ch == "\n" or ch.isprintable() for ch in rendered), repr(rendered)
+    source, caret = rendered.splitlines()[1:3]
+    assert source.startswith(" 3 | conv filters=4 \\")
+    assert caret.index("^") == source.index("\\")  # the caret points at the escaped character
+
+
+def test_a_very_long_line_is_cut_around_the_column():
+    line = "dense units=" + "1" * 5_000_000 + " colour=red"
+    err = ModelError("wrong", Loc("f.cnn", 4, len(line) - 9, line, 6))
+    rendered = err.render()
+    assert len(rendered) < 400
+    source, caret = rendered.splitlines()[1:3]
+    assert source.endswith("colour=red") and "..." in source
+    assert source[caret.index("^"):caret.index("^") + 6] == "colour"
+    start = ModelError("wrong", Loc("f.cnn", 4, 1, line, 5)).render().splitlines()[1:3]
+    assert start[0].startswith(" 4 | dense units=111") and start[0].endswith("...") and start[1] == "   | ^^^^^"
+
+
+def test_file_names_and_messages_are_printable_too(tmp_path, capsys):
+    name = tmp_path / "m\x1b[31m.cnn"
+    name.write_text("model m\ninput 1x8x8\ndense units=3\n")
+    code = main(["compile", str(name)])
+    err = capsys.readouterr().err
+    assert code == 1 and "\x1b" not in err and "m\\x1b[31m.cnn" in err
