@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
 
 from .kernels import set_blas_threads
@@ -47,9 +47,14 @@ def slices(n: int, lanes: int) -> list[slice]:
 
 
 def run(fn, calls: list[tuple], lanes: int, replicas: bool = False) -> list:
-    """[fn(*args) for args in calls], the calls side by side (the first on this thread); `lanes`
-    is the lane count the calls were cut for. With `replicas`, each call gets one more argument,
-    its lane's Replicas handle (None for a call that runs alone)."""
+    """[fn(*args) for args in calls], the calls side by side on the lane threads; `lanes` is the
+    lane count the calls were cut for. With `replicas`, each call gets one more argument, its
+    lane's Replicas handle (None for a call that runs alone, on this thread).
+
+    This thread only waits: a Ctrl-C (KeyboardInterrupt) raised inside a barrier's wait left
+    the barrier half-drained and the lanes waiting forever, when this thread was a lane. Now
+    the interrupt reaches this thread while it waits; the lanes finish their step (nothing may
+    still write into the buffers once the caller goes on) and then it is raised."""
     if len(calls) == 1:  # one core: a two-thread BLAS on these small products loses (see the docstring)
         set_blas_threads(1)
         return [fn(*calls[0], *([None] if replicas else []))]
@@ -65,13 +70,13 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False) -> list:
                 group.abort()  # the other lanes stop waiting for this one at their next sum
             raise
 
-    futures = [_pool(lanes - 1).submit(lane, k) for k in range(1, len(calls))]
+    futures = [_pool(lanes).submit(lane, k) for k in range(len(calls))]
     try:
-        first, errors = lane(0), [None]
-    except BaseException as error:  # Ctrl-C too: wait for the other lanes before it goes on
-        first, errors = None, [error]
-    errors += [f.exception() for f in futures]
-    failed = [e for e in errors if e is not None]
+        wait(futures)
+    except BaseException:
+        wait(futures)
+        raise
+    failed = [f.exception() for f in futures if f.exception() is not None]
     if failed:  # a lane's own error, rather than the broken barrier it left the others
         raise next((e for e in failed if not isinstance(e, threading.BrokenBarrierError)), failed[0])
-    return [first] + [f.result() for f in futures]
+    return [f.result() for f in futures]

@@ -129,14 +129,13 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     f, oh, ow = data["shape"]
     kh, kw = data["attrs"]["size"]
     sh, sw = data["attrs"]["stride"]
-    hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
-    ld = wp if (sh, sw) == (1, 1) else ow
+    hp, ld = -(-((oh - 1) * sh + kh) // sh), -(-((ow - 1) * sw + kw) // sw)  # a stride phase of the input
     rows = c * kh * kw
     th, tw, xh, xw = (oh + 1) // 2, (ow + 1) // 2, (h + 1) // 2, (w + 1) // 2
 
     def im2col(n: int) -> int:
         nb = max(1, min(n, max(COLS_ELEMS // max(1, rows * oh * ld), -(-MIN_COLUMNS // max(1, oh * ld)))))
-        return FLOAT * (c * nb * (hp + 1) * wp + rows * nb * oh * ld + f * nb * oh * ld + rows * f)
+        return FLOAT * (c * nb * sh * sw * (hp + 1) * ld + rows * nb * oh * ld + f * nb * oh * ld + rows * f)
 
     def winograd(n: int) -> int:
         nb = max(1, min(n, WINOGRAD_TILES // (th * tw)))

@@ -82,3 +82,37 @@ def _error_of(fn):
     except Exception as error:  # noqa: BLE001 -- the test inspects it
         return error
     return None
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupt_while_lanes_sum_stops_the_call_after_the_lanes_finish(monkeypatch):
+    """A signal handled while the lanes meet at their barriers (Ctrl-C in a training step): the
+    call raises it, no lane hangs, and every lane has finished its work by then, so nothing
+    writes into the buffers after the caller has moved on."""
+    import os
+    import signal
+    import time
+
+    done = []
+
+    def work(k, replicas):
+        for _ in range(20):
+            time.sleep(0.005)
+            replicas.sum(np.ones(3))
+        done.append(k)
+        return k
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        threading.Timer(0.03, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(Interrupted):
+            lanes.run(work, [(0,), (1,), (2,)], 3, True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(done) == [0, 1, 2]

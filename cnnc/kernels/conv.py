@@ -87,52 +87,47 @@ def _phase_columns(pad, size, step, phase, count):
 
 
 @njit(cache=True, fastmath=True)
-def _pad_chunk(x, n0, pt, pl, sh, sw, xp):
+def _pad_chunk(x, n0, pt, pl, kh, kw, sh, sw, xp):
     """xp[c, n, a*sw + b, h, w] = x[c, n0+n, h*sh + a - pt, w*sw + b - pl], zero where that is
-    padding (every element written, the extra last row too)."""
+    padding (every element written, the extra last row too). Phases no tap reads (a >= kh or
+    b >= kw: a 1x1 stride-2 layer reads one of four) are left zero.
+
+    All of xp is zeroed first, then each input row is dealt out to its phases: one pass over x,
+    with no per-row bounds work (1.5-2x faster than writing each phase row whole)."""
     C, _, H, W = x.shape
     m, HP1, WP = xp.shape[1], xp.shape[3], xp.shape[4]
+    _zero(xp.reshape(-1), xp.size)
     for c in range(C):
         for n in range(m):
             src = x[c, n0 + n]
-            for a in range(sh):
-                h0, h1 = _phase_columns(pt, H, sh, a, HP1 - 1)
-                for b in range(sw):
-                    plane = xp[c, n, a * sw + b]
+            for hs in range(H):
+                a, h = (hs + pt) % sh, (hs + pt) // sh
+                if a >= kh or h >= HP1 - 1:  # a row no window reads
+                    continue
+                for b in range(min(sw, kw)):
+                    row, srow = xp[c, n, a * sw + b, h], src[hs]
                     w0, w1 = _phase_columns(pl, W, sw, b, WP)
-                    _zero(plane.reshape(-1), h0 * WP)
-                    _zero(plane.reshape(-1)[h1 * WP:], (HP1 - h1) * WP)
-                    for h in range(h0, h1):
-                        row, srow = plane[h], src[h * sh + a - pt]
-                        for w in range(w0):
-                            row[w] = 0
-                        if sw == 1:
-                            for w in range(w0, w1):
-                                row[w] = srow[w - pl]
-                        else:
-                            for w in range(w0, w1):
-                                row[w] = srow[w * sw + b - pl]
-                        for w in range(w1, WP):
-                            row[w] = 0
+                    for w in range(w0, w1):
+                        row[w] = srow[w * sw + b - pl]
 
 
 @njit(cache=True, fastmath=True)
-def _unpad_add(dxp, n0, pt, pl, sh, sw, dx):
+def _unpad_add(dxp, n0, pt, pl, kh, kw, sh, sw, dx):
     """dx[c, n0+n, h*sh + a - pt, w*sw + b - pl] += dxp[c, n, a*sw + b, h, w]: the adjoint of _pad_chunk."""
     C, _, H, W = dx.shape
     m, HP1, WP = dxp.shape[1], dxp.shape[3], dxp.shape[4]
     for c in range(C):
         for n in range(m):
-            for a in range(sh):
-                h0, h1 = _phase_columns(pt, H, sh, a, HP1 - 1)
-                for b in range(sw):
+            dst = dx[c, n0 + n]
+            for hs in range(H):
+                a, h = (hs + pt) % sh, (hs + pt) // sh
+                if a >= kh or h >= HP1 - 1:
+                    continue
+                for b in range(min(sw, kw)):
+                    row, drow = dxp[c, n, a * sw + b, h], dst[hs]
                     w0, w1 = _phase_columns(pl, W, sw, b, WP)
-                    for h in range(h0, h1):
-                        src, dst = dxp[c, n, a * sw + b, h, w0:], dx[c, n0 + n, h * sh + a - pt]
-                        if sw == 1:
-                            _add(dst[w0 - pl:], src, w1 - w0)
-                        else:
-                            _scatter_add(dst[w0 * sw + b - pl:], src, w1 - w0, sw)
+                    for w in range(w0, w1):
+                        drow[w * sw + b - pl] += row[w]
 
 
 @njit(cache=True, fastmath=True)
@@ -233,7 +228,7 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
         xp = xp_buf[:C * m * phases * (HP + 1) * ld].reshape(C, m, phases, HP + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
-        _pad_chunk(x, n0, pad_top, pad_left, stride_h, stride_w, xp)
+        _pad_chunk(x, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, xp)
         _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
         np.dot(wmat, cols, prod)
         _bias_relu_store(prod, b, residual, relu, n0, ld, out)
@@ -262,7 +257,7 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)
-        _pad_chunk(x, n0, pad_top, pad_left, stride_h, stride_w, xp)
+        _pad_chunk(x, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, xp)
         _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
         np.dot(cols, g.T, dw_part)
         _add_transposed(dw2, dw_part)
@@ -270,7 +265,7 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
             np.dot(wmat.T, g, cols)
             xp[:] = 0
             _col2im_add(cols, KH, KW, stride_h, stride_w, OH, xp)
-            _unpad_add(xp, n0, pad_top, pad_left, stride_h, stride_w, dx)
+            _unpad_add(xp, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, dx)
 
 
 # ---- 3x3, stride 1: Winograd F(2x2, 3x3) ----------------------------------------------------

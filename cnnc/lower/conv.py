@@ -7,9 +7,10 @@ from .context import Context, scalars
 # vgg_small's layers, 1.3x faster with 32-64 channels, even at 32 -> 64, 2x slower with 3.
 WINOGRAD_MIN_CHANNELS = 16
 # Its backward (conv3x3_backward) from this many input and output channels on: one thread, 32
-# images, against im2col: 1.3x faster at 32 -> 32 (16x16), 1.7-2x at 64 -> 64 and 128 -> 128,
-# 1.4x slower at 16 -> 16 (32x32), where its transforms cost more than its products save.
-WINOGRAD_BACKWARD_MIN_CHANNELS = 32
+# images, against im2col, with OpenBLAS's AVX-512 kernels: 1.1x faster at 16 -> 16 (32x32), 2x
+# at 32 -> 32 (16x16), 2-2.5x at 64 -> 64 and 128 -> 128. (With its AVX2 kernels the 16 -> 16
+# layer was 1.2x slower: there the products are a smaller share than the transforms.)
+WINOGRAD_BACKWARD_MIN_CHANNELS = 16
 
 
 def geometry(ctx: Context, node: str) -> tuple[int, ...]:
