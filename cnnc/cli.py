@@ -20,13 +20,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except CnncError as err:
-        print(err.render(), file=sys.stderr)
-        return 1
+        return report(err)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+def report(err: CnncError) -> int:
+    """Prints a user's mistake; exit status 1. Of several MPI ranks, an error every rank raised
+    alike (a failed start, a diverged run) is printed by rank 0 alone, and one that only this
+    rank met stops all of them, which would otherwise wait for it."""
+    from .distributed import DistributedError, Single, world
+
+    try:
+        ranks = world()
+    except DistributedError:  # launched by mpiexec without mpi4py: this error is about that
+        ranks = Single()
+    if ranks.size > 1:
+        from .train.loop import TrainingError
+
+        if not isinstance(err, (DistributedError, TrainingError)):
+            ranks.fail(err.render())
+    if ranks.rank == 0:
+        print(err.render(), file=sys.stderr)
+    return 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -191,51 +210,74 @@ TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight
 
 def run_train(args) -> int:
     from .diagnostics import DataError, ModelError
+    from .distributed import starting, world
     from .frontend import check_file
     from .runtime import Network
     from .train.data import load_dataset
-    from .train.loop import optimizer_for, recipe
+    from .train.loop import Trainer, optimizer_for, recipe
     from .train.run import train
 
-    graph = check_file(args.model)
-    if not graph.graph["loss"]:
-        raise ModelError(f"{args.model}: the model has no `loss` statement, so it cannot be trained",
-                         hint="add `loss cross_entropy` after the last layer")
-    r = recipe(graph.graph["train"], epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-               optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-               schedule=args.schedule)
-    optimizer_for(r)  # an impossible recipe fails now, before the data is read
-    out = args.out or Path(args.model.stem + ".npz")
-    if not out.parent.is_dir():  # rather than after the first epoch, when the weights are saved
-        raise DataError(out, f"cannot write: the folder {out.parent} does not exist")
-    if args.resume is not None and not args.resume.is_file():
-        raise DataError(args.resume, "no such checkpoint file")
-    net = Network(graph, seed=r.seed)
-    data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
-    if args.limit:
-        data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
-    if data.x_test is not None and len(data.x_test) == 0:
-        data.x_test = data.y_test = None  # an empty test split is no test split
-    net.compile()  # on two cores when the cache is cold; the data's mistakes are reported first
+    ranks = world()
+    with starting(ranks) as start:  # any rank's mistake stops every rank, before the first step
+        graph = check_file(args.model)
+        if not graph.graph["loss"]:
+            raise ModelError(f"{args.model}: the model has no `loss` statement, so it cannot be trained",
+                             hint="add `loss cross_entropy` after the last layer")
+        r = recipe(graph.graph["train"], epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                   optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
+                   schedule=args.schedule)
+        optimizer_for(r)  # an impossible recipe fails now, before the data is read
+        out = args.out or Path(args.model.stem + ".npz")
+        if ranks.rank == 0 and not out.parent.is_dir():  # rather than after the first epoch
+            raise DataError(out, f"cannot write: the folder {out.parent} does not exist")
+        if args.resume is not None and not args.resume.is_file():
+            raise DataError(args.resume, "no such checkpoint file")
+        net = Network(graph, seed=r.seed)
+        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
+        if args.limit:
+            data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
+        if data.x_test is not None and len(data.x_test) == 0:
+            data.x_test = data.y_test = None  # an empty test split is no test split
+        net.compile()  # on two cores when the cache is cold; the data's mistakes are reported first
+        trainer = Trainer(net, data, r, out, args.model.read_bytes().decode("utf-8", "replace"), ranks)
+        if args.resume is not None:
+            trainer.resume(args.resume)
+        start.identity = trainer.identity()
     command = ["cnnc", "train", str(args.model), str(args.data)]
     for flag in TRAIN_FLAGS:
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
     command += ["--out", str(out)] + (["--quiet"] if args.quiet else [])
-    return train(net, data, r, out, args.resume, args.quiet, args.model.read_bytes().decode("utf-8", "replace"),
-                 command)
+    return train(trainer, args.quiet, command)
 
 
 def run_eval(args) -> int:
+    from .distributed import starting, world
     from .train.data import load_dataset
     from .train.evaluate import evaluate, render_evaluation
 
-    net = load_network(args.model, args.weights)
-    data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
-    net.compile(training=False)
-    write(render_evaluation(evaluate(net, data)), None)
+    ranks = world()
+    with starting(ranks) as start:
+        net = load_network(args.model, args.weights)
+        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
+        net.compile(training=False)
+        start.identity = evaluation_identity(net, data)
+    evaluation = evaluate(net, data, ranks)
+    if ranks.rank == 0:
+        write(render_evaluation(evaluation), None)
     return 0
+
+
+def evaluation_identity(net, data) -> dict:
+    """What every rank of a distributed `cnnc eval` must share."""
+    import hashlib
+
+    from . import __version__
+
+    return {"cnnc": __version__, "model": hashlib.sha256(net.source.encode()).hexdigest()[:16],
+            "weights": hashlib.sha256(net.vector.tobytes()).hexdigest()[:16],
+            "test images": 0 if data.x_test is None else len(data.x_test)}
 
 
 def run_predict(args) -> int:
