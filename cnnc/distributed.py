@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from functools import cache
@@ -127,6 +129,8 @@ class World:
         self.replicas = Ranks(self)
         self.timeout = _timeout_from_environment()
         sys.excepthook = self._excepthook
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._terminated)
 
     def sum(self, buffer: np.ndarray, what: str = "a sum") -> None:
         """buffer = its sum over the ranks, in every rank (a contiguous numpy array)."""
@@ -150,12 +154,12 @@ class World:
                                    cause=rendered)
         differing = [rank for rank, got in enumerate(everyone) if got["identity"] != everyone[0]["identity"]]
         if differing:
-            rank = differing[0]
-            show = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+            ours, theirs = everyone[0]["identity"], everyone[differing[0]]["identity"]
+            keys = [k for k in ours if ours.get(k) != theirs.get(k)]
+            show = lambda d: ", ".join(f"{k} {d.get(k)}" for k in keys)  # noqa: E731
             raise DistributedError(
-                f"the ranks differ: rank 0 has {show(everyone[0]['identity'])} but rank {rank} has "
-                f"{show(everyone[rank]['identity'])}",
-                hint="every rank must run the same cnnc on the same model file and recipe")
+                f"the ranks differ in {', '.join(keys)}: rank 0 has {show(ours)} but rank {differing[0]} has "
+                f"{show(theirs)}", hint="every rank must run the same cnnc on the same model file, recipe and data")
 
     def fail(self, message: str, code: int = 1) -> None:
         """Stop every rank: this one cannot go on and the others would wait for it."""
@@ -174,6 +178,12 @@ class World:
                 if waited > timeout:
                     self.fail(f"no word from the other ranks for {timeout:g} s while waiting for {what}: "
                               "another rank died or hangs (set $CNNC_MPI_TIMEOUT to wait longer)")
+
+    def _terminated(self, signum, frame) -> None:
+        """mpiexec stops the job when a rank has failed or been interrupted: say so, rather than vanish."""
+        print(f"rank {self.rank} of {self.size}: stopped by the MPI launcher (SIGTERM): another rank died, "
+              "failed or was interrupted", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
     def _excepthook(self, kind, value, tb) -> None:
         traceback.print_exception(kind, value, tb)

@@ -167,7 +167,7 @@ class Trainer:
     def identity(self) -> dict:
         """What every rank of a distributed run must share before the first step."""
         return {"cnnc": __version__, "model": hashlib.sha256(self.net.source.encode()).hexdigest()[:16],
-                "recipe": asdict(self.recipe), "epoch": self.epoch,
+                **asdict(self.recipe), "epoch": self.epoch,
                 "weights": hashlib.sha256(self.net.vector.tobytes()).hexdigest()[:16],
                 "training images": len(self.data.x_train)}
 
@@ -180,7 +180,8 @@ class Trainer:
         with deferred_interrupt():
             if self.world.rank == 0:
                 self._save()
-            self.world.barrier(SAVE_TIMEOUT, "rank 0 to save the weights")
+            # The others wait while rank 0 writes; rank 0, done, waits for them only as in a step.
+            self.world.barrier(SAVE_TIMEOUT if self.world.rank else None, "rank 0 to save the weights")
             self.saved_epoch = self.epoch
 
     def _save(self) -> None:
