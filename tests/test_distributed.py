@@ -226,6 +226,30 @@ def test_a_rank_killed_or_hanging_stops_the_others_within_30_seconds(folder, how
     assert state["epoch"] >= 1
 
 
+# -- in-process: no MPI needed ------------------------------------------------------------------
+
+
+def test_cnnc_alone_never_imports_mpi4py():
+    code = ("import sys, cnnc, cnnc.cli, cnnc.train.loop; from cnnc.distributed import world; "
+            "assert world().size == 1; assert 'mpi4py' not in sys.modules")
+    env = {k: v for k, v in environment().items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).returncode == 0
+
+
+def test_launched_by_mpiexec_without_mpi4py_is_a_clear_error(monkeypatch):
+    from cnnc import distributed
+
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now fails
+    distributed.world.cache_clear()
+    try:
+        with pytest.raises(distributed.DistributedError, match="one of 2 MPI processes") as error:
+            distributed.world()
+        assert 'pip install "cnnc[mpi]"' in error.value.render()
+    finally:
+        distributed.world.cache_clear()
+
+
 # -- in-process: how a batch is shared out -----------------------------------------------------
 
 
