@@ -244,6 +244,8 @@ def run_train(args) -> int:
             trainer.resume(args.resume)
         start.identity = trainer.identity()
     command = ["cnnc", "train", str(args.model), str(args.data)]
+    if ranks.size > 1:  # the command that continues the run: any number of ranks may (mpiexec -n ...)
+        command = ["mpiexec", "-n", str(ranks.size)] + command
     for flag in TRAIN_FLAGS:
         value = getattr(args, flag)
         if value is not None:
