@@ -82,12 +82,6 @@ def epoch_lr(r: Recipe, epoch: int) -> float:
     return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
 
 
-def accuracy(net: Network, x: np.ndarray, y: np.ndarray, batch: int = 256) -> tuple[float, np.ndarray]:
-    """Accuracy of inference over a split, and the predicted class of every image."""
-    predicted = predictions(net, x, batch)
-    return float((predicted == y).mean()), predicted
-
-
 def predictions(net: Network, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """The predicted class of every image (none for no images)."""
     if len(x) == 0:
@@ -169,7 +163,8 @@ class Trainer:
         return {"cnnc": __version__, "model": hashlib.sha256(self.net.source.encode()).hexdigest()[:16],
                 **asdict(self.recipe), "epoch": self.epoch,
                 "weights": hashlib.sha256(self.net.vector.tobytes()).hexdigest()[:16],
-                "training images": len(self.data.x_train)}
+                "training images": len(self.data.x_train),
+                "training labels": hashlib.sha256(self.data.y_train.tobytes()).hexdigest()[:16]}
 
     def save(self) -> None:
         """Weights, then the checkpoint; each file is replaced atomically, never left half written.
