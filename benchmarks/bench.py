@@ -1,9 +1,11 @@
-"""cnnc beside PyTorch (CPU, eager) on the contract examples, in one run, with the goals of issue 5.
+"""cnnc beside PyTorch (CPU, eager) and ONNX Runtime on the examples, in one run, with the goals of issue 10.
 
-    python benchmarks/bench.py [--models lenet5 vgg_small resnet_tiny] [--quick] [--write]
+    python benchmarks/bench.py [--models lenet5 vgg_small resnet_tiny resnet20] [--quick] [--write]
 
-For each model, with the same thread count (2) on both sides, cnnc in this process and PyTorch
-in a worker process of its own (benchmarks/torch_worker.py), each as its users run it:
+For each model, with the same thread count (2) on every side, cnnc in this process, PyTorch in
+a worker process of its own (benchmarks/torch_worker.py) and, for inference, ONNX Runtime in
+another (benchmarks/onnx_worker.py, running the model `cnnc export` writes), each as its users
+run it:
 
 - batch-1 latency: `net.forward(x)` vs the eval-mode module under `torch.inference_mode()`;
 - batch-256 inference throughput, the same calls on 256 images;
@@ -13,13 +15,14 @@ in a worker process of its own (benchmarks/torch_worker.py), each as its users r
 
 Each figure is the median time of one call; calls run in alternating blocks (cnnc for ~250 ms,
 then PyTorch for ~250 ms, ...; the first call of each block is not counted; one process waits
-while the other runs) after a warm-up,
+while the others run) after a warm-up,
 until the measurement's time budget is spent, so that load from other processes on a shared
 machine hits both sides alike. The PyTorch
 model is built from cnnc's parsed graph (benchmarks/torch_model.py) with cnnc's initial
 parameters, batchnorm folded into the conv for inference, and runs every case twice, with
 its weights in NCHW and in channels_last layout; the faster of the two is the one compared.
-Then, in subprocesses: the cold compile time of `cnnc compile MODEL` (fresh, empty
+The machine's float32 matmul rate (numpy, 2048 x 2048, 2 threads) is measured in the same run,
+and each model's training step is reported as a fraction of it. Then, in subprocesses: the cold compile time of `cnnc compile MODEL` (fresh, empty
 CNNC_CACHE_DIR and NUMBA_CACHE_DIR), the cached one (the same command again), and the peak RSS
 of 20 training steps at batch 64 for each framework (benchmarks/peak_memory.py).
 
@@ -57,14 +60,19 @@ from cnnc.summary import summary_rows  # noqa: E402
 from cnnc.train.optim import SGD  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+import onnx_worker  # noqa: E402
+import torch_worker  # noqa: E402
 from timing import BLOCK_SECONDS, run_block  # noqa: E402
-from torch_worker import TORCH_FORMATS, TorchWorker  # noqa: E402
+from torch_worker import TORCH_FORMATS  # noqa: E402
+from worker import Worker  # noqa: E402
+
+from cnnc.export.onnx import to_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- bench:begin: rewritten by `python benchmarks/bench.py --write`; edit outside the markers -->"
 END = "<!-- bench:end -->"
-MODELS = ("lenet5", "vgg_small", "resnet_tiny")
+MODELS = ("lenet5", "vgg_small", "resnet_tiny", "resnet20")
 LR, MOMENTUM = 0.001, 0.9  # small, so that random data cannot drive the weights to inf/NaN
 MEMORY_STEPS, MEMORY_BATCH = 20, 64
 
@@ -83,6 +91,7 @@ CASES = (
     Case("train_step", "batch-64 training step", 64, 3),
     Case("loss_and_grads", "batch-64 loss_and_grads / fwd+bwd", 64, 3),
 )
+CASE_TITLES = {case.key: case.title for case in CASES}
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class Timing:
     cnnc_s: float  # median seconds per call
     torch_by_format: dict  # PyTorch memory format -> median seconds per call
     flops_per_image: int
+    onnx_s: float | None = None  # ONNX Runtime's median seconds per call (inference cases only)
 
     @property
     def torch_format(self) -> str:
@@ -112,6 +122,11 @@ class Timing:
     def ratio(self) -> float:
         """cnnc speed / PyTorch speed: above 1 means cnnc is faster."""
         return self.torch_s / self.cnnc_s
+
+    @property
+    def onnx_ratio(self) -> float | None:
+        """cnnc speed / ONNX Runtime speed, where it ran."""
+        return None if self.onnx_s is None else self.onnx_s / self.cnnc_s
 
 
 @dataclass(frozen=True)
@@ -191,24 +206,47 @@ def forward_flops(net: cnnc.Network) -> int:
     return sum(row[4] for row in summary_rows(net.parsed, net.graph))
 
 
-def time_model(name: str, budget: float, worker: TorchWorker) -> list[Timing]:
-    """Every case of one model, cnnc (here) and PyTorch (the worker process) raced against each other."""
+ONNX_CASES = ("latency", "inference")
+
+
+def time_model(name: str, budget: float, torch: Worker, onnx: Worker) -> list[Timing]:
+    """Every case of one model, cnnc (here), PyTorch and ONNX Runtime (worker processes) raced
+    against each other."""
     net = cnnc.compile(ROOT / "examples" / f"{name}.cnn", seed=0)
     net.compile()
     data = Batches.make(net.input_shape, net.lowered.output_shape[0])
     params = {k: np.array(v) for k, v in net.params.items()}
-    worker.load(net.parsed, params, {"x": data.x, "y": data.y}, LR, MOMENTUM)
+    torch.load(net.parsed, params, {"x": data.x, "y": data.y}, LR, MOMENTUM)
+    onnx.load(to_onnx(net.parsed, params).SerializeToString(), {"x": data.x})
     ours = cnnc_calls(net, data)
     flops = forward_flops(net)
     timings = []
     for case in CASES:
-        theirs = [lambda s, fmt=fmt, key=case.key: worker.block(key, fmt, s) for fmt in TORCH_FORMATS]
-        cnnc_s, *torch_s = race([local_block(ours[case.key]), *theirs], budget)
-        timings.append(Timing(name, case, cnnc_s, dict(zip(TORCH_FORMATS, torch_s)), flops))
+        theirs = [lambda s, fmt=fmt, key=case.key: torch.block(key, fmt, s) for fmt in TORCH_FORMATS]
+        if case.key in ONNX_CASES:
+            theirs.append(lambda s, key=case.key: onnx.block(key, "default", s))
+        cnnc_s, *others = race([local_block(ours[case.key]), *theirs], budget)
+        torch_s, onnx_s = others[:len(TORCH_FORMATS)], (others[len(TORCH_FORMATS):] or [None])[0]
+        timings.append(Timing(name, case, cnnc_s, dict(zip(TORCH_FORMATS, torch_s)), flops, onnx_s))
         print(f"  {name:12s} {case.title:34s} cnnc {cnnc_s * 1e3:9.3f} ms  " + "  ".join(
               f"torch {fmt} {s * 1e3:9.3f} ms" for fmt, s in zip(TORCH_FORMATS, torch_s)) +
+              (f"  onnxruntime {onnx_s * 1e3:9.3f} ms" if onnx_s else "") +
               f"  ratio {timings[-1].ratio:5.2f}", file=sys.stderr, flush=True)
     return timings
+
+
+def matmul_rate(threads: int = THREADS, size: int = 2048) -> float:
+    """GFLOP/s of numpy's float32 size x size product on `threads` threads: the best of 10."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    with threadpoolctl.threadpool_limits(threads):
+        best = min(timed(lambda: a @ a) for _ in range(10))
+    return 2 * size ** 3 / best / 1e9
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,12 +333,15 @@ def tree_state() -> str:
     return f"{head}" + (f" with {len(changed)} uncommitted changed/new files" if changed else "")
 
 
-def machine(torch_info: dict) -> list[str]:
+def machine(torch_info: dict, onnx_info: dict, matmul_gflops: float) -> list[str]:
     return [
-        f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: PyTorch {torch_info['threads']} (its own "
-        f"process), cnnc {lane_count()} lanes (CNNC_THREADS) with a one-thread BLAS each",
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: PyTorch {torch_info['threads']} and ONNX Runtime "
+        f"{onnx_info['threads']} intra-op (each its own process), cnnc {lane_count()} lanes (CNNC_THREADS) with a "
+        "one-thread BLAS each",
+        f"float32 matmul rate (numpy, 2048 x 2048, {THREADS} threads, best of 10): {matmul_gflops:.0f} GFLOP/s; "
+        "the percentages beside cnnc's GFLOP/s are of it",
         f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
-        f"torch {torch_info['torch']}, cnnc {cnnc.__version__} at {tree_state()}",
+        f"torch {torch_info['torch']}, onnxruntime {onnx_info['onnxruntime']}, cnnc {cnnc.__version__} at {tree_state()}",
         "BLAS of cnnc's process (threadpoolctl): " + "; ".join(blas_info()),
     ]
 
@@ -314,13 +355,16 @@ def ms(seconds: float) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def speed_table(timings: list[Timing]) -> list[str]:
-    lines = ["| model | measurement | cnnc ms | cnnc img/s | PyTorch ms | PyTorch img/s | PyTorch layout "
-             "| cnnc/PyTorch | cnnc GFLOP/s | PyTorch GFLOP/s |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+def speed_table(timings: list[Timing], matmul_gflops: float) -> list[str]:
+    lines = ["| model | measurement | cnnc ms | cnnc img/s | PyTorch ms | PyTorch layout | cnnc/PyTorch "
+             "| ONNX Runtime ms | cnnc/ONNX Runtime | cnnc GFLOP/s (of matmul) | PyTorch GFLOP/s |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for t in timings:
+        onnx = f"{ms(t.onnx_s)} | **{t.onnx_ratio:.2f}x**" if t.onnx_s else "- | -"
         lines.append(f"| {t.model} | {t.case.title} | {ms(t.cnnc_s)} | {t.images_per_s(t.cnnc_s):,.0f} "
-                     f"| {ms(t.torch_s)} | {t.images_per_s(t.torch_s):,.0f} | {t.torch_format} "
-                     f"| **{t.ratio:.2f}x** | {t.gflops(t.cnnc_s):.1f} | {t.gflops(t.torch_s):.1f} |")
+                     f"| {ms(t.torch_s)} | {t.torch_format} | **{t.ratio:.2f}x** | {onnx} "
+                     f"| {t.gflops(t.cnnc_s):.1f} ({100 * t.gflops(t.cnnc_s) / matmul_gflops:.0f} %) "
+                     f"| {t.gflops(t.torch_s):.1f} |")
     return lines
 
 
@@ -342,11 +386,15 @@ def compile_memory_table(compiles: list[CompileTime], memories: list[Memory]) ->
     return lines
 
 
-SPEED_GOALS = (  # (goal, model, case key, minimum cnnc/PyTorch ratio)
-    ("lenet5 batch-1 latency at least 2x faster than PyTorch", "lenet5", "latency", 2.0),
-    ("lenet5 batch-64 training step >= 1.0x PyTorch", "lenet5", "train_step", 1.0),
-    ("vgg_small batch-64 training step >= 0.8x PyTorch", "vgg_small", "train_step", 0.8),
-    ("vgg_small batch-256 inference >= 1.0x PyTorch", "vgg_small", "inference", 1.0),
+SPEED_GOALS = (  # (model, case key, minimum cnnc/PyTorch ratio)
+    ("resnet20", "train_step", 1.0), ("resnet20", "inference", 1.2), ("resnet20", "latency", 1.0),
+    ("vgg_small", "train_step", 1.0), ("vgg_small", "inference", 1.2), ("vgg_small", "latency", 1.0),
+    ("resnet_tiny", "train_step", 1.0),
+    ("lenet5", "latency", 3.0), ("lenet5", "train_step", 1.2),
+)
+ONNX_GOALS = (  # (model, case key, minimum cnnc/ONNX Runtime ratio)
+    ("vgg_small", "inference", 0.8), ("resnet20", "inference", 0.8),
+    ("vgg_small", "latency", 0.5), ("resnet20", "latency", 0.5),
 )
 COLD_LIMIT_S, CACHED_LIMIT_S = 20.0, 2.0
 
@@ -355,9 +403,12 @@ def goal_rows(timings: list[Timing], compiles: list[CompileTime]) -> list[tuple[
     """(goal, measured, met) for every goal; met is None when its model was not measured."""
     by_key = {(t.model, t.case.key): t for t in timings}
     rows = []
-    for goal, model, key, minimum in SPEED_GOALS:
-        t = by_key.get((model, key))
-        rows.append((goal, f"{t.ratio:.2f}x" if t else "not measured", t.ratio >= minimum if t else None))
+    for peer, goals, ratio in (("PyTorch", SPEED_GOALS, "ratio"), ("ONNX Runtime", ONNX_GOALS, "onnx_ratio")):
+        for model, key, minimum in goals:
+            t = by_key.get((model, key))
+            value = getattr(t, ratio) if t else None
+            goal = f"{model} {CASE_TITLES[key]} >= {minimum:g}x {peer}"
+            rows.append((goal, f"{value:.2f}x" if value else "not measured", value >= minimum if value else None))
     for c in compiles:
         rows.append((f"{c.model} cold compile < {COLD_LIMIT_S:.0f} s", f"{c.cold_s:.1f} s", c.cold_s < COLD_LIMIT_S))
         rows.append((f"{c.model} cached compile < {CACHED_LIMIT_S:.0f} s", f"{c.cached_s:.2f} s",
@@ -367,7 +418,7 @@ def goal_rows(timings: list[Timing], compiles: list[CompileTime]) -> list[tuple[
 
 def goals_table(rows) -> list[str]:
     verdict = {True: "met", False: "**not met**", None: "not measured"}
-    return ["| goal (issue 5) | measured | |", "|---|---:|---|",
+    return ["| goal (issue 10) | measured | |", "|---|---:|---|",
             *(f"| {goal} | {measured} | {verdict[met]} |" for goal, measured, met in rows)]
 
 
@@ -378,15 +429,17 @@ def report(timings, compiles, memories, context: dict) -> str:
         f"From one run of `{context['command']}` on {context['date']} "
         f"({context['budget']:g} s per measurement; load average {context['load_before']} before, "
         f"{context['load_after']} after; the run took {context['elapsed']:.0f} s). "
-        "Each time is the median of one call; cnnc and PyTorch (in a process of its own) ran in alternating "
-        "~250 ms blocks (the first call of a block not counted), so compare figures within this run only. PyTorch ran every case with its weights "
+        "Each time is the median of one call; cnnc, PyTorch and ONNX Runtime (each of these two in a process of its "
+        "own) ran in alternating ~250 ms blocks (the first call of a block not counted), so compare figures within "
+        "this run only. PyTorch ran every case with its weights "
         "in both NCHW and channels_last layout (inputs NCHW, as cnnc gets them) and is credited with "
-        "the faster. cnnc/PyTorch above 1 means cnnc is faster. "
+        "the faster; ONNX Runtime ran the model `cnnc export` writes (inference only). cnnc/peer above 1 means "
+        "cnnc is faster. "
         "GFLOP/s counts the forward FLOPs of `cnnc compile` (x3 for training).",
         "",
         *(f"- {line}" for line in context["machine"]),
         "",
-        *speed_table(timings),
+        *speed_table(timings, context["matmul_gflops"]),
         "",
         "Compile: the median of 3 runs of `cnnc compile MODEL` (wall clock, a fresh process each), cold = empty `CNNC_CACHE_DIR` "
         "and `NUMBA_CACHE_DIR`, cached = the same command again; in brackets the kernel time the "
@@ -436,19 +489,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     budget = args.budget or (1.5 if args.quick else 8.0)
     started, load_before = time.perf_counter(), load_average()
-    worker = TorchWorker(THREADS)
+    matmul_gflops = matmul_rate()
+    print(f"  float32 matmul rate {matmul_gflops:.0f} GFLOP/s", file=sys.stderr, flush=True)
+    torch, onnx = Worker(torch_worker.serve, THREADS), Worker(onnx_worker.serve, THREADS)
     try:
-        timings = [t for name in args.models for t in time_model(name, budget, worker)]
-        torch_info = worker.info()
+        timings = [t for name in args.models for t in time_model(name, budget, torch, onnx)]
+        torch_info, onnx_info = torch.info(), onnx.info()
     finally:
-        worker.close()
+        torch.close()
+        onnx.close()
     compiles = [compile_times(name) for name in args.models]
     memories = [memory(name) for name in args.models]
     context = {
         "command": shlex.join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "budget": budget, "load_before": load_before, "load_after": load_average(),
-        "elapsed": time.perf_counter() - started, "machine": machine(torch_info),
+        "elapsed": time.perf_counter() - started, "machine": machine(torch_info, onnx_info, matmul_gflops),
+        "matmul_gflops": matmul_gflops,
     }
     section = report(timings, compiles, memories, context)
     print(section)

@@ -1,17 +1,8 @@
-"""The PyTorch side of bench.py, in a process of its own, timed in blocks on request.
-
-Each framework runs as its users run it: in its own process, with its own thread pool and the
-C library's default malloc (cnnc changes malloc's settings in its process: see runtime.py,
-keep_freed_memory; the same settings made PyTorch's vgg_small batch-256 inference 1.5x faster
-when both shared a process, which is not how PyTorch runs). bench.py still alternates the two:
-it asks this process for a block of calls, waits for the times, runs a block of cnnc, and so on.
-"""
+"""The PyTorch side of bench.py: a worker process (benchmarks/worker.py) that builds the model
+from cnnc's parsed graph and times its cases in blocks on request."""
 from __future__ import annotations
 
 import copy
-import multiprocessing
-import sys
-from pathlib import Path
 
 from timing import run_block
 
@@ -78,31 +69,3 @@ def serve(conn, threads: int) -> None:
             conn.send({"torch": torch.__version__, "threads": torch.get_num_threads()})
         else:
             return
-
-
-class TorchWorker:
-    """The parent's handle on the worker process."""
-
-    def __init__(self, threads: int):
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of cnnc's process
-        self.conn, child = context.Pipe()
-        sys.path.insert(0, str(Path(__file__).parent))
-        self.process = context.Process(target=serve, args=(child, threads), daemon=True)
-        self.process.start()
-
-    def ask(self, *message):
-        self.conn.send(message)
-        return self.conn.recv()
-
-    def load(self, graph, params: dict, data: dict, lr: float, momentum: float) -> None:
-        self.ask("model", graph, params, data, lr, momentum)
-
-    def block(self, case: str, fmt: str, seconds: float) -> list[float]:
-        return self.ask("block", case, fmt, seconds)
-
-    def info(self) -> dict:
-        return self.ask("info")
-
-    def close(self) -> None:
-        self.conn.send(("stop",))
-        self.process.join(timeout=10)

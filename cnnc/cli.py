@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except MemoryError:  # what the memory checks did not foresee: a message, not a traceback
+        print("error: out of memory; try a smaller --batch, a smaller model or data set, or free some memory",
+              file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader of standard output has gone (`cnnc predict ... | head -1`)
+        try:  # so that the interpreter's last flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 0
 
 
@@ -56,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("model", type=Path)
     c.add_argument("--emit", choices=EMITS, default="summary")
     c.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
+    c.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     c.set_defaults(run=run_compile)
 
     d = sub.add_parser("dot", help="the graph as Graphviz DOT")
@@ -81,12 +92,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="weights file (default: MODEL.npz in the current folder)")
     t.add_argument("--resume", type=Path, help="a checkpoint (WEIGHTS.ckpt.npz) to continue from")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar; one line per epoch")
+    t.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     t.set_defaults(run=run_train)
 
     e = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix on the test split")
     e.add_argument("model", type=Path)
     e.add_argument("data", type=Path)
     e.add_argument("--weights", type=Path, required=True)
+    e.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     e.set_defaults(run=run_eval)
 
     r = sub.add_parser("predict", help="the class of each image")
@@ -94,6 +109,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("images", type=Path, nargs="+")
     r.add_argument("--weights", type=Path, required=True)
     r.add_argument("--classes", help="comma-separated class names (default: from the weights' checkpoint)")
+    r.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     r.set_defaults(run=run_predict)
 
     x = sub.add_parser("export", help="write the model and its weights as ONNX")
@@ -126,6 +143,22 @@ def nonnegative(kind):
     return convert
 
 
+def memory_size(text: str) -> int:
+    from .memory import parse_size
+
+    try:
+        return parse_size(text)
+    except (ValueError, IndexError, OverflowError):
+        raise argparse.ArgumentTypeError(f"must be a size such as 8G, 512M or 100000000, not {text}") from None
+
+
+def memory_limit(args) -> int | None:
+    """--max-memory, else most of the memory available now (None when that is unknown)."""
+    from .memory import default_limit
+
+    return args.max_memory if args.max_memory is not None else default_limit()
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -141,18 +174,28 @@ def nonnegative_int(text: str) -> int:
 
 
 def write(text: str, output: Path | None) -> None:
+    """To standard output, or atomically to a file (an error leaves no empty or partial file)."""
+    from .files import atomic_write_bytes
+
+    text = text if text.endswith("\n") else text + "\n"
     if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    try:
-        output.write_text(text if text.endswith("\n") else text + "\n")
-    except OSError as err:
-        raise CnncError(f"{output}: cannot write: {err.strerror or err}") from None
+        sys.stdout.write(text)
+    else:
+        atomic_write_bytes(output, text.encode())
+
+
+def refuse_overwrite(output: Path | None, **inputs) -> None:
+    """The output must not be one of the command's inputs (`model=args.model, data=...`)."""
+    from .files import refuse_overwrite as refuse
+
+    if output is not None:
+        refuse(output, {what.replace("_", " "): path for what, path in inputs.items()})
 
 
 def run_compile(args) -> int:
     from .frontend import check_file
 
+    refuse_overwrite(args.output, model_file=args.model)
     parsed = check_file(args.model)
     if args.emit in ("json", "dot"):
         from .export.dot import to_dot
@@ -162,9 +205,12 @@ def run_compile(args) -> int:
         graph, _ = optimized(parsed)
         write(to_json(graph) if args.emit == "json" else to_dot(graph), args.output)
         return 0
+    from .memory import Budget
     from .runtime import Network
 
-    net = Network(parsed)
+    limit = memory_limit(args)
+    net = Network(parsed, budget=Budget(limit, 1, "training" if parsed.graph["loss"] else "inference",
+                                        stated=args.max_memory is not None))
     if args.emit == "python":
         from .lower.standalone import standalone
 
@@ -175,15 +221,31 @@ def run_compile(args) -> int:
     compiled = net.compile()
     count = len(net.kernel_calls)
     kernels = (f"kernels: {count} ({compiled} compiled, {count - compiled} from Numba's cache) in "
-               f"{net.compile_seconds:.2f} s; model code: {net.module.__file__}")
-    write(render_summary(parsed, net.graph, net.passes, [kernels]), args.output)
+               f"{net.compile_seconds:.2f} s; model code: {net.module.__file__ or 'not written (no cache folder)'}")
+    write(render_summary(parsed, net.graph, net.passes, [memory_line(net, limit), kernels]), args.output)
     return 0
+
+
+def memory_line(net, limit: int | None) -> str:
+    """`memory: 1.2 MiB inference at batch 1, 20.5 MiB training at batch 64 (the train line's)`"""
+    from .memory import human
+    from .train.loop import recipe
+
+    line = f"memory: {human(net.memory('inference').bytes(1))} inference at batch 1"
+    if net.parsed.graph["loss"]:
+        r = recipe(net.parsed.graph["train"])
+        needed = net.memory("training", r.optimizer).bytes(r.batch)
+        line += f", {human(needed)} training at batch {r.batch}"
+        if limit is not None and needed > limit:
+            line += f" (more than the {human(limit)} available: train with a smaller --batch)"
+    return line
 
 
 def run_dot(args) -> int:
     from .export.dot import to_dot
     from .frontend import check_file, optimized
 
+    refuse_overwrite(args.output, model_file=args.model)
     graph = check_file(args.model)
     if args.stage == "optimized":
         graph, _ = optimized(graph, args.mode)
@@ -191,35 +253,43 @@ def run_dot(args) -> int:
     return 0
 
 
-def load_network(path: Path, weights: Path | None = None, seed: int = 0):
-    """The model compiled, with weights loaded when given; also its source text."""
+def load_network(path: Path, weights: Path | None = None, seed: int = 0, limit: int | None = None,
+                 stated: bool = False):
+    """The model for inference, with weights loaded when given, its batch fitted to `limit` (the
+    user's --max-memory when `stated`)."""
     from .frontend import check_file
+    from .memory import Budget, inference_batch
     from .runtime import Network
     from .train.checkpoint import load_weights
 
     graph = check_file(path)
-    net = Network(graph, seed=seed)
+    net = Network(graph, seed=seed, budget=Budget(limit, stated=stated))
+    net.inference_batch = inference_batch(net.memory(), limit)
     if weights is not None:
         for name, value in load_weights(weights, {n: v.shape for n, v in net.params.items()}).items():
             net.params[name] = value
     return net
 
 
-TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight_decay", "schedule", "limit")
+TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight_decay", "schedule", "limit",
+               "max_memory")
 
 
 def run_train(args) -> int:
     from .diagnostics import DataError, ModelError
     from .distributed import starting, world
-    from .frontend import check_file
+    from .frontend import check_source, read_model
+    from .memory import Budget, check as memory_check, inference_batch
     from .runtime import Network
     from .train.data import load_dataset
+    from .train.checkpoint import check_checkpoint
     from .train.loop import Trainer, optimizer_for, recipe
     from .train.run import train
 
     ranks = world()
     with starting(ranks) as start:  # any rank's mistake stops every rank, before the first step
-        graph = check_file(args.model)
+        text = read_model(args.model)
+        graph = check_source(text, str(args.model))
         if not graph.graph["loss"]:
             raise ModelError(f"{args.model}: the model has no `loss` statement, so it cannot be trained",
                              hint="add `loss cross_entropy` after the last layer")
@@ -228,18 +298,29 @@ def run_train(args) -> int:
                    schedule=args.schedule)
         optimizer_for(r)  # an impossible recipe fails now, before the data is read
         out = args.out or Path(args.model.stem + ".npz")
-        if ranks.rank == 0 and not out.parent.is_dir():  # rather than after the first epoch
-            raise DataError(out, f"cannot write: the folder {out.parent} does not exist")
-        if args.resume is not None and not args.resume.is_file():
-            raise DataError(args.resume, "no such checkpoint file")
-        net = Network(graph, seed=r.seed)
+        if args.resume is not None:
+            if not args.resume.is_file():
+                raise DataError(args.resume, "no such checkpoint file")
+            check_checkpoint(args.resume)
+        if ranks.rank == 0:  # rank 0 alone writes them
+            check_outputs(args, out)
+        share = -(-r.batch // ranks.size)  # the most images of a step a rank computes
+        limit = memory_limit(args)
+        net = Network(graph, seed=r.seed, budget=Budget(limit, share, "training", r.optimizer,
+                                                        stated=args.max_memory is not None))
+        net.inference_batch = inference_batch(net.memory(), limit)
         data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
         if args.limit:
             data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
         if data.x_test is not None and len(data.x_test) == 0:
             data.x_test = data.y_test = None  # an empty test split is no test split
+        if args.max_memory is None:  # the data set has taken its share of what is available: again
+            limit = limit_after_loading(net)
+            net.memory_limit = limit
+            memory_check(net.memory("training", r.optimizer), Budget(limit, share, "training", r.optimizer))
+            net.inference_batch = inference_batch(net.memory(), limit)
         net.compile()  # on two cores when the cache is cold; the data's mistakes are reported first
-        trainer = Trainer(net, data, r, out, args.model.read_bytes().decode("utf-8", "replace"), ranks)
+        trainer = Trainer(net, data, r, out, text.decode("utf-8", "replace"), ranks)
         if args.resume is not None:
             trainer.resume(args.resume)
         start.identity = trainer.identity()
@@ -254,6 +335,28 @@ def run_train(args) -> int:
     return train(trainer, args.quiet, command)
 
 
+def limit_after_loading(net) -> int | None:
+    """The default limit measured now, plus what the network has allocated since the first
+    measurement (the estimate counts the parameters, which the available memory no longer does)."""
+    from .memory import default_limit
+
+    limit = default_limit()
+    return None if limit is None else limit + net.vector.nbytes + net.grad_vector.nbytes
+
+
+def check_outputs(args, out: Path) -> None:
+    """The weights and the checkpoint beside them replace none of the inputs and can be written:
+    found now, rather than after the first epoch."""
+    from .files import check_writable
+    from .train.checkpoint import checkpoint_path
+
+    refuse_overwrite(out, model_file=args.model, training_data=args.data, checkpoint_to_resume=args.resume)
+    check_writable(out)
+    ckpt = checkpoint_path(out)
+    refuse_overwrite(ckpt, model_file=args.model, training_data=args.data)
+    check_writable(ckpt)
+
+
 def run_eval(args) -> int:
     from .distributed import starting, world
     from .train.data import load_dataset
@@ -261,8 +364,12 @@ def run_eval(args) -> int:
 
     ranks = world()
     with starting(ranks) as start:
-        net = load_network(args.model, args.weights)
+        net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
         data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
+        if args.max_memory is None:
+            from .memory import inference_batch
+
+            net.inference_batch = inference_batch(net.memory(), limit_after_loading(net))
         net.compile(training=False)
         start.identity = evaluation_identity(net, data)
     evaluation = evaluate(net, data, ranks)
@@ -286,7 +393,7 @@ def run_predict(args) -> int:
     from .train.data import load_images
     from .train.evaluate import class_names, probabilities, render_predictions
 
-    net = load_network(args.model, args.weights)
+    net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
     x = load_images(args.images, net.input_shape)
     net.compile(training=False)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])
@@ -297,6 +404,10 @@ def run_predict(args) -> int:
 def run_export(args) -> int:
     from .export.onnx import export_onnx
 
+    from .train.checkpoint import checkpoint_path
+
+    refuse_overwrite(args.output, model_file=args.model, weights_file=args.weights,
+                     checkpoint_file=checkpoint_path(args.weights))
     net = load_network(args.model, args.weights)
     export_onnx(net, args.output)
     print(f"wrote {args.output}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Errors a user can cause, and how they print: ModelError for model files, DataError for data."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -9,7 +10,9 @@ class Loc:
     """A place in a model file: 1-based line and column, the line's text and the span's width.
 
     `mark` is where the caret goes when it should point inside the statement the error is
-    reported at (an unknown name in an input list); it defaults to the column.
+    reported at (an unknown name in an input list); it defaults to the column. `via` is, for a
+    place inside a block's definition, the chain of block uses that brought it in, innermost
+    first: a diagnostic there shows each use as a note.
     """
 
     file: str
@@ -18,6 +21,15 @@ class Loc:
     text: str = ""
     width: int = 1
     mark: int | None = None
+    via: tuple["Note", ...] = ()
+
+
+@dataclass(frozen=True)
+class Note:
+    """A second place a diagnostic shows, after the error's own: `file:line:col: note: message`."""
+
+    message: str
+    loc: Loc
 
 
 class CnncError(Exception):
@@ -30,11 +42,12 @@ class CnncError(Exception):
 class ModelError(CnncError):
     """A mistake in a model file, located at a line and column, with an optional hint."""
 
-    def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None):
+    def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None, notes=()):
         super().__init__(message)
         self.message = message
         self.loc = loc
         self.hint = hint
+        self.notes = tuple(notes)
 
     @property
     def file(self) -> str | None:
@@ -49,19 +62,16 @@ class ModelError(CnncError):
         return self.loc.column if self.loc else None
 
     def render(self) -> str:
-        """The diagnostic as a compiler prints it: location, message, source line, caret, hint."""
+        """The diagnostic as a compiler prints it: location, message, source line, caret, hint.
+        What comes from the user's files is made printable (see `printable`)."""
         if self.loc is None:
-            lines = [f"error: {self.message}"]
+            lines = [f"error: {printable(self.message)}"]
         else:
-            loc = self.loc
-            lines = [f"{loc.file}:{loc.line}:{loc.column}: error: {self.message}"]
-            if loc.text:
-                gutter = " " * len(str(loc.line))
-                start = loc.mark or loc.column
-                caret = " " * _display_width(loc.text[: start - 1]) + "^" * max(loc.width, 1)
-                lines += [f" {loc.line} | {loc.text.expandtabs(1)}", f" {gutter} | {caret}"]
+            lines = _quoted(self.loc, "error", self.message)
+            for note in self.loc.via + self.notes:
+                lines += _quoted(note.loc, "note", note.message)
         if self.hint:
-            lines.append(f"hint: {self.hint}")
+            lines.append(f"hint: {printable(self.hint)}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -78,8 +88,8 @@ class DataError(CnncError):
         self.hint = hint
 
     def render(self) -> str:
-        text = f"{self.path}: error: {self.message}"
-        return text + (f"\nhint: {self.hint}" if self.hint else "")
+        text = printable(f"{self.path}: error: {self.message}")
+        return text + (f"\nhint: {printable(self.hint)}" if self.hint else "")
 
     def __str__(self) -> str:
         return self.render()
@@ -89,8 +99,52 @@ class InputError(CnncError, ValueError):
     """Arrays handed to a compiled network that do not fit it (shape, dtype, labels)."""
 
 
-def _display_width(prefix: str) -> int:
-    return len(prefix.expandtabs(1))
+def _quoted(loc: Loc, severity: str, message: str) -> list[str]:
+    """`file:line:col: severity: message`, then the source line with a caret under the place."""
+    lines = [printable(f"{loc.file}:{loc.line}:{loc.column}: {severity}: {message}")]
+    if loc.text:
+        gutter = " " * len(str(loc.line))
+        shown, caret = source_window(loc.text, loc.mark or loc.column, max(loc.width, 1))
+        lines += [f" {loc.line} | {shown}", f" {gutter} | {caret}"]
+    return lines
+
+
+def warn(message: str) -> None:
+    """Something the user should know that does not stop the command: `warning: ...` on stderr."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
+
+
+WINDOW = 100  # characters of a long source line shown around the column
+
+
+def printable(text: str) -> str:
+    """Text that prints as itself on a terminal: a tab as one space; control characters, bidi
+    overrides and other invisible format characters as escapes (`\\x1b`, `\\u202e`), so that a
+    model file cannot move the cursor, colour the terminal or reorder what the user reads."""
+    return "".join(_printable_char(ch) for ch in text)
+
+
+def _printable_char(ch: str) -> str:
+    if ch == "\t":
+        return " "
+    if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+    return ch
+
+
+def source_window(text: str, column: int, width: int) -> tuple[str, str]:
+    """The source line as shown, cut to WINDOW characters around `column` when longer, and the
+    caret line under the `width` characters from `column` (1-based)."""
+    start = min(max(column - 1, 0), len(text))
+    begin = 0 if len(text) <= WINDOW else max(0, min(start - WINDOW // 2, len(text) - WINDOW))
+    end = begin + WINDOW
+    stop = min(start + width, max(end, start))
+    before = ("..." if begin else "") + printable(text[begin:start])
+    marked = printable(text[start:stop])
+    shown = before + marked + printable(text[stop:end]) + ("..." if end < len(text) else "")
+    return shown, " " * len(before) + "^" * max(len(marked), 1)
 
 
 def did_you_mean(word: str, choices) -> str | None:

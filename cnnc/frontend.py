@@ -7,24 +7,36 @@ import networkx as nx
 
 from . import passes
 from .diagnostics import ModelError
+from .expand import expand
 from .graph import build_graph
 from .shapes import infer_shapes
 from .syntax import parse
 
 
 def check_source(source: str | bytes, file: str = "<model>") -> nx.DiGraph:
-    """Parse, build and shape-check a model; the graph before any pass (the `parsed` stage)."""
-    program = parse(source, file)
+    """Parse, expand, build and shape-check a model; the graph before any pass (the `parsed` stage)."""
+    program = expand(parse(source, file))
     return infer_shapes(build_graph(program, Path(file).stem))
 
 
+MAX_MODEL_BYTES = 16 << 20  # a model file is a page of text; this reads /dev/zero no further
+
+
 def check_file(path: str | Path) -> nx.DiGraph:
+    return check_source(read_model(path), str(path))
+
+
+def read_model(path: str | Path) -> bytes:
+    """A model file's bytes, read once (it may be a pipe) and no further than MAX_MODEL_BYTES."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_MODEL_BYTES + 1)
     except OSError as err:
         raise ModelError(f"cannot read {path}: {err.strerror or err}") from None
-    return check_source(data, str(path))
+    if len(data) > MAX_MODEL_BYTES:
+        raise ModelError(f"{path} is larger than {MAX_MODEL_BYTES >> 20} MiB: not a model file")
+    return data
 
 
 def optimized(g: nx.DiGraph, mode: str = "inference"):

@@ -1,8 +1,10 @@
-"""Syntax tree -> networkx computation graph: layer names, labels, edges, checked attributes.
+"""Expanded syntax tree -> networkx computation graph: edges, input counts, checked attributes.
 
-A node is a layer (see docs/design.md for its attributes). `activation=relu` on a conv or a
-dense layer becomes a separate `relu` node named `<layer>.relu`, the same graph as a `relu`
-line after it; the passes fuse it back where that pays.
+cnnc/expand.py has named every layer and resolved every input list; this stage checks each
+statement against the op table. A node is a layer (see docs/design.md for its attributes).
+`activation=relu` on a conv or a dense layer becomes a separate `relu` node named
+`<layer>.relu`, the same graph as a `relu` line after it, and `batchnorm=true` on a conv a
+`batchnorm` node `<layer>.batchnorm` before it; the passes fuse them back where that pays.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import replace
 import networkx as nx
 
 from . import ops
-from .diagnostics import Loc, ModelError, did_you_mean
+from .diagnostics import Loc, ModelError, Note, did_you_mean
 from .syntax import Arg, Program, Statement, Value
 
 
@@ -29,12 +31,17 @@ def in_file_order(g: nx.DiGraph) -> list[str]:
     return list(nx.lexicographical_topological_sort(g, key=position.__getitem__))
 
 
+def shown(g: nx.DiGraph, node: str) -> str:
+    """The name the user knows a node by: `b3` for `b3.relu`, the node `activation=relu` on `b3` stands for."""
+    return g.nodes[node].get("layer", node)
+
+
 def consumers(g: nx.DiGraph, node: str) -> list[str]:
     return list(g.successors(node))
 
 
 def build_graph(program: Program, name: str | None = None) -> nx.DiGraph:
-    """The computation graph of a parsed model file, before shape checks."""
+    """The computation graph of an expanded model file (cnnc/expand.py), before shape checks."""
     layers = [s for s in program.statements if s.op not in ops.STATEMENTS]
     header = [s for s in program.statements if s.op in ops.STATEMENTS]
     g = nx.DiGraph(file=program.file, name=name or "model", loss=None, train={}, input=None, output=None)
@@ -43,15 +50,12 @@ def build_graph(program: Program, name: str | None = None) -> nx.DiGraph:
     if not layers:
         raise ModelError("the model has no layers", Loc(program.file, 1, 1, program.lines[0]),
                          "start with `input CxHxW`, e.g. `input 1x28x28`")
-    names = automatic_names(layers)
-    check_labels(layers, names)
-    outputs: dict[str, str] = {}  # a name a statement can be referred by -> the node holding its output
+    outputs: dict[str, str] = {}  # a layer's final name -> the node holding its output
     previous = None
-    for stmt, auto in zip(layers, names):
-        previous = add_layer(g, stmt, stmt.label or auto, previous, outputs, layers, names)
-        outputs[auto] = previous
-        if stmt.label:
-            outputs[stmt.label] = previous
+    for stmt in layers:
+        assert stmt.name, "build_graph takes an expanded program"
+        previous = add_layer(g, stmt, stmt.name, previous, outputs)
+        outputs[stmt.name] = previous
     g.graph["output"] = previous
     check_connected(g)
     return g
@@ -97,34 +101,9 @@ def single_bare(s: Statement, kind: str, usage: str) -> Value:
     return s.args[0].value
 
 
-def automatic_names(layers: list[Statement]) -> list[str]:
-    """`<op><n>`: n counts the layers of that op in file order, labeled ones included."""
-    counts: dict[str, int] = {}
-    names = []
-    for s in layers:
-        counts[s.op] = counts.get(s.op, 0) + 1
-        names.append(f"{s.op}{counts[s.op]}")
-    return names
-
-
-def check_labels(layers: list[Statement], names: list[str]) -> None:
-    seen: dict[str, Statement] = {}
-    automatic = dict(zip(names, layers))
-    for s, auto in zip(layers, names):
-        if not s.label:
-            continue
-        if s.label in seen:
-            raise ModelError(f"label `{s.label}` is already used at line {seen[s.label].loc.line}", s.loc,
-                             "give each labeled layer its own name")
-        owner = automatic.get(s.label)
-        if owner is not None and owner is not s:
-            raise ModelError(f"label `{s.label}` is the automatic name of the layer at line {owner.loc.line}",
-                             s.loc, "choose a label that is not `<op><n>` of another layer")
-        seen[s.label] = s
-
-
-def add_layer(g, stmt: Statement, name: str, previous, outputs, layers, names) -> str:
-    """Adds the node(s) of one layer statement; returns the node that holds its output."""
+def add_layer(g, stmt: Statement, name: str, previous, outputs) -> str:
+    """Adds the node(s) of one layer statement; returns the node that holds its output.
+    `batchnorm=true` and `activation=` become nodes of their own after it, in that order."""
     op = known_op(stmt)
     attrs = keyed_values(stmt, op.keys, stmt.op)
     if op.name == "input":
@@ -134,17 +113,24 @@ def add_layer(g, stmt: Statement, name: str, previous, outputs, layers, names) -
         g.graph["input"] = name
     if op.name in ("maxpool", "avgpool") and attrs["stride"] is None:
         attrs["stride"] = attrs["size"]
-    sources = input_names(stmt, op, previous, outputs, layers, names)
-    g.add_node(name, op=op.name, attrs=attrs, loc=stmt.loc)
+    sources = input_names(stmt, op, previous, outputs)
+    g.add_node(name, op=op.name, attrs=attrs, loc=stmt.loc, scope=stmt.scope, layer=name)
     for i, src in enumerate(sources):
         g.add_edge(src, name, index=i)
-    activation = attrs.get("activation", "none")
-    if activation == "none":
-        return name
-    act = f"{name}.{activation}"
-    g.add_node(act, op=activation, attrs={}, loc=stmt.loc)
-    g.add_edge(name, act, index=0)
-    return act
+    last = name
+    if attrs.get("batchnorm"):
+        last = add_after(g, last, f"{name}.batchnorm", "batchnorm", keyed_values(
+            replace(stmt, args=()), ops.OPS["batchnorm"].keys, "batchnorm"), stmt, name)
+    if attrs.get("activation", "none") != "none":
+        last = add_after(g, last, f"{name}.{attrs['activation']}", attrs["activation"], {}, stmt, name)
+    return last
+
+
+def add_after(g, before: str, node: str, op: str, attrs: dict, stmt: Statement, layer: str) -> str:
+    """A node that a key of `layer` stands for (`conv1.batchnorm`, `conv1.relu`), taking `before`."""
+    g.add_node(node, op=op, attrs=attrs, loc=stmt.loc, scope=stmt.scope, layer=layer)
+    g.add_edge(before, node, index=0)
+    return node
 
 
 def known_op(stmt: Statement) -> ops.Op:
@@ -157,7 +143,7 @@ def known_op(stmt: Statement) -> ops.Op:
     return op
 
 
-def input_names(stmt: Statement, op: ops.Op, previous, outputs, layers, names) -> list[str]:
+def input_names(stmt: Statement, op: ops.Op, previous, outputs) -> list[str]:
     """The nodes a layer takes: the layer before it, or the ones its input list names."""
     if op.max_inputs == 0:
         if stmt.inputs is not None:
@@ -180,27 +166,11 @@ def input_names(stmt: Statement, op: ops.Op, previous, outputs, layers, names) -
                          f"not {len(refs)}", stmt.loc)
     seen = set()
     for ref in refs:
-        if ref.name not in outputs:
-            raise unknown_layer(ref, stmt, layers, names, outputs)
         if ref.name in seen:
-            raise ModelError(f"`{ref.name}` is listed twice", ref.loc, "a layer takes each input once")
+            given = ref.loc.text[ref.loc.column - 1:ref.loc.column - 1 + ref.loc.width]  # as written, not resolved
+            raise ModelError(f"`{given}` is listed twice", ref.loc, "a layer takes each input once")
         seen.add(ref.name)
     return [outputs[r.name] for r in refs]
-
-
-def unknown_layer(ref, stmt: Statement, layers, names, outputs) -> ModelError:
-    """Reported at the statement, the caret under the name it cannot find."""
-    loc = replace(stmt.loc, mark=ref.loc.column, width=len(ref.name))
-    later = [s for s, auto in zip(layers, names) if ref.name in (s.label, auto)]
-    if later and later[0] is stmt:
-        return ModelError(f"{stmt.op} takes `{ref.name}`, its own output", loc,
-                          "a layer can only take layers above it")
-    if later:
-        return ModelError(f"{stmt.op} takes `{ref.name}`, which is defined later, at line {later[0].loc.line}",
-                          loc, "a layer can only take layers above it")
-    guess = did_you_mean(ref.name, outputs)
-    hint = f"did you mean `{guess}`?" if guess else "name a layer above this one, by its label or `<op><n>`"
-    return ModelError(f"{stmt.op} takes `{ref.name}`, but no layer has that name", loc, hint)
 
 
 def input_shape(stmt: Statement) -> tuple[int, ...]:
@@ -317,10 +287,20 @@ def positive_pair(v: Value, wrong) -> tuple[int, int]:
 
 
 def check_connected(g: nx.DiGraph) -> None:
-    """Every layer must contribute to the output: a dangling branch is a mistake, not dead code."""
+    """Every layer must contribute to the output: a dangling branch is a mistake, not dead code.
+    The layer after it in the file took something else, and is most likely where it was meant to go."""
     needed = nx.ancestors(g, g.graph["output"]) | {g.graph["output"]}
-    for node in g.nodes:
+    nodes = list(g.nodes)
+    for i, node in enumerate(nodes):
         if node not in needed:
-            raise ModelError(f"the output of `{node}` is never used", g.nodes[node]["loc"],
-                             f"the network's output is the last layer, `{g.graph['output']}`; "
-                             "use this layer in an input list or remove it")
+            name = shown(g, node)
+            later = [n for n in nodes[i + 1:] if g.nodes[n].get("layer", n) == n and shown(g, n) != name
+                     and g.nodes[n].get("scope") == g.nodes[node].get("scope") and g.nodes[n]["op"] != "input"]
+            notes = []
+            if later:
+                taken = ", ".join(f"`{shown(g, s)}`" for s in inputs(g, later[0]))
+                notes = [Note(f"the next layer, `{later[0]}`, takes {taken}; did you mean `{name}` there?",
+                              g.nodes[later[0]]["loc"])]
+            raise ModelError(f"the output of `{name}` is never used", g.nodes[node]["loc"],
+                             f"the network's output is the last layer, `{shown(g, g.graph['output'])}`; "
+                             "use this layer in an input list or remove it", notes)

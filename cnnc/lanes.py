@@ -1,7 +1,10 @@
 """Data parallelism: the generated functions run on slices of a batch, one thread ("lane") each.
 
 The kernels are serial and release the GIL, so lanes run side by side, each with a one-thread
-BLAS; a batch too small to split runs whole on the calling thread with a BLAS of all lanes.
+BLAS; a batch too small to split runs whole on the calling thread, also with a one-thread BLAS:
+a batch that small makes small products, which OpenBLAS ran no faster on two threads (batch-1
+forward: resnet20 1.42 ms on one, 1.50 on two; vgg_small 0.49 and 0.53), and far slower when
+another process wanted a core (resnet20: a median of 5-18 ms).
 Splitting the whole network, not each kernel, costs one hand-over per call instead of one per
 layer, and keeps a lane's activations in its own core's caches.
 
@@ -48,8 +51,8 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None)
     is the lane count the calls were cut for. With `replicas`, each call gets one more argument,
     its lane's Replicas handle; `across` is the Replicas of the other processes of the step (a
     call that runs alone gets it, None when the step has one process)."""
-    if len(calls) == 1:
-        set_blas_threads(lanes)
+    if len(calls) == 1:  # one core: a two-thread BLAS on these small products loses (see the docstring)
+        set_blas_threads(1)
         return [fn(*calls[0], *([across] if replicas else []))]
     set_blas_threads(1)
     group = LaneGroup(len(calls), across) if replicas else None

@@ -50,6 +50,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "stride": Key("pair", (1, 1), "stride S or ShxSw"),
         "padding": Key("padding", "valid", "valid, same, full, P or PhxPw"),
         "bias": Key("bool", True, "add a learned bias"),
+        "batchnorm": Key("bool", False, "batch normalization after it (before the activation)"),
         "activation": Key("activation", "none", "none or relu, sigmoid, tanh after it"),
     }, shown=("filters", "size", "stride", "padding")),
     Op("maxpool", "max pooling; padding never wins", dict(_WINDOW), shown=("size", "stride", "padding")),

@@ -10,6 +10,7 @@ Compiling a kernel takes 0.3-10 s and they are independent: two processes halve 
 """
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 import pickle
@@ -41,15 +42,75 @@ def kernel_calls(module: types.ModuleType, probes: list[tuple[str, tuple]]) -> l
 
 
 def is_cached(kernel: CPUDispatcher, signature: tuple) -> bool:
-    """Whether Numba's cache holds machine code for this signature (without loading it)."""
+    """Whether Numba's cache holds machine code for this signature (without loading it).
+
+    A damaged entry (an empty or truncated index, a truncated data file, as a kill or a full disk
+    leaves them) is removed, so the kernel is compiled and cached again instead of failing on
+    every run: Numba itself would raise from the index, and load a truncated data file at the
+    kernel's first call."""
     if signature in kernel.overloads:
         return True
     try:  # Numba's internals: any surprise only means "compile it"
-        cache = kernel._cache
-        key = cache._index_key(signature, kernel.targetctx.codegen())
-        return key in cache._cache_file._load_index()
+        cache_file = kernel._cache._cache_file
+        key = kernel._cache._index_key(signature, kernel.targetctx.codegen())
     except Exception:
         return False
+    try:
+        name = cache_file._load_index().get(key)
+    except Exception:  # unpickling a damaged index raises anything
+        remove_cache_entries(cache_file)
+        return False
+    if name is None:
+        return False
+    if not complete_pickle(cache_file._data_path(name)):
+        remove_cache_entries(cache_file)
+        return False
+    return True
+
+
+def complete_pickle(path: str) -> bool:
+    """Whether a data file is there and ends as every pickle does (a truncated one almost never
+    does); reads one byte, not the file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == pickle.STOP
+    except OSError:  # missing, or shorter than a byte
+        return False
+
+
+def remove_cache_entries(cache_file) -> None:
+    """A kernel's index and data files in Numba's cache."""
+    remove_index(cache_file._index_path)
+
+
+def remove_index(index: str) -> None:
+    data = glob.glob(glob.escape(index[: -len(".nbi")]) + ".*.nbc")
+    for path in [index] + data:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def repair_cache_folders(pairs) -> None:
+    """Removes damaged indexes from the cache folders of these kernels, the helpers' too: Numba
+    loads a helper's cache while it compiles a caller, and a damaged index would fail that."""
+    folders = set()
+    for kernel, _ in pairs:
+        try:
+            folders.add(kernel._cache._cache_file._cache_path)
+        except AttributeError:
+            pass
+    for index in (i for folder in folders for i in glob.glob(os.path.join(glob.escape(folder), "*.nbi"))):
+        try:
+            with open(index, "rb") as f:
+                pickle.load(f)
+                pickle.loads(f.read())
+        except OSError:
+            pass
+        except Exception:  # unpickling a damaged index raises anything
+            remove_index(index)
 
 
 # Seconds to compile, measured cold on one core, to hand out the slow ones first (default: 1).
@@ -62,6 +123,8 @@ def compile_all(pairs: list[tuple[CPUDispatcher, tuple]]) -> int:
     """Makes sure every pair has machine code, in this process or in Numba's cache (cached code
     is not loaded: the first call does that); returns how many had to be compiled."""
     missing = [(k, s) for k, s in pairs if not is_cached(k, s)]
+    if missing:
+        repair_cache_folders(missing)
     missing.sort(key=lambda pair: -COMPILE_SECONDS.get(pair[0].py_func.__name__, 1.0))
     if len(missing) > 1:
         with tempfile.TemporaryDirectory(prefix="cnnc-compile-") as claims:

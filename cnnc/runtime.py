@@ -6,14 +6,16 @@ Calls run on slices of the batch in parallel threads (cnnc/lanes.py).
 """
 from __future__ import annotations
 
+import builtins
 import ctypes
 import ctypes.util
 import hashlib
-import importlib.util
 import math
 import os
 import sys
+import tempfile
 import time
+import types
 from collections.abc import MutableMapping
 from functools import cache
 from pathlib import Path
@@ -21,9 +23,9 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from .diagnostics import InputError, ModelError
+from .diagnostics import InputError, ModelError, warn
 from .frontend import check_file, check_source, optimized
-from . import lanes
+from . import lanes, memory
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
 from .precompile import compile_all, kernel_calls
@@ -31,9 +33,12 @@ from .ops import BUFFER_KINDS
 
 
 def cache_dir() -> Path:
-    """Where generated modules live: $CNNC_CACHE_DIR, else the user's cache folder."""
-    root = os.environ.get("CNNC_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnnc"
-    return Path(root)
+    """Where generated modules live: $CNNC_CACHE_DIR, else the user's cache folder ($XDG_CACHE_HOME
+    when it is an absolute path, as the XDG spec asks, else ~/.cache)."""
+    if os.environ.get("CNNC_CACHE_DIR"):
+        return Path(os.environ["CNNC_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "cnnc"
 
 
 @cache
@@ -54,23 +59,44 @@ def keep_freed_memory() -> None:
 
 
 def load_module(source: str):
-    """Imports generated source from the cache (writing it there first if it is new)."""
+    """Imports generated source, written first to the cache folder (so that tracebacks and
+    debuggers show its lines). The code is compiled from `source` itself, never from a .pyc or the
+    file, so a damaged cache cannot change what runs."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     name = f"cnnc_model_{digest}"
     if name in sys.modules:
         return sys.modules[name]
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.py"
-    if not path.exists() or path.read_text() != source:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    path = write_module(f"{name}.py", source)
+    module = types.ModuleType(name)
+    module.__file__ = str(path) if path else None
+    exec(builtins.compile(source, str(path) if path else f"<{name}>", "exec"), module.__dict__)
     sys.modules[name] = module
     return module
+
+
+def write_module(filename: str, source: str) -> Path | None:
+    """The generated file in the cache folder, else in a temporary folder (with a warning), else
+    None: a cache that is a file, read-only, full or unreadable costs the file, not the run."""
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"cnnc-{os.getuid() if hasattr(os, 'getuid') else 0}"):
+        path = folder / filename
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not path.is_file() or path.read_text() != source:
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                try:
+                    tmp.write_text(source)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            return path
+        except (OSError, UnicodeDecodeError) as e:
+            cache_warning(folder, str(getattr(e, "strerror", None) or e))
+    return None
+
+
+@cache  # once per folder and reason in a process
+def cache_warning(folder: Path, reason: str) -> None:
+    warn(f"cannot use the cache folder {folder} ({reason}); set CNNC_CACHE_DIR to a writable folder")
 
 
 class Params(MutableMapping):
@@ -121,7 +147,10 @@ def initialize(vector: np.ndarray, layout: ParamLayout, seed: int) -> None:
 class Network:
     """A compiled model: `graph`, `params`, `forward(x)` and `loss_and_grads(x, y)`."""
 
-    def __init__(self, parsed: nx.DiGraph, seed: int = 0, optimize: bool = True):
+    def __init__(self, parsed: nx.DiGraph, seed: int = 0, optimize: bool = True,
+                 budget: memory.Budget | None = None):
+        """`budget`: the batch and the memory limit the caller will run at, checked before
+        anything is allocated (a ModelError naming the largest tensors when it does not fit)."""
         self.parsed = parsed
         if optimize:
             self.graph, self.passes = optimized(parsed, "inference")
@@ -131,18 +160,27 @@ class Network:
             self.training_graph, self.training_passes = parsed, []
         self.layout = ParamLayout.of(parsed)
         self.lowered: Lowered = lower(self.graph, self.training_graph, self.layout)
-        self.vector = allocate_parameters(self.layout, parsed)
+        self.memory_limit = memory.default_limit() if budget is None else budget.limit
+        if budget is not None:
+            memory.check(self.memory(budget.mode, budget.optimizer), budget)
+        self.vector = allocate_parameters(self.layout, parsed, self.memory_limit)
         self.params = Params(self.vector, self.layout)
         initialize(self.vector, self.layout, seed)
         self.grad_vector = np.zeros(self.layout.trainable, np.float32)
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
+        self.inference_batch = memory.EVAL_BATCH  # the batch whole data sets are run through forward at
         self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ...
         keep_freed_memory()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
         self.compile_seconds = None
+
+    def memory(self, mode: str = "inference", optimizer: str = "sgd") -> memory.Estimate:
+        """What one call of forward ("inference") or loss_and_grads ("training") allocates."""
+        g = self.graph if mode == "inference" else self.training_graph
+        return memory.estimate(g, self.layout, mode, optimizer)
 
     @property
     def name(self) -> str:
@@ -162,11 +200,19 @@ class Network:
         seconds it took are in `compile_seconds`). Without this, the first call compiles what
         it needs, one kernel after the other."""
         started = time.perf_counter()
+        training = training and bool(self.parsed.graph["loss"])
+        mode = "training" if training else "inference"
+        # The dry run allocates (without touching) the arrays of one image.
+        memory.check(self.memory(mode), memory.Budget(self.memory_limit or memory.ADDRESSABLE, 1, mode))
         x = np.ones((1,) + self.input_shape, np.float32)
         probes = [("forward", (x, self.vector))]
-        if training and self.parsed.graph["loss"]:
+        if training:
             probes.append(("loss_and_grads", (x, np.zeros(1, np.int64), self.vector, self.grad_vector, 0)))
-        self.kernel_calls = kernel_calls(self.module, probes)
+        try:
+            self.kernel_calls = kernel_calls(self.module, probes)
+        except MemoryError:
+            raise ModelError(f"{self.name}: the arrays of one image do not fit in memory",
+                             hint="make the largest layers smaller") from None
         compiled = compile_all(self.kernel_calls)
         self.compile_seconds = time.perf_counter() - started
         return compiled
@@ -241,14 +287,19 @@ class Network:
         return loss, correct
 
 
-def allocate_parameters(layout: ParamLayout, g: nx.DiGraph) -> np.ndarray:
-    try:
-        return np.zeros(layout.size, np.float32)
-    except MemoryError:
-        biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
-        loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
-        raise ModelError(f"the model's {layout.size:,} parameters ({layout.size * 4 / 2**30:.1f} GiB) do not fit "
-                         f"in memory; the largest is {biggest}", loc, "make the layers smaller") from None
+def allocate_parameters(layout: ParamLayout, g: nx.DiGraph, limit: int | None) -> np.ndarray:
+    """The flat parameter vector; a ModelError at the largest parameter's layer when it cannot be
+    (more than `limit` bytes: zeros would be granted lazily, then initializing them would bring
+    the machine to its knees)."""
+    if limit is None or layout.size * 4 <= limit:
+        try:
+            return np.zeros(layout.size, np.float32)
+        except (MemoryError, ValueError):  # ValueError: more elements than an array can have
+            pass
+    biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
+    loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
+    raise ModelError(f"the model's {layout.size:,} parameters ({memory.human(layout.size * 4)}) do not fit "
+                     f"in memory; the largest is {biggest}", loc, "make the layers smaller")
 
 
 def _trainable_only(layout: ParamLayout) -> ParamLayout:

@@ -11,7 +11,7 @@ import networkx as nx
 
 from . import ops
 from .diagnostics import ModelError
-from .graph import in_file_order, inputs
+from .graph import in_file_order, inputs, shown
 
 
 def show(shape: tuple) -> str:
@@ -26,7 +26,7 @@ def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
         data = g.nodes[node]
         sources = inputs(g, node)
         in_shapes = [g.nodes[s]["shape"] for s in sources]
-        layer = Layer(node, data, sources, in_shapes)
+        layer = Layer(shown(g, node), data, [shown(g, s) for s in sources], in_shapes)
         data["shape"] = RULES[data["op"]](layer)
     check_loss(g)
     return g
@@ -169,8 +169,11 @@ def check_loss(g: nx.DiGraph) -> None:
     shape = g.nodes[out]["shape"]
     if len(shape) != 1 or shape[0] < 2:
         what = f"is {show(shape)}" if len(shape) != 1 else f"has {shape[0]} value"
-        raise ModelError(f"loss cross_entropy needs a vector of class scores, but the output {out} {what}",
-                         g.graph["loss_loc"], "end the network with `flatten` and `dense units=CLASSES`")
+        hint = ("to classify whole images, end the network with `flatten` and `dense units=CLASSES` (or "
+                "`globalavgpool` first); a loss per pixel, as segmentation needs, is not in the language yet"
+                if len(shape) != 1 else "end the network with `dense units=CLASSES`, one score per class")
+        raise ModelError(f"loss cross_entropy needs a vector of class scores, but the output {shown(g, out)} {what}",
+                         g.graph["loss_loc"], hint)
 
 
 def parameter_shapes(g: nx.DiGraph) -> dict[str, tuple]:

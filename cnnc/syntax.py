@@ -1,8 +1,12 @@
-"""Model-file text -> syntax tree: the Lark parser, a Transformer to plain dataclasses, positions kept."""
+"""Model-file text -> syntax tree: the Lark parser, a Transformer to plain dataclasses, positions kept.
+
+Block definitions (`block NAME ...` up to `end`) come out as Blocks beside the top-level
+statements; cnnc/expand.py turns their uses into plain statements.
+"""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -13,7 +17,8 @@ from .diagnostics import Loc, ModelError
 
 @dataclass(frozen=True)
 class Value:
-    """A literal: kind is 'int', 'float', 'name', 'bool' or 'dims' (a tuple of ints)."""
+    """A literal: kind is 'int', 'float', 'name', 'bool', 'dims' (a tuple of ints) or 'expr' (a product
+    like `filters*4/2`: a tuple of int and name Values with the operators `*`, `/` between them)."""
 
     kind: str
     value: object
@@ -46,6 +51,21 @@ class Statement:
     args: tuple[Arg, ...]
     loc: Loc  # the statement's start (its label, or its op)
     op_loc: Loc
+    name: str | None = None  # set by cnnc/expand.py: the layer's final name, `stage2.block1.conv1`
+    scope: str = ""  # set by cnnc/expand.py: the prefix of the block use it comes from, `stage2.block1.`
+
+
+@dataclass(frozen=True)
+class Block:
+    """`block NAME [(INPUTS)] PARAM PARAM=DEFAULT ...`, its body and `end`. Without an input list
+    the block takes one input, called `in` in its body."""
+
+    name: str
+    inputs: tuple[Ref, ...] | None
+    params: tuple[Arg, ...]  # a bare name is a required parameter; key=value gives a default
+    body: tuple[Statement, ...]
+    loc: Loc  # `block NAME`
+    name_loc: Loc
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,7 @@ class Program:
     file: str
     statements: tuple[Statement, ...]
     lines: tuple[str, ...] = field(repr=False)
+    blocks: tuple[Block, ...] = ()
 
 
 @lru_cache(maxsize=1)
@@ -69,14 +90,45 @@ def parse(source: str | bytes, file: str = "<model>") -> Program:
     lines = tuple(text.split("\n"))
     try:
         tree = parser().parse(text)
-        statements = ToStatements(file, lines).transform(tree).children
+        items = ToStatements(file, lines).transform(tree).children
     except lark.UnexpectedInput as err:
         raise parse_error(err, file, lines) from None
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, ModelError):
             raise err.orig_exc from None
         raise
-    return Program(file, tuple(statements), lines)
+    statements, blocks = gather_blocks(items)
+    return Program(file, tuple(statements), lines, tuple(blocks))
+
+
+def gather_blocks(items) -> tuple[list[Statement], list[Block]]:
+    """The top-level statements, and each `block` line with the statements up to its `end`."""
+    statements, blocks, open_block, body = [], [], None, []
+    for item in items:
+        if isinstance(item, Block):
+            if open_block:
+                raise ModelError(f"block `{item.name}` is defined inside block `{open_block.name}` "
+                                 f"(line {open_block.loc.line})", item.loc,
+                                 f"close `{open_block.name}` with `end` first; blocks are defined at the top level")
+            open_block, body = item, []
+        elif item.op == "end":
+            if item.label or item.inputs is not None or item.args:
+                raise ModelError("`end` closes a block and takes nothing else", item.loc, "write `end` alone")
+            if not open_block:
+                raise ModelError("`end` without a block to close", item.loc,
+                                 "a block is `block NAME PARAMS`, its layers, then `end`")
+            if not body:
+                raise ModelError(f"block `{open_block.name}` has no layers", open_block.loc,
+                                 "put its layers between the `block` line and `end`")
+            blocks.append(Block(open_block.name, open_block.inputs, open_block.params, tuple(body),
+                                open_block.loc, open_block.name_loc))
+            open_block = None
+        else:
+            (body if open_block else statements).append(item)
+    if open_block:
+        raise ModelError(f"block `{open_block.name}` has no `end`", open_block.loc,
+                         "close the block with a line `end` after its last layer")
+    return statements, blocks
 
 
 def normalize(text: str) -> str:
@@ -130,6 +182,13 @@ class ToStatements(lark.Transformer):
             loc = Loc(loc.file, loc.line, loc.column, loc.text, width)
         return Statement(str(op), label[0] if label else None, inputs, tuple(args), loc, op_loc)
 
+    def block_head(self, children):
+        name, inputs, *params = children
+        name_loc = self._loc(name)
+        start = len(name_loc.text) - len(name_loc.text.lstrip()) + 1  # `block` opens the line
+        loc = replace(name_loc, column=start, width=name.end_column - start)
+        return Block(str(name), inputs, tuple(params), (), loc, name_loc)
+
     def label(self, children):
         (name,) = children
         return str(name), self._loc(name)
@@ -159,6 +218,16 @@ class ToStatements(lark.Transformer):
             shown = tok if len(tok) <= 24 else f"{tok[:20]}..."
             raise ModelError(f"the number `{shown}` is too large", self._loc(tok), "numbers have at most 18 digits")
         return int(digits)
+
+    def expr(self, children):
+        parts = tuple(c if isinstance(c, Value) else str(c) for c in children)
+        first, last = parts[0].loc, parts[-1].loc
+        loc = replace(first, width=last.column + last.width - first.column)
+        return Value("expr", parts, first.text[first.column - 1:first.column - 1 + loc.width], loc)
+
+    def operand(self, children):
+        (tok,) = children
+        return self.int([tok]) if tok.type == "INT" else self.name([tok])
 
     def float(self, children):
         (tok,) = children
@@ -191,6 +260,10 @@ def parse_error(err: lark.UnexpectedInput, file: str, lines) -> ModelError:
         return ModelError("the statement ends too early", loc,
                           "a statement is `[label:] op [(inputs)] key=value ...`")
     shown = str(token) if token is not None and token.type not in ("_NL", "$END") else "end of line"
+    if re.fullmatch(r"\s*block\s*", lines[line - 1][: column - 1]) and shown == ":":
+        return ModelError("`block` begins a block definition and cannot be a label",
+                          locate(file, lines, line, lines[line - 1].index("block") + 1, 5),
+                          "choose another label; a block is `block NAME PARAMS`, its layers, then `end`")
     wrapped = re.fullmatch(r"(\s*)([A-Za-z_][A-Za-z0-9_]*)\s*", lines[line - 1][: column - 1])
     if shown == "=" and wrapped:
         # `key=value` opening a line: most likely the statement above, wrapped as in Python

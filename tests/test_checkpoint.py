@@ -289,7 +289,7 @@ def test_crash_at_fsync_or_replace_keeps_the_old_weights(tmp_path, monkeypatch):
     newer = {k: v + 1 for k, v in params().items()}
     for target in ("fsync", "replace"):
         with monkeypatch.context() as m:
-            m.setattr(ck.os, target, lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+            m.setattr(os, target, lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
             with pytest.raises(KeyboardInterrupt):
                 save_weights(path, newer)
         assert path.read_bytes() == before
@@ -305,7 +305,7 @@ def test_write_into_a_missing_folder_or_unwritable_place(tmp_path, monkeypatch):
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ck.os, "replace", disk_full)
+    monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(DataError, match="No space left"):
         save_checkpoint(tmp_path / "c.npz", state())
     assert os.listdir(tmp_path) == []

@@ -31,8 +31,14 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def dot_nodes(text: str) -> set[str]:
+    """The layers drawn, inside the clusters of block uses too."""
     (graph,) = pydot.graph_from_dot_data(text)
-    return {n.get_name().strip('"') for n in graph.get_nodes()} - {"node", "edge", "graph"}
+    graphs, names = [graph], set()
+    while graphs:
+        g = graphs.pop()
+        names |= {n.get_name().strip('"') for n in g.get_nodes()}
+        graphs += g.get_subgraphs()
+    return names - {"node", "edge", "graph"}
 
 
 # -- compile ----------------------------------------------------------------------------------
@@ -195,3 +201,12 @@ def test_the_language_reference_covers_the_op_table():
     missing = [name for name in names if f"`{name}" not in doc]
     assert not missing, f"docs/language.md does not mention {missing}"
 
+
+
+def test_an_unforeseen_memory_error_is_a_message(monkeypatch, capsys):
+    def no_memory(args):
+        raise MemoryError
+
+    monkeypatch.setattr("cnnc.cli.run_compile", no_memory)
+    code, out, err = run(capsys, "compile", LENET)
+    assert code == 1 and err.startswith("error: out of memory") and "Traceback" not in err

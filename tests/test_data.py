@@ -512,3 +512,95 @@ def test_batches_are_seeded_and_ordered_without_rng():
         batches(x, y, 0)
     with pytest.raises(ValueError):
         batches(x, y[:3], 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files and folders
+
+
+@pytest.mark.parametrize("which", ["train", "train/dog"])
+def test_an_unreadable_folder_is_named(which, tmp_path, monkeypatch):
+    root = image_folder(tmp_path / "d")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == root / which:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    err = data_error(root)
+    assert err.path == str(root / which) and err.message == "cannot read folder: Permission denied"
+
+
+def test_a_symlink_loop_is_not_called_missing(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert "symbolic links" in data_error(tmp_path / "a").message
+    (tmp_path / "c").symlink_to(tmp_path / "nothing")
+    assert "a symbolic link to nothing" in data_error(tmp_path / "c").message
+    with pytest.raises(DataError, match="symbolic links"):
+        load_images([tmp_path / "a"], GRAY)
+
+
+def test_an_image_larger_than_pillows_bomb_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    root = image_folder(tmp_path / "d")
+    save_image(root / "train" / "dog" / "big.png", gray(1, (40, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns above this, errs above twice it
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = data_error(root)
+    assert err.path.endswith("big.png") and "1x40x40" in err.message and "1x8x8" in err.message
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_float64_pixels_beyond_float32_are_named_not_nan(tmp_path):
+    import warnings
+
+    x = np.zeros((4, 8, 8))
+    x[2, 3, 3] = 1e300
+    path = npz_file(tmp_path / "d.npz", x_train=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        err = data_error(path)
+    assert "x_train holds values up to 1e+300, beyond float32's range" in err.message
+
+
+def test_an_idx_gzip_bomb_is_read_only_as_far_as_its_header_says(tmp_path):
+    root = idx_folder(tmp_path, n_train=5)
+    labels = root / "train-labels-idx1-ubyte"
+    header_and_data = labels.read_bytes()
+    labels.unlink()
+    bomb = labels.with_name(labels.name + ".gz")
+    bomb.write_bytes(gzip.compress(header_and_data + bytes(50 << 20), compresslevel=1))
+    tracemalloc.start()
+    try:
+        err = data_error(root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.path == str(bomb) and "has extra bytes" in err.message
+    assert peak < 5 << 20
+
+
+def test_data_larger_than_the_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import cnnc.train.data as data_module
+
+    monkeypatch.setattr(data_module, "default_limit", lambda: 300)
+    err = data_error(image_folder(tmp_path / "images"))
+    assert "8 images of 1x8x8 take as bytes and float32: 2.5 KiB, more than the 300 bytes" in err.message
+    err = data_error(idx_folder(tmp_path / "idx"))
+    assert "the header says 5x8x8" in err.message and "more than the 300 bytes" in err.message
+
+
+def test_npz_images_that_would_not_fit_as_float32_are_refused_before_reading(tmp_path, monkeypatch):
+    import cnnc.npz
+    import cnnc.train.data as data_module
+
+    path = npz_file(tmp_path / "d.npz")  # x_train: 6x8x8 uint8, 384 bytes; 1,920 as read and as float32
+    monkeypatch.setattr(cnnc.npz, "default_limit", lambda: 1000)
+    monkeypatch.setattr(data_module, "default_limit", lambda: 1000)
+    err = data_error(path)
+    assert "x_train (6x8x8 uint8) takes as read and as float32: 1.9 KiB, more than the 1000 bytes" in err.message

@@ -86,7 +86,7 @@ MISTAKES = [
      ["unknown op `maxpol`", "did you mean `maxpool`"]),
     ("unknown-op", "input 1x8x8\nzzz\n", 2, 1, None, ["unknown op `zzz`", "the ops are: input, conv"]),
     ("unknown-key-near-miss", "input 1x8x8\nconv filters=2 size=3 strid=2\n", 2, 23, None,
-     ["no key `strid`", "did you mean `stride`", "filters, size, stride, padding, bias, activation"]),
+     ["no key `strid`", "did you mean `stride`", "filters, size, stride, padding, bias, batchnorm, activation"]),
     ("key-on-a-keyless-op", "input 1x8x8\nrelu alpha=0.1\n", 2, 6, None,
      ["`relu` has no key `alpha`", "`relu` takes no keys"]),
     ("value-on-a-keyless-op", "input 1x8x8\nrelu 3\n", 2, 6, None, ["unexpected value `3`", "`relu` takes no values"]),
@@ -123,14 +123,22 @@ MISTAKES = [
     ("loss-twice", "input 1x8x8\nflatten\nloss cross_entropy\nloss cross_entropy\n", 4, 1, None,
      ["a second `loss`"]),
     ("cross-entropy-on-an-image", "input 1x8x8\nrelu\nloss cross_entropy\n", 3, 1, None,
-     ["cross_entropy", "relu1 is 1x8x8", "flatten", "dense units=CLASSES"]),
+     ["cross_entropy", "relu1 is 1x8x8", "to classify whole images", "flatten", "dense units=CLASSES",
+      "a loss per pixel"]),
     ("cross-entropy-on-one-unit", "input 1x8x8\nflatten\ndense units=1\nloss cross_entropy\n", 4, 1, None,
      ["dense1 has 1 value", "class scores"]),
     ("empty-file", "", 1, 1, None, ["no layers", "input CxHxW"]),
     ("only-comments", "# a model\n\n# to come\n", 1, 1, None, ["no layers"]),
     ("only-header", "model m\nloss cross_entropy\n", 1, 1, None, ["no layers"]),
     ("unused-branch", "input 1x8x8\na: conv filters=2 size=3\nb: relu(input1)\n", 2, 1, None,
-     ["output of `a` is never used", "`b`"]),
+     ["output of `a` is never used", "m.cnn:3:1: note: the next layer, `b`, takes `input1`; did you mean `a` there?"]),
+    ("unused-activated-branch", "input 1x8x8\na: conv filters=2 size=3 activation=relu\n"
+     "b: conv(input1) filters=1 size=1\nadd(b, input1)\n", 2, 1, None,
+     ["output of `a` is never used", "`b`, takes `input1`"]),
+    ("activated-input-by-its-label", "input 1x8x8\nb3: conv filters=2 size=3 activation=relu\ndense units=3\n", 3, 1,
+     None, ["its input b3 is 2x6x6"]),
+    ("activated-output-by-its-label", "input 1x8x8\nflatten\nd: dense units=1 activation=tanh\nloss cross_entropy\n",
+     4, 1, None, ["the output d has 1 value"]),
     ("pool-padding-not-below-size", "input 1x8x8\nmaxpool size=2 padding=2\n", 2, 1, None,
      ["maxpool1", "padding 2x2", "size 2x2", "smaller than the size"]),
     ("kernel-larger-than-input", "input 1x8x8\nconv filters=1 size=3\nmaxpool size=2\nconv filters=1 size=4\n",
@@ -212,3 +220,35 @@ def test_a_tab_before_the_caret_counts_as_one_column():
 def test_model_error_carries_file_line_column():
     err = ModelError("x", Loc("f.cnn", 3, 4, "abc"))
     assert (err.file, err.line, err.column, err.message) == ("f.cnn", 3, 4, "x")
+
+
+@pytest.mark.parametrize("hostile", ["\x1b[2J\x1b[31m", "\u202e", "\x07\x08\r", "\u2066x\u2069"])
+def test_the_echoed_line_cannot_control_the_terminal(hostile):
+    with pytest.raises(ModelError) as info:
+        check_source(f"model m\ninput 1x8x8\nconv filters=4 {hostile} size=3\n", "m.cnn")
+    rendered = info.value.render()
+    assert info.value.line == 3
+    assert all(ch == "\n" or ch.isprintable() for ch in rendered), repr(rendered)
+    source, caret = rendered.splitlines()[1:3]
+    assert source.startswith(" 3 | conv filters=4 \\")
+    assert caret.index("^") == source.index("\\")  # the caret points at the escaped character
+
+
+def test_a_very_long_line_is_cut_around_the_column():
+    line = "dense units=" + "1" * 5_000_000 + " colour=red"
+    err = ModelError("wrong", Loc("f.cnn", 4, len(line) - 9, line, 6))
+    rendered = err.render()
+    assert len(rendered) < 400
+    source, caret = rendered.splitlines()[1:3]
+    assert source.endswith("colour=red") and "..." in source
+    assert source[caret.index("^"):caret.index("^") + 6] == "colour"
+    start = ModelError("wrong", Loc("f.cnn", 4, 1, line, 5)).render().splitlines()[1:3]
+    assert start[0].startswith(" 4 | dense units=111") and start[0].endswith("...") and start[1] == "   | ^^^^^"
+
+
+def test_file_names_and_messages_are_printable_too(tmp_path, capsys):
+    name = tmp_path / "m\x1b[31m.cnn"
+    name.write_text("model m\ninput 1x8x8\ndense units=3\n")
+    code = main(["compile", str(name)])
+    err = capsys.readouterr().err
+    assert code == 1 and "\x1b" not in err and "m\\x1b[31m.cnn" in err

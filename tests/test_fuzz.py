@@ -43,7 +43,7 @@ def test_random_bytes(data):
     front_end(data)
 
 
-ALPHABET = "abcdefilnoprstuvxyz_0123456789 \t\r\n#:=(),.+-eEx\ufeff"
+ALPHABET = "abcdefiklnoprstuvxyz_0123456789 \t\r\n#:=(),.+-*/eEx\ufeff"
 
 
 @FUZZ
@@ -55,13 +55,74 @@ def test_random_text_from_the_alphabet(text):
 WORDS = (list(ops.OPS) + list(ops.STATEMENTS) + list(ops.LOSSES) + list(ops.PADDINGS) + list(ops.ACTIVATIONS)
          + ["true", "false", "a", "b", "input1", "conv1", "relu1"]
          + [f"{key}=" for op in ops.OPS.values() for key in op.keys] + [f"{key}=" for key in ops.TRAIN_KEYS]
-         + ["0", "1", "2", "3", "-1", "0.5", "1e-3", "3x3", "2x1", "1x8x8", "3x16x16", "(", ")", ",", ":", "\n", "#"])
+         + ["0", "1", "2", "3", "-1", "0.5", "1e-3", "3x3", "2x1", "1x8x8", "3x16x16", "(", ")", ",", ":", "\n", "#"]
+         + ["block", "end", "in", "b", "n", "n*2", "n/2", "repeat=", "first=", "batchnorm=", "n=", "b1", "b.conv1"])
 
 
 @FUZZ
 @given(st.lists(st.sampled_from(WORDS), max_size=40).map(" ".join))
 def test_random_statements_from_the_language_words(text):
     front_end(text)
+
+
+# -- random block definitions and uses --------------------------------------------------------
+
+PARAMS = ["n", "k", "s", "m"]
+VALUES = ["1", "2", "3", "0", "-1", "2x2", "same", "relu", "true", "1.5"]
+
+
+@st.composite
+def block_value(draw, params):
+    """A literal, a parameter or a product of them: what a key in a block body may hold."""
+    atoms = st.sampled_from(VALUES + params + ["zz"])
+    if draw(st.booleans()):
+        return draw(atoms)
+    parts = draw(st.lists(st.sampled_from(["1", "2", "4", "0"] + params + ["zz"]), min_size=2, max_size=3))
+    return "".join(p + draw(st.sampled_from("*/")) for p in parts[:-1]) + parts[-1]
+
+
+@st.composite
+def body_line(draw, params, inputs):
+    op = draw(st.sampled_from(["conv", "conv", "relu", "batchnorm", "maxpool", "add", "concat", "dense", "b0", "b1",
+                               "input", "flatten"]))
+    label = draw(st.sampled_from(["", "", "x: ", "y: ", "in: "]))
+    listed = draw(st.sampled_from(["", "", "(in)", "(x)", "(in, x)", "(x, y)"] + [f"({i})" for i in inputs]))
+    keys = {"conv": ["filters", "size", "stride", "padding", "bias", "batchnorm", "activation"],
+            "maxpool": ["size", "stride"], "dense": ["units"], "b0": ["n", "k", "repeat", "first"],
+            "b1": ["n", "m", "repeat"]}.get(op, [])
+    chosen = draw(st.lists(st.sampled_from(keys), max_size=4, unique=True)) if keys else []
+    args = " ".join(f"{key}={draw(block_value(params))}" for key in chosen)
+    return f"{label}{op}{listed} {args}"
+
+
+@st.composite
+def block_program(draw):
+    """One or two blocks with random parameters and bodies, used with random arguments."""
+    lines = []
+    for name in ("b0", "b1")[:draw(st.integers(1, 2))]:
+        params = draw(st.lists(st.sampled_from(PARAMS), max_size=3, unique=True))
+        head = " ".join(p if draw(st.booleans()) else f"{p}={draw(st.sampled_from(VALUES))}" for p in params)
+        inputs = draw(st.sampled_from([[], [], ["p", "q"]]))
+        listed = f"({', '.join(inputs)})" if inputs else ""
+        lines.append(f"block {name}{listed} {head}")
+        simple = st.sampled_from(["relu", "conv filters=2 size=1", f"conv filters={params[0]} size=3 padding=same"
+                                  if params else "batchnorm", "add(in, x)" if not inputs else "concat(p, q)"])
+        count = draw(st.integers(0, 4)) or 1
+        lines += ["  " + draw(st.one_of(simple, body_line(params, inputs))) for _ in range(count)]
+        if draw(st.integers(0, 19)):
+            lines.append("end")
+    lines.append("input " + draw(st.sampled_from(["2x8x8", "1x4x4", "3x2x2"])))
+    uses = st.sampled_from(["b0", "b0 n=2", "b0 n=1 k=2 s=1 m=2", "r: b0 n=3 repeat=2", "b1 n=2 repeat=3 first=b0",
+                            "b0(input1, relu1) n=2", "relu", "conv filters=2 size=1"])
+    for _ in range(draw(st.integers(1, 4))):
+        lines.append(draw(st.one_of(uses, body_line(["zz"], []).map(lambda t: t.replace("(in)", "(input1)")))))
+    return "\n".join(draw(st.permutations(lines)) if not draw(st.integers(0, 9)) else lines) + "\n"
+
+
+@FUZZ
+@given(block_program())
+def test_random_block_definitions_and_uses(source):
+    front_end(source)
 
 
 # -- mutated examples -------------------------------------------------------------------------
@@ -94,7 +155,18 @@ def drop_token(lines, i, j):
     return lines[:i] + [" ".join(tokens)] + lines[i + 1:]
 
 
-MUTATIONS = [delete_line, duplicate_line, swap_lines, change_number, drop_token]
+BLOCK_WORDS = ["in", "end", "block", "filters", "growth*0", "repeat=0", "first=basic", "basic", "r", "filters=filters"]
+
+
+def replace_word(lines, i, j):
+    """A word of a line swapped for one of the block syntax's: the examples with blocks break in their own ways."""
+    words = lines[i].split()
+    if words:
+        words[j % len(words)] = BLOCK_WORDS[j % len(BLOCK_WORDS)]
+    return lines[:i] + [" ".join(words)] + lines[i + 1:]
+
+
+MUTATIONS = [delete_line, duplicate_line, swap_lines, change_number, drop_token, replace_word]
 
 
 @st.composite

@@ -6,13 +6,14 @@ import pytest
 
 from cnnc import ops
 from cnnc.frontend import check_source
+from cnnc.expand import expand
 from cnnc.graph import build_graph, inputs
 from cnnc.shapes import parameter_shapes
 from cnnc.syntax import parse
 
 
 def graph(*lines: str, name=None):
-    return build_graph(parse("\n".join(lines) + "\n", "m.cnn"), name)
+    return build_graph(expand(parse("\n".join(lines) + "\n", "m.cnn")), name)
 
 
 def test_automatic_names_count_each_op_in_file_order():

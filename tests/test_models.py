@@ -86,9 +86,20 @@ def randomize(net, rng) -> None:
             view[...] = rng.standard_normal(view.shape) * 0.5
 
 
+# Too big to run here on CI's two cores: test_blocks.py compiles it and counts its parameters.
+FULL_SIZE_ONLY = {"resnet18"}
+# Deep enough that float32 rounding alone moves some gradients by more than 1e-4 (in resnet20 it is
+# PyTorch's float32 run that strays: 5e-3 from float64 on batchnorm gradients, where ours is 1e-6
+# off): these are held to a float64 reference instead, all gradients together within twice the
+# error of PyTorch's own float32 run, each within five times (or 1e-4).
+DEEP = {"densenet_bc40", "resnet20"}
+
+
 def model_sources():
     sources = {name: re.sub(r"^\s+", "", text, flags=re.M) for name, text in EVERY_OP.items()}
     for path in sorted(EXAMPLES.glob("*.cnn")):
+        if path.stem in FULL_SIZE_ONLY:
+            continue
         # cnnc's dropout masks cannot be replayed in PyTorch: compare with rate 0 (dropout has its own tests).
         sources[path.stem] = re.sub(r"dropout\s+rate=[0-9.]+|dropout\s*$", "dropout rate=0",
                                     path.read_text(), flags=re.M)
@@ -138,7 +149,15 @@ def test_loss_and_grads_match_pytorch(case, optimize):
     loss, grads = net.loss_and_grads(x, y)
     ref_loss, ref_grads, ref_running = reference.loss_and_grads(net.parsed, before, x, y)
     assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
-    assert_gradients_match(grads, ref_grads)
+    if name in DEEP:
+        exact = reference.loss_and_grads(net.parsed, {n: v.astype(np.float64) for n, v in before.items()},
+                                         x.astype(np.float64), y)[1]
+        whole = [np.concatenate([g[p].ravel() for p in exact]) for g in (grads, ref_grads, exact)]
+        assert relative_error(whole[0], whole[2]) <= max(1e-4, 2 * relative_error(whole[1], whole[2]))
+        for param, ref in exact.items():
+            assert relative_error(grads[param], ref) <= max(1e-4, 5 * relative_error(ref_grads[param], ref)), param
+    else:
+        assert_gradients_match(grads, ref_grads)
     for param, ref in ref_running.items():  # running statistics move as PyTorch's do
         assert relative_error(net.params[param], ref) < 1e-5, param
 

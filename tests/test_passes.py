@@ -233,6 +233,19 @@ def test_fuse_conv_add_picks_one_input_per_add():
     assert after.graph["output"] == "b"
 
 
+def test_fuse_add_when_the_other_input_is_an_add_fused_before():
+    """Two blocks whose outputs are bare adds: the second add's other input is the first add,
+    which the layer before it has absorbed by then."""
+    source = ("input 2x4x4\ns: conv filters=2 size=1\nrelu\na: conv filters=2 size=1\nadd(s, a)\n"
+              "relu\nb: conv filters=2 size=1\nadd(add1, b)\n")
+    for fuse, layers in ((fuse_conv_add, ("a", "b")), (fuse_batchnorm_add, None)):
+        g = graph(source if layers else source.replace("a: conv filters=2 size=1", "conv filters=2 size=1\na: batchnorm")
+                  .replace("b: conv filters=2 size=1", "conv filters=2 size=1\nb: batchnorm"))
+        after = fuse(g)
+        assert "add1" not in after and "add2" not in after
+        assert inputs(after, "b")[1] == "a" and all("op" in d for _, d in after.nodes(data=True))
+
+
 # -- pipelines --------------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 signatures the real calls use, and a cold compile (two processes) leaves them all in Numba's cache."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import py_compile
 import re
 import shutil
 import subprocess
@@ -82,3 +84,47 @@ def test_a_cold_compile_fills_the_cache_and_a_fresh_process_runs_from_it(tmp_pat
     done = subprocess.run([sys.executable, "-c", program, str(model)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert abs(float(done.stdout) - 2.0) < 1e-5  # two rows of softmax probabilities
+
+
+SMALL = """\
+model small
+input 1x4x4
+flatten
+dense units=3
+loss cross_entropy
+"""
+
+
+def test_damaged_caches_repair_themselves(tmp_path):
+    """What kills and full disks leave in the caches: an empty Numba index, a truncated data
+    file, a corrupt .pyc beside a generated module. Each run still works and puts the cache right."""
+    model = tmp_path / "small.cnn"
+    model.write_text(SMALL)
+    numba_cache, cnnc_cache = tmp_path / "numba", tmp_path / "cnnc"
+    env = {**os.environ, "CNNC_CACHE_DIR": str(cnnc_cache), "NUMBA_CACHE_DIR": str(numba_cache)}
+    command = [shutil.which("cnnc")] if shutil.which("cnnc") else [sys.executable, "-m", "cnnc.cli"]
+
+    def compiled() -> tuple[int, int]:
+        done = subprocess.run(command + ["compile", str(model)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        found = re.search(r"kernels: (\d+) \((\d+) compiled", done.stdout)
+        return int(found[1]), int(found[2])
+
+    total, _ = compiled()
+    (index,) = numba_cache.rglob("dense.dense_forward-*.nbi")
+    index.write_bytes(b"")
+    (helper,) = numba_cache.rglob("dense._matmul_wt_small-*.nbi")  # loaded when a caller compiles
+    helper.write_bytes(helper.read_bytes()[:20])
+    (data,) = numba_cache.rglob("layout.nchw_to_cnhw-*.nbc")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    for module in cnnc_cache.glob("cnnc_model_*.py"):
+        pyc = Path(importlib.util.cache_from_source(str(module)))
+        py_compile.compile(str(module), cfile=str(pyc))
+        pyc.write_bytes(pyc.read_bytes()[:16] + b"\xff" * 64)  # a valid header, a damaged body
+    assert compiled() == (total, 2)
+    assert compiled() == (total, 0)
+    program = ("import numpy as np, cnnc, sys; net = cnnc.compile(sys.argv[1]); net.compile();"
+               "x = np.ones((2, 1, 4, 4), np.float32); print(net.loss_and_grads(x, np.zeros(2, np.int64))[0])")
+    done = subprocess.run([sys.executable, "-c", program, str(model)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) > 0

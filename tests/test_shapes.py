@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cnnc import ops
 from cnnc.diagnostics import ModelError
 from cnnc.frontend import check_source
+from cnnc.expand import expand
 from cnnc.graph import build_graph
 from cnnc.shapes import infer_shapes, layer_flops, parameter_shapes
 from cnnc.syntax import parse
@@ -62,7 +63,7 @@ def test_every_op_has_a_rule_tested():
 
 
 def test_infer_shapes_does_not_touch_its_input():
-    g = build_graph(parse("input 1x8x8\nconv filters=2 size=3 padding=same\n"))
+    g = build_graph(expand(parse("input 1x8x8\nconv filters=2 size=3 padding=same\n")))
     checked = infer_shapes(g)
     assert "shape" not in g.nodes["conv1"] and "pads" not in g.nodes["conv1"]
     assert checked.nodes["conv1"]["shape"] == (2, 8, 8)

@@ -169,3 +169,39 @@ def test_syntax_errors_are_located(text, line, column, fragment):
         parse(text)
     assert (err.value.line, err.value.column) == (line, column)
     assert fragment in err.value.message and err.value.hint
+
+
+# -- blocks and products ----------------------------------------------------------------------
+
+
+def test_a_block_definition_is_gathered_with_its_body():
+    program = parse("input 1x8x8\n\nblock up(x, skip) filters stride=2  # two inputs\n"
+                    "  conv(x) filters=filters size=1\n"
+                    "  concat(up1, skip)\nend\nup(input1, input1) filters=3\n", "m.cnn")
+    (block,) = program.blocks
+    assert (block.name, [r.name for r in block.inputs]) == ("up", ["x", "skip"])
+    assert [(a.key, a.value.value) for a in block.params] == [(None, "filters"), ("stride", 2)]
+    assert [s.op for s in block.body] == ["conv", "concat"]
+    assert [s.op for s in program.statements] == ["input", "up"]
+    assert (block.loc.line, block.loc.column, block.loc.width, block.name_loc.column) == (3, 1, 8, 7)
+
+
+def test_a_block_without_inputs_or_parameters():
+    (block,) = parse("block stem\n  relu\nend\n").blocks
+    assert (block.inputs, block.params, len(block.body)) == (None, (), 1)
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("n*4", ("n", "*", 4)), ("growth*4/2", ("growth", "*", 4, "/", 2)), ("2*k", (2, "*", "k")),
+    ("n * 2", ("n", "*", 2)),
+])
+def test_products(text, parts):
+    (arg,) = statement(f"conv filters={text}").args
+    assert arg.value.kind == "expr" and arg.value.text == text
+    assert tuple(p.value if not isinstance(p, str) else p for p in arg.value.value) == parts
+    assert (arg.value.loc.column, arg.value.loc.width) == (14, len(text))
+
+
+def test_block_is_a_word_only_at_the_start_of_a_line():
+    s = statement("x: conv(block) filters=1 size=1")
+    assert [r.name for r in s.inputs] == ["block"]

@@ -323,6 +323,61 @@ def test_a_real_sigint_to_the_installed_command(data, workdir):
     assert_same_bits(state["params"], weights("w.npz"))
 
 
+def test_sigterm_stops_like_ctrl_c(data, workdir):
+    """`timeout`, schedulers and `docker stop` send SIGTERM: the run stops gracefully (exit 143),
+    and the last epoch printed is that of the checkpoint, which is whole."""
+    process = subprocess.Popen(cnnc_command() + ["train", "tiny.cnn", str(data["npz"]), "--out", "w.npz",
+                                                 "--epochs", "100000", "-q"],
+                               cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        printed = [process.stdout.readline() for _ in range(2)]
+        process.terminate()
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and "terminated; the checkpoint after epoch" in err
+    assert "continue with: cnnc train" in err
+    state = load_checkpoint("w.ckpt.npz")
+    assert state["epoch"] == epoch_lines("".join(printed) + out)[-1]["epoch"] >= 2
+    assert_same_bits(state["params"], weights("w.npz"))
+    assert not list(workdir.glob(".*.tmp"))
+
+
+def test_sigterm_during_the_save_finishes_it(data, monkeypatch):
+    original = checkpoint.save_weights
+
+    def save_weights_terminated(path, params):
+        signal.raise_signal(signal.SIGTERM)
+        original(path, params)
+
+    monkeypatch.setattr(checkpoint, "save_weights", save_weights_terminated)
+    code, _, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "-q")
+    assert code == 143 and "terminated; the checkpoint after epoch 1 is kept" in err
+    state = load_checkpoint("w.ckpt.npz")
+    assert state["epoch"] == 1
+    assert_same_bits(state["params"], weights("w.npz"))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after the run
+
+
+@pytest.mark.parametrize("stderr", ["separate", "same pipe"])
+def test_a_closed_output_pipe_does_not_stop_training(stderr, data, workdir):
+    """`cnnc train ... | head -1`: the printing stops, the training goes on to the end and saves."""
+    process = subprocess.Popen(cnnc_command() + ["train", "tiny.cnn", str(data["npz"]), "--out", "w.npz",
+                                                 "--epochs", "6", "-q"],
+                               cwd=workdir, stdout=subprocess.PIPE, text=True,
+                               stderr=subprocess.STDOUT if stderr == "same pipe" else subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # as `head -1` does
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert first.startswith("training tiny" if stderr == "same pipe" else "epoch 1/6")
+    assert load_checkpoint("w.ckpt.npz")["epoch"] == 6
+    if stderr == "separate":
+        assert "Traceback" not in err and "Exception ignored" not in err
+        assert "weights: w.npz" in err
+
+
 def test_ctrl_c_repeats_the_flags_that_were_given(data, monkeypatch):
     StepCounter(monkeypatch, SGD, interrupt_at=30 + 10)  # batches of 10: epoch 2, batch 10
     code, _, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--lr", 0.05,
@@ -793,3 +848,115 @@ def test_no_training_images_is_a_user_error(data):
     np.savez("empty.npz", x_train=x[:0], y_train=y[:0], x_test=x, y_test=y)
     code, _, err = cnnc_cli("train", "tiny.cnn", "empty.npz", "--out", "w.npz")
     assert code == 1 and "empty.npz" in err and "no training images" in err and "Traceback" not in err
+
+
+# -- hostile weights, checkpoints and data -------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_infinite_weights_are_refused(command, value, trained, data):
+    params = weights(trained / "w.npz")
+    params["conv1.weight"][0, 0, 1, 1] = value
+    save_weights("bad.npz", params)
+    target = {"eval": [data["images"]], "predict": [next((data["images"] / "test").glob("*/*.png"))],
+              "export": []}[command]
+    code, out, err = cnnc_cli(command, "tiny.cnn", *target, "--weights", "bad.npz",
+                              *(["-o", "m.onnx"] if command == "export" else []))
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "bad.npz" in err and "conv1.weight holds 1 NaN or infinite value" in err
+    assert not Path("m.onnx").exists()
+
+
+@pytest.mark.parametrize("entry, value, expected", [
+    ("rng", None, "its entry 'rng' is missing"),
+    ("rng", {"bit_generator": "Nope"}, "its entry 'rng' is not a random generator's state"),
+    ("epoch", -5, "its epoch is -5"),
+    ("epoch", "2", "its entry 'epoch' is a str, not a int"),
+    ("classes", None, "its entry 'classes' is missing"),
+])
+def test_a_damaged_checkpoint_says_which_entry(entry, value, expected, good_run, data):
+    put_good_run(good_run)
+    state = load_checkpoint("w.ckpt.npz")
+    state[entry] = value
+    checkpoint.save_checkpoint("w.ckpt.npz", state)
+    code, out, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--resume", "w.ckpt.npz",
+                              "--epochs", 2, "-q")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert f"damaged checkpoint: {expected}" in err
+
+
+def test_huge_pixels_point_at_the_data_not_the_learning_rate(tmp_path):
+    x, y = make_images(64, 4)
+    np.savez("huge.npz", x_train=x.astype(np.float32) * np.float32(1e30), y_train=y)
+    code, _, err = cnnc_cli("train", "tiny.cnn", "huge.npz", "--out", "w.npz", "-q")
+    assert code == 1 and "diverged" in err
+    assert "the training images hold values up to" in err and "scale them to [0, 1]" in err
+    assert "learning rate" not in err
+
+
+def test_one_class_trains_with_a_warning_that_says_why(tmp_path):
+    x, y = make_images(32, 4)
+    np.savez("one.npz", x_train=x, y_train=np.zeros_like(y))
+    code, out, err = cnnc_cli("train", "tiny.cnn", "one.npz", "--out", "w.npz", "--epochs", 1, "-q")
+    assert code == 0, err
+    assert "warning: every training image is of class 0: the network can only learn to answer 0" in err
+    assert load_checkpoint("w.ckpt.npz")["epoch"] == 1
+
+
+def test_predict_names_the_classes_the_checkpoint_has(data, workdir):
+    """Trained on two classes of three outputs: the names of those two, a number for the third."""
+    x, y = make_images(60, 6)
+    keep = y < 2
+    write_image_folder(workdir / "two", {"train": (x[keep], y[keep])})
+    code, _, err = cnnc_cli("train", "tiny.cnn", workdir / "two", "--out", "w.npz", "--epochs", 1, "-q")
+    assert code == 0, err
+    files = sorted((workdir / "two" / "train").glob("*/*.png"))[:4]
+    code, out, err = cnnc_cli("predict", "tiny.cnn", *files, "--weights", "w.npz")
+    assert code == 0, err
+    assert {line.split("\t")[1] for line in out.splitlines()} <= {"alpha", "beta", "2"}
+    assert {"alpha", "beta"} & {line.split("\t")[1] for line in out.splitlines()}
+
+
+def test_predict_with_a_damaged_checkpoint_beside_the_weights_still_predicts(trained, data):
+    save_weights("w.npz", weights(trained / "w.npz"))
+    Path("w.ckpt.npz").write_bytes(b"not a zip")
+    image = next((data["images"] / "test").glob("*/*.png"))
+    code, out, err = cnnc_cli("predict", "tiny.cnn", image, "--weights", "w.npz")
+    assert code == 0 and out.split("\t")[1] in ("0", "1", "2")
+    assert err.startswith("warning: ") and "shown as numbers" in err
+
+
+def test_a_full_disk_at_the_checkpoint_write_says_the_weights_are_newer(data, monkeypatch):
+    assert cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--epochs", 1, "-q")[0] == 0
+    real = checkpoint.atomic_write_npz
+
+    def disk_full(path, arrays):
+        if str(path).endswith(".ckpt.npz"):
+            raise cnnc.DataError(path, "cannot write: No space left on device")
+        real(path, arrays)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_npz", disk_full)
+    code, _, err = cnnc_cli("train", "tiny.cnn", data["npz"], "--out", "w.npz", "--epochs", 2, "-q",
+                            "--resume", "w.ckpt.npz")
+    assert code == 1 and "No space left on device" in err
+    assert "the weights of epoch 2 are saved in w.npz, but this checkpoint was not replaced" in err
+    assert load_checkpoint("w.ckpt.npz")["epoch"] == 1
+
+
+@pytest.mark.parametrize("flags, hint", [(["--lr", "1e308"], "smaller learning rate"),
+                                         (["--weight-decay", "1e308"], "weight decay well below 1")])
+def test_a_diverging_run_leaks_no_numpy_warning(flags, hint, data):
+    result = subprocess.run(cnnc_command() + ["train", "tiny.cnn", str(data["npz"]), "--out", "w.npz", "-q", *flags],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "diverged" in result.stderr and hint in result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+
+
+def test_float_labels_beyond_any_class_are_named(data):
+    x, _ = make_images(8, 4)
+    np.savez("labels.npz", x_train=x, y_train=np.full(8, 1e300))
+    result = subprocess.run(cnnc_command() + ["train", "tiny.cnn", "labels.npz", "--out", "w.npz", "-q"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "y_train holds label 1e+300; expected class indices" in result.stderr
+    assert "Warning" not in result.stderr

@@ -1,4 +1,4 @@
-"""The graph as JSON: nodes with their op, attributes, shape and source location; edges in input order."""
+"""The graph as JSON: nodes with their op, attributes, shape, source location and block scope; edges in input order."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ def node_record(name: str, data: dict, g: nx.DiGraph) -> dict:
     loc = data["loc"]
     record = {"name": name, "op": data["op"], "attrs": data["attrs"], "shape": data["shape"],
               "inputs": inputs(g, name), "line": loc.line, "column": loc.column}
-    for key in ("pads", "activation", "fused", "folded_bn"):
+    for key in ("scope", "pads", "activation", "fused", "folded_bn"):
         if data.get(key):
             record[key] = data[key]
     return record

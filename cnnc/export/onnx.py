@@ -5,14 +5,12 @@ unfused file maps one to one onto the model file a person wrote.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import networkx as nx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..diagnostics import DataError
+from ..files import atomic_write_bytes
 from ..graph import inputs
 
 OPSET = 17
@@ -75,9 +73,7 @@ def to_onnx(g: nx.DiGraph, params: dict[str, np.ndarray]) -> onnx.ModelProto:
 
 
 def export_onnx(net, path) -> None:
-    """Writes the network with its current parameters to an .onnx file."""
+    """Writes the network with its current parameters to an .onnx file, atomically: a kill or a
+full disk keeps the previous file whole."""
     model = to_onnx(net.parsed, {name: view for name, view in net.params.items()})
-    try:
-        Path(path).write_bytes(model.SerializeToString())
-    except OSError as err:
-        raise DataError(path, f"cannot write: {err.strerror or err}") from None
+    atomic_write_bytes(path, model.SerializeToString())

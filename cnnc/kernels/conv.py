@@ -4,19 +4,20 @@ The kernels are serial: each works through its batch in chunks of nb images, wit
 product per chunk. The runtime runs the whole network on slices of the batch in parallel
 (cnnc/runtime.py), so BLAS is kept to one thread there except when a single slice runs.
 
-Per chunk the input is copied into a zero-padded buffer xp (C, nb, HP+1, WP) -- HP x WP is the
-input area the output windows cover, plus one zero row -- so that building the column matrix
+Per chunk the input is copied into a zero-padded buffer xp, cut into the stride's phases:
+xp[c, n, a*sw + b, h, w] = the padded input at row h*sh + a, column w*sw + b (one phase at
+stride 1), each phase HPh x WPh with one zero row more, so that building the column matrix
 needs no bounds logic. The forward is one product W (F, C*Kh*Kw) @ cols (C*Kh*Kw, columns) and
-an epilogue (bias, ReLU) that copies the result into out; the backward is cols @ g.T (dw,
-transposed) and W.T @ g scattered back into the padded buffer (dx). 3x3 layers at stride 1
-have a Winograd forward of their own (conv3x3_forward, at the end).
+an epilogue (bias, ReLU, residual) that copies the result into out; the backward is cols @ g.T
+(dw, transposed) and W.T @ g scattered back into the padded buffer (dx). 3x3 layers at stride
+1 have Winograd kernels of their own (conv3x3_forward and conv3x3_backward, at the end).
 
-Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q. For stride 1,
-ld = WP ("wide"): the columns of one kernel tap (c, i, j) and one image are then a single
-contiguous run of xp, starting at
-xp[c, n, i, j], so im2col is long block copies (10x faster than gathering rows of 16). The
-price is WP - OW discarded columns per output row, e.g. 18 for 16: 12% more product work.
-For other strides ld = OW and im2col gathers one output row at a time.
+Column layout: output (n, p, q) of a chunk sits at column (n*OH + p)*ld + q with ld = WPh
+("wide"): the columns of one kernel tap (c, i, j) and one image are then a single contiguous
+run of one phase, the phase (i % sh, j % sw) from row i // sh, column j // sw on, so im2col is
+long block copies at every stride (10x faster than gathering rows of 16 at stride 1, 3x at
+stride 2). The price is WPh - OW discarded columns per output row, e.g. 2 for 16 at stride 1
+and 1 for 16 at stride 2 with 3x3 filters: 6-12% more product work.
 """
 import numpy as np
 from numba import njit
@@ -32,10 +33,10 @@ MIN_COLUMNS = 512
 
 @njit(cache=True)
 def _layout(KH, KW, OH, OW, sh, sw):
-    """(HP, WP, wide, ld): the covered input area, whether the wide layout applies, the row stride."""
+    """(HPh, WPh): the size of each stride phase of the input area the output windows cover;
+    WPh is also the row stride ld of the column layout."""
     HP, WP = (OH - 1) * sh + KH, (OW - 1) * sw + KW
-    wide = sh == 1 and sw == 1
-    return HP, WP, wide, WP if wide else OW
+    return -(-HP // sh), -(-WP // sw)
 
 
 @njit(cache=True)
@@ -78,78 +79,89 @@ def _scatter_add(dst, src, count, step):
         dst[k * step] += src[k]
 
 
-@njit(cache=True)
-def _inside(pad, size, padded):
-    """[lo, hi): the padded-buffer indices that hold real input along one axis."""
-    lo = min(pad, padded)
-    return lo, max(lo, min(pad + size, padded))
+@njit(cache=True, fastmath=True)
+def _phase_columns(pad, size, step, phase, count):
+    """[lo, hi): the columns w of a phase whose input column w*step + phase - pad is inside [0, size)."""
+    lo = min(max(0, -(-(pad - phase) // step)), count)
+    return lo, max(lo, min(-(-(size + pad - phase) // step), count))
 
 
 @njit(cache=True, fastmath=True)
-def _pad_chunk(x, n0, pt, pl, xp):
-    """xp[c, n, h, w] = x[c, n0+n, h-pt, w-pl], zero where that is padding (every element written)."""
+def _pad_chunk(x, n0, pt, pl, sh, sw, xp):
+    """xp[c, n, a*sw + b, h, w] = x[c, n0+n, h*sh + a - pt, w*sw + b - pl], zero where that is
+    padding (every element written, the extra last row too)."""
     C, _, H, W = x.shape
-    m, HP1, WP = xp.shape[1], xp.shape[2], xp.shape[3]
-    h0, h1 = _inside(pt, H, HP1 - 1)
-    w0, w1 = _inside(pl, W, WP)
+    m, HP1, WP = xp.shape[1], xp.shape[3], xp.shape[4]
     for c in range(C):
         for n in range(m):
-            plane = xp[c, n].reshape(-1)
-            _zero(plane, h0 * WP)
-            _zero(plane[h1 * WP:], (HP1 - h1) * WP)
-            for h in range(h0, h1):
-                row = plane[h * WP:]
-                _zero(row, w0)
-                _copy(row[w0:], x[c, n0 + n, h - pt], w1 - w0)
-                _zero(row[w1:], WP - w1)
+            src = x[c, n0 + n]
+            for a in range(sh):
+                h0, h1 = _phase_columns(pt, H, sh, a, HP1 - 1)
+                for b in range(sw):
+                    plane = xp[c, n, a * sw + b]
+                    w0, w1 = _phase_columns(pl, W, sw, b, WP)
+                    _zero(plane.reshape(-1), h0 * WP)
+                    _zero(plane.reshape(-1)[h1 * WP:], (HP1 - h1) * WP)
+                    for h in range(h0, h1):
+                        row, srow = plane[h], src[h * sh + a - pt]
+                        for w in range(w0):
+                            row[w] = 0
+                        if sw == 1:
+                            for w in range(w0, w1):
+                                row[w] = srow[w - pl]
+                        else:
+                            for w in range(w0, w1):
+                                row[w] = srow[w * sw + b - pl]
+                        for w in range(w1, WP):
+                            row[w] = 0
 
 
 @njit(cache=True, fastmath=True)
-def _unpad_add(dxp, n0, pt, pl, dx):
-    """dx[c, n0+n, h, w] += dxp[c, n, h+pt, w+pl]: the adjoint of _pad_chunk."""
+def _unpad_add(dxp, n0, pt, pl, sh, sw, dx):
+    """dx[c, n0+n, h*sh + a - pt, w*sw + b - pl] += dxp[c, n, a*sw + b, h, w]: the adjoint of _pad_chunk."""
     C, _, H, W = dx.shape
-    m, HP1, WP = dxp.shape[1], dxp.shape[2], dxp.shape[3]
-    h0, h1 = _inside(pt, H, HP1 - 1)
-    w0, w1 = _inside(pl, W, WP)
+    m, HP1, WP = dxp.shape[1], dxp.shape[3], dxp.shape[4]
     for c in range(C):
         for n in range(m):
-            for h in range(h0, h1):
-                _add(dx[c, n0 + n, h - pt], dxp[c, n, h, w0:], w1 - w0)
+            for a in range(sh):
+                h0, h1 = _phase_columns(pt, H, sh, a, HP1 - 1)
+                for b in range(sw):
+                    w0, w1 = _phase_columns(pl, W, sw, b, WP)
+                    for h in range(h0, h1):
+                        src, dst = dxp[c, n, a * sw + b, h, w0:], dx[c, n0 + n, h * sh + a - pt]
+                        if sw == 1:
+                            _add(dst[w0 - pl:], src, w1 - w0)
+                        else:
+                            _scatter_add(dst[w0 * sw + b - pl:], src, w1 - w0, sw)
 
 
 @njit(cache=True, fastmath=True)
-def _im2col(xp, kh, kw, sh, sw, oh, ow, wide, cols):
-    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, p*sh+i, q*sw+j]."""
-    C, m, WP = xp.shape[0], xp.shape[1], xp.shape[3]
+def _im2col(xp, kh, kw, sh, sw, oh, cols):
+    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, (i%sh)*sw + j%sw, p + i//sh, q + j//sw]:
+    one contiguous run per tap and image (the extra zero row keeps the last run inside)."""
+    C, m, WP = xp.shape[0], xp.shape[1], xp.shape[4]
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
+                start = (i // sh) * WP + j // sw
                 for n in range(m):
-                    if wide:  # the extra zero row keeps the run inside the plane
-                        _copy(row[n * oh * WP:], xp[c, n].reshape(-1)[i * WP + j:], oh * WP)
-                    else:
-                        for p in range(oh):
-                            _gather(row[(n * oh + p) * ow:], xp[c, n, p * sh + i, j:], ow, sw)
+                    _copy(row[n * oh * WP:], xp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
-def _col2im_add(cols, kh, kw, sh, sw, oh, ow, wide, dxp):
-    """dxp[c, n, p*sh+i, q*sw+j] += cols[(c,i,j), (n*oh+p)*ld + q]: the adjoint of _im2col.
-
-    In the wide layout the discarded columns are added too: they are exactly zero (W.T times
-    zero columns of g), so where they land does not matter."""
-    C, m, WP = dxp.shape[0], dxp.shape[1], dxp.shape[3]
+def _col2im_add(cols, kh, kw, sh, sw, oh, dxp):
+    """The adjoint of _im2col: each tap's run added back into its phase. The discarded columns
+    are added too: they are exactly zero (W.T times zero columns of g), so where they land does
+    not matter."""
+    C, m, WP = dxp.shape[0], dxp.shape[1], dxp.shape[4]
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
+                start = (i // sh) * WP + j // sw
                 for n in range(m):
-                    if wide:
-                        _add(dxp[c, n].reshape(-1)[i * WP + j:], row[n * oh * WP:], oh * WP)
-                    else:
-                        for p in range(oh):
-                            _scatter_add(dxp[c, n, p * sh + i, j:], row[(n * oh + p) * ow:], ow, sw)
+                    _add(dxp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], row[n * oh * WP:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
@@ -208,20 +220,21 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
     """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it is empty."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    HP, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    phases = stride_h * stride_w
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
     nb = _chunk(rows, N, OH * ld)
-    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    xp_buf = np.empty(C * nb * phases * (HP + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     prod_buf = np.empty(F * nb * OH * ld, x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
+        xp = xp_buf[:C * m * phases * (HP + 1) * ld].reshape(C, m, phases, HP + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
-        _pad_chunk(x, n0, pad_top, pad_left, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
+        _pad_chunk(x, n0, pad_top, pad_left, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
         np.dot(wmat, cols, prod)
         _bias_relu_store(prod, b, residual, relu, n0, ld, out)
 
@@ -231,12 +244,13 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     """dw and db are overwritten; dx (when need_dx) is added into."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, WP, wide, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    HP, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    phases = stride_h * stride_w
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
     dw2 = dw.reshape(F, rows)
     nb = _chunk(rows, N, OH * ld)
-    xp_buf = np.empty(C * nb * (HP + 1) * WP, x.dtype)
+    xp_buf = np.empty(C * nb * phases * (HP + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     g_buf = np.empty(F * nb * OH * ld, x.dtype)
     dw_part = np.empty((rows, F), x.dtype)  # dw transposed: see _add_transposed
@@ -244,19 +258,19 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     db[:] = 0
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        xp = xp_buf[:C * m * (HP + 1) * WP].reshape(C, m, HP + 1, WP)
+        xp = xp_buf[:C * m * phases * (HP + 1) * ld].reshape(C, m, phases, HP + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)
-        _pad_chunk(x, n0, pad_top, pad_left, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, OW, wide, cols)
+        _pad_chunk(x, n0, pad_top, pad_left, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
         np.dot(cols, g.T, dw_part)
         _add_transposed(dw2, dw_part)
         if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
             np.dot(wmat.T, g, cols)
             xp[:] = 0
-            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, OW, wide, xp)
-            _unpad_add(xp, n0, pad_top, pad_left, dx)
+            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, xp)
+            _unpad_add(xp, n0, pad_top, pad_left, stride_h, stride_w, dx)
 
 
 # ---- 3x3, stride 1: Winograd F(2x2, 3x3) ----------------------------------------------------
@@ -276,11 +290,12 @@ WINOGRAD_TILES = 512
 
 @njit(cache=True, fastmath=True)
 def _winograd_weights(w, u):
-    """u[4i+j, c, f] = (G w[f, c] G')[i, j]."""
+    """u[4i+j, c, f] = (G w[f, c] G')[i, j]. Filters innermost, as u is laid out: in the other
+    order the writes jump across u and a 64 x 64 layer's transform took 117 us instead of 25."""
     F, C = w.shape[0], w.shape[1]
     gg = np.empty((4, 3), w.dtype)  # G g, one filter tap column at a time
-    for f in range(F):
-        for c in range(C):
+    for c in range(C):
+        for f in range(F):
             g = w[f, c]
             for j in range(3):
                 gg[0, j] = g[0, j]
@@ -295,16 +310,15 @@ def _winograd_weights(w, u):
 
 
 @njit(cache=True, fastmath=True)
-def _winograd_inputs(x, n0, pt, pl, th, tw, v):
+def _winograd_inputs(x, n0, m, pt, pl, th, tw, v):
     """v[4i+j, t, c] = (B' d B)[i, j] for the 4x4 tile d of tile t = (n*th + ty)*tw + tx of
-    images n0, n0+1, ..., read straight from x: rows and columns outside it are the padding.
+    images n0 ... n0+m-1, read straight from x: rows and columns outside it are the padding.
 
     A row of tiles at a time: e = B' d for every channel over the whole width first, kept as
     e[i, q, c] (zero where the four rows are padding), then the column transform of each tile
     of the row, along the channels (contiguous in e and in v)."""
     C, _, H, W = x.shape
-    T = v.shape[1]
-    m, WP = T // (th * tw), 2 * tw + 2
+    WP = 2 * tw + 2
     q0, q1 = min(pl, WP), min(pl + W, WP)  # the columns of e that see x
     e = np.zeros((4, WP, C), x.dtype)
     zero = np.zeros(W, x.dtype)
@@ -333,44 +347,45 @@ def _winograd_inputs(x, n0, pt, pl, th, tw, v):
 
 
 @njit(cache=True, fastmath=True)
-def _winograd_outputs(mm, b, residual, relu, accumulate, n0, th, tw, out):
+def _winograd_outputs(mm, b, residual, relu, accumulate, n0, m, th, tw, out):
     """out[f, n0+n, 2ty+a, 2tx+b] = (A' M A)[a, b] + b[f] (+ the same element of residual unless
-    it is empty; then ReLU), M[i, j] = mm[4i+j, t, f]; with `accumulate` the value (without
-    bias, residual or ReLU) is added into out instead.
+    it is empty; then ReLU), M[i, j] = mm[4i+j, t, f], for the images n0 ... n0+m-1; with
+    `accumulate` the value (without bias, residual or ReLU) is added into out instead.
 
-    y[2a+b] = (A' M A)[a, b] for every tile and filter at once (loops along all of mm[k],
-    contiguous), then each tile's 2x2 block goes to its place in out."""
+    A row of tiles at a time: y[2a+b, tx, f] = (A' M A)[a, b] for the row's tiles along the
+    filters (reading mm contiguously), then the row's 2x2 blocks go to their places in out from
+    that small block, which stays in L1 (transposing straight from mm, along all tiles, was 3x
+    slower for 64 filters: every read was a new cache line)."""
     F, OH, OW = out.shape[0], out.shape[2], out.shape[3]
-    T = mm.shape[1]
-    m, L = T // (th * tw), T * F
     add = residual.size != 0
-    mf = mm.reshape(16, L)
-    y = np.empty((4, L), mm.dtype)
-    for j in range(4):  # s[a, j] = (A' M)[a, j]; y[a, 0] += s[a, 0..2], y[a, 1] += s[a, 1] - s[a, 2] - s[a, 3]
-        m0, m1, m2, m3 = mf[j], mf[4 + j], mf[8 + j], mf[12 + j]
-        for l in range(L):
-            s0 = m0[l] + m1[l] + m2[l]
-            s1 = m1[l] - m2[l] - m3[l]
-            if j == 0:
-                y[0, l], y[1, l], y[2, l], y[3, l] = s0, 0, s1, 0
-            elif j == 1:
-                y[0, l] += s0
-                y[1, l] += s0
-                y[2, l] += s1
-                y[3, l] += s1
-            elif j == 2:
-                y[0, l] += s0
-                y[1, l] -= s0
-                y[2, l] += s1
-                y[3, l] -= s1
-            else:
-                y[1, l] -= s0
-                y[3, l] -= s1
-    for f in range(F):
-        bf = b[f]
-        for n in range(m):
-            for ty in range(th):
-                t0 = (n * th + ty) * tw
+    y = np.empty((4, tw, F), mm.dtype)
+    for n in range(m):
+        for ty in range(th):
+            t0 = (n * th + ty) * tw
+            for tx in range(tw):  # s[a, j] = (A' M)[a, j]; y[a, 0] += s[a, 0..2], y[a, 1] += s[a, 1] - s[a, 2] - s[a, 3]
+                y0, y1, y2, y3 = y[0, tx], y[1, tx], y[2, tx], y[3, tx]
+                for j in range(4):
+                    m0, m1, m2, m3 = mm[j, t0 + tx], mm[4 + j, t0 + tx], mm[8 + j, t0 + tx], mm[12 + j, t0 + tx]
+                    for f in range(F):
+                        s0 = m0[f] + m1[f] + m2[f]
+                        s1 = m1[f] - m2[f] - m3[f]
+                        if j == 0:
+                            y0[f], y1[f], y2[f], y3[f] = s0, 0, s1, 0
+                        elif j == 1:
+                            y0[f] += s0
+                            y1[f] += s0
+                            y2[f] += s1
+                            y3[f] += s1
+                        elif j == 2:
+                            y0[f] += s0
+                            y1[f] -= s0
+                            y2[f] += s1
+                            y3[f] -= s1
+                        else:
+                            y1[f] -= s0
+                            y3[f] -= s1
+            for f in range(F):
+                bf = b[f]
                 for a in range(2):
                     p = 2 * ty + a
                     if p >= OH:
@@ -378,14 +393,12 @@ def _winograd_outputs(mm, b, residual, relu, accumulate, n0, th, tw, out):
                     dst = out[f, n0 + n, p]
                     res = residual[f, n0 + n, p] if add else dst
                     ya0, ya1 = y[2 * a], y[2 * a + 1]
-                    if accumulate:
-                        for q in range(OW):
-                            at = (t0 + q // 2) * F + f
-                            dst[q] += ya1[at] if q % 2 else ya0[at]
-                    else:
-                        for q in range(OW):
-                            at = (t0 + q // 2) * F + f
-                            v = (ya1[at] if q % 2 else ya0[at]) + bf
+                    for q in range(OW):
+                        v = ya1[q // 2, f] if q % 2 else ya0[q // 2, f]
+                        if accumulate:
+                            dst[q] += v
+                        else:
+                            v += bf
                             if add:
                                 v += res[q]
                             dst[q] = max(v, 0) if relu else v
@@ -398,19 +411,20 @@ def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu):
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
     th, tw = (OH + 1) // 2, (OW + 1) // 2
     nb = max(1, min(N, WINOGRAD_TILES // (th * tw)))
-    u = np.empty((16, C, F), x.dtype)
+    # One row more than needed in each (16, rows, X) buffer: the 16 planes then do not start at
+    # the same offset modulo 4 KB. 16 or 32 KB apart, they fell into the same L1 sets, and the
+    # transforms that read or write all 16 at once ran 1.2-5x slower (64 x 64 filters: 126 us).
+    u = np.empty((16, C + 1, F), x.dtype)
     _winograd_weights(w, u)
-    v_buf = np.empty(16 * C * nb * th * tw, x.dtype)
-    m_buf = np.empty(16 * F * nb * th * tw, x.dtype)
+    v = np.empty((16, nb * th * tw + 1, C), x.dtype)
+    mm = np.empty((16, nb * th * tw + 1, F), x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         tiles = m * th * tw
-        v = v_buf[:16 * C * tiles].reshape(16, tiles, C)
-        mm = m_buf[:16 * F * tiles].reshape(16, tiles, F)
-        _winograd_inputs(x, n0, pad_top, pad_left, th, tw, v)
+        _winograd_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
         for k in range(16):  # tiles x C @ C x F: the shape OpenBLAS runs fastest (see above)
-            np.dot(v[k], u[k], mm[k])
-        _winograd_outputs(mm, b, residual, relu, False, n0, th, tw, out)
+            np.dot(v[k, :tiles], u[k, :C], mm[k, :tiles])
+        _winograd_outputs(mm, b, residual, relu, False, n0, m, th, tw, out)
 
 
 # The backward of a 3x3 stride-1 layer, by Winograd too. The input gradient is a 3x3
@@ -422,7 +436,7 @@ def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu):
 
 
 @njit(cache=True, fastmath=True)
-def _winograd_grads(g, n0, th, tw, gt, db):
+def _winograd_grads(g, n0, m, th, tw, gt, db):
     """gt[4i+j, t, f] = (A dY A')[i, j] for the 2x2 block dY of g[:, n0+n] at tile
     t = (n*th + ty)*tw + tx (zero past the edge of g), and db[f] += the sum of those images of g.
     A = [1 0; 1 1; 1 -1; 0 -1].
@@ -430,7 +444,6 @@ def _winograd_grads(g, n0, th, tw, gt, db):
     A row of tiles at a time, as _winograd_inputs: e[i, q, f] = (A dY)[i] along the whole
     width first, then the row transform of each tile along the filters."""
     F, OH, OW = g.shape[0], g.shape[2], g.shape[3]
-    m = gt.shape[1] // (th * tw)
     e = np.zeros((4, 2 * tw, F), g.dtype)
     for n in range(m):
         for ty in range(th):
@@ -468,8 +481,8 @@ def _winograd_weight_grads(du, dw):
     """dw[f, c] = G' dU G with dU[i, j] = du[4i+j, c, f]: the adjoint of _winograd_weights (dw overwritten)."""
     F, C = dw.shape[0], dw.shape[1]
     t = np.empty((3, 4), du.dtype)
-    for f in range(F):
-        for c in range(C):
+    for c in range(C):
+        for f in range(F):
             for j in range(4):
                 m0, m1, m2, m3 = du[j, c, f], du[4 + j, c, f], du[8 + j, c, f], du[12 + j, c, f]
                 t[0, j] = m0 + 0.5 * (m1 + m2)
@@ -508,14 +521,14 @@ def conv3x3_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_
             for i in range(3):
                 for j in range(3):
                     flipped[c, f, i, j] = w[f, c, 2 - i, 2 - j]
-    u = np.empty((16, F, C), x.dtype)
+    u = np.empty((16, F + 1, C), x.dtype)  # + 1: see conv3x3_forward
     _winograd_weights(flipped, u)
-    du = np.zeros((16, C, F), x.dtype)
+    du = np.zeros((16, C + 1, F), x.dtype)
     du_part = np.empty((C, F), x.dtype)
-    v_buf = np.empty(16 * C * nb * th * tw, x.dtype)
-    gt_buf = np.empty(16 * F * nb * th * tw, x.dtype)
-    vg_buf = np.empty(16 * F * nb * xh * xw, x.dtype)
-    mm_buf = np.empty(16 * C * nb * xh * xw, x.dtype)
+    v = np.empty((16, nb * th * tw + 1, C), x.dtype)
+    gt = np.empty((16, nb * th * tw + 1, F), x.dtype)
+    vg = np.empty((16, nb * xh * xw + 1, F), x.dtype)
+    mm = np.empty((16, nb * xh * xw + 1, C), x.dtype)
     masked = np.empty((F, nb, OH, OW) if relu else (0, 0, 0, 0), x.dtype)
     no_bias = np.zeros(C, x.dtype)
     db[:] = 0
@@ -526,22 +539,18 @@ def conv3x3_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_
             _relu_masked(out, dout, n0, m, masked)
             g, g0 = masked, 0
         tiles = m * th * tw
-        v = v_buf[:16 * C * tiles].reshape(16, tiles, C)
-        gt = gt_buf[:16 * F * tiles].reshape(16, tiles, F)
-        _winograd_grads(g, g0, th, tw, gt, db)
-        _winograd_inputs(x, n0, pad_top, pad_left, th, tw, v)
+        _winograd_grads(g, g0, m, th, tw, gt, db)
+        _winograd_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
         for k in range(16):  # C x tiles @ tiles x F
-            np.dot(v[k].T, gt[k], du_part)
+            np.dot(v[k, :tiles].T, gt[k, :tiles], du_part)
             duk = du[k]
             for c in range(C):
                 for f in range(F):
                     duk[c, f] += du_part[c, f]
         if need_dx:
             xtiles = m * xh * xw
-            vg = vg_buf[:16 * F * xtiles].reshape(16, xtiles, F)
-            mm = mm_buf[:16 * C * xtiles].reshape(16, xtiles, C)
-            _winograd_inputs(g, g0, 2 - pad_top, 2 - pad_left, xh, xw, vg)
+            _winograd_inputs(g, g0, m, 2 - pad_top, 2 - pad_left, xh, xw, vg)
             for k in range(16):
-                np.dot(vg[k], u[k], mm[k])
-            _winograd_outputs(mm, no_bias, dx, False, True, n0, xh, xw, dx)
+                np.dot(vg[k, :xtiles], u[k, :F], mm[k, :xtiles])
+            _winograd_outputs(mm, no_bias, dx, False, True, n0, m, xh, xw, dx)
     _winograd_weight_grads(du, dw)

@@ -53,18 +53,24 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
 
 def winograd(ctx: Context, node: str) -> bool:
     """3x3 filters at stride 1 over enough channels run as Winograd F(2x2, 3x3)."""
-    data = ctx.node(node)
-    src_channels = ctx.node(ctx.inputs(node)[0])["shape"][0]
-    return (tuple(data["attrs"]["size"]) == (3, 3) and tuple(data["attrs"]["stride"]) == (1, 1)
+    return winograd_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node)["attrs"])
+
+
+def winograd_applies(src_channels: int, attrs: dict) -> bool:
+    return (tuple(attrs["size"]) == (3, 3) and tuple(attrs["stride"]) == (1, 1)
             and src_channels >= WINOGRAD_MIN_CHANNELS)
 
 
 def winograd_backward(ctx: Context, node: str) -> bool:
+    return winograd_backward_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node))
+
+
+def winograd_backward_applies(src_channels: int, data: dict) -> bool:
     """The backward of such a layer, when its padding lets the input gradient be one too (at most 2)."""
-    data = ctx.node(node)
     top, _, left, _ = data["pads"]
-    channels = min(ctx.node(ctx.inputs(node)[0])["shape"][0], data["attrs"]["filters"])
-    return winograd(ctx, node) and channels >= WINOGRAD_BACKWARD_MIN_CHANNELS and max(top, left) <= 2
+    channels = min(src_channels, data["attrs"]["filters"])
+    return (winograd_applies(src_channels, data["attrs"]) and channels >= WINOGRAD_BACKWARD_MIN_CHANNELS
+            and max(top, left) <= 2)
 
 
 def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:

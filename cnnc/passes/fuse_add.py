@@ -18,15 +18,18 @@ def fuse_add_into(op: str, g: nx.DiGraph) -> nx.DiGraph:
     if not triples:
         return g
     g = copy(g)
+    absorbed: dict[str, str] = {}  # an add merged already -> the layer that took its place
     for layer, add, other in triples:
-        g.add_edge(other, layer, index=1)
+        g.add_edge(absorbed.get(other, other), layer, index=1)
         merge_into(g, layer, add)
+        absorbed[add] = layer
     return g
 
 
 def layer_add_triples(op: str, g: nx.DiGraph) -> list[tuple[str, str, str]]:
     """(layer, add, other input) where a two-input add is the layer's only consumer; one per add
-    (the input computed last, when both qualify), so no two share a node."""
+    (the input computed last, when both qualify), in the order of the graph. The other input may
+    be an earlier add of the list (a block whose output is a bare add), merged by then."""
     order = {node: k for k, node in enumerate(nx.topological_sort(g))}
     chosen: dict[str, tuple[str, str, str]] = {}
     for node, data in g.nodes(data=True):
@@ -40,7 +43,7 @@ def layer_add_triples(op: str, g: nx.DiGraph) -> list[tuple[str, str, str]]:
             continue
         if add not in chosen or order[node] > order[chosen[add][0]]:
             chosen[add] = (node, add, other)
-    return sorted(chosen.values())
+    return sorted(chosen.values(), key=lambda triple: order[triple[1]])
 
 
 def fuse_conv_add(g: nx.DiGraph) -> nx.DiGraph:

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from cnnc.diagnostics import DataError
+from cnnc.files import atomic_write
+from cnnc.npz import NpzReader
 
 FORMAT_KEY = "__cnnc_checkpoint__"
 FORMAT_VERSION = 1
@@ -68,13 +67,47 @@ def save_weights(path, params: dict) -> None:
 def load_weights(path, expected: dict) -> dict[str, np.ndarray]:
     """Read a weights .npz and check it against `expected` (name -> shape, or an array whose
     shape is used): every name present, no others, same shapes. Returns float32 arrays.
-    A checkpoint file is accepted too: its parameters are used."""
-    stored = _read_npz(path)
-    if FORMAT_KEY in stored:
-        stored = _unflatten(path, stored).get("params", {})
+    A checkpoint file is accepted too: its parameters are used. The names and each array's
+    shape are checked before any array is read."""
     shapes = {name: tuple(getattr(s, "shape", s)) for name, s in expected.items()}
-    missing = [n for n in shapes if n not in stored]
-    unexpected = sorted(n for n in stored if n not in shapes)
+    with NpzReader(path) as npz:
+        members = {name: name for name in npz.names}
+        if FORMAT_KEY in npz.names:
+            members = _parameter_members(path, _read_header(path, npz))
+        _check_names(path, shapes, members)
+        out = {}
+        for name, shape in shapes.items():
+            stored, dtype = npz.header(members[name])
+            if stored != shape:
+                raise DataError(path, f"{name} is {_shape(stored)} in the file but the model's "
+                                f"is {_shape(shape)}")
+            if dtype.kind not in "fiu":
+                raise DataError(path, f"{name} has dtype {dtype}; expected float32")
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused below
+                out[name] = _finite(path, name, npz.read(members[name]).astype(np.float32))
+    return out
+
+
+def _finite(path, name: str, array: np.ndarray) -> np.ndarray:
+    """Weights with NaN or infinite values give plausible-looking nonsense: refuse them."""
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DataError(path, f"{name} holds {bad:,} NaN or infinite value{'s' if bad > 1 else ''}; "
+                        "these weights cannot be used", hint="were they saved from a run that diverged?")
+    return array
+
+
+def _parameter_members(path, tree) -> dict[str, str]:
+    """Parameter name -> the checkpoint member holding it, from the checkpoint's header."""
+    params = tree.get("params") if isinstance(tree, dict) else None
+    if not isinstance(params, dict) or not all(_is_array_node(v) for v in params.values()):
+        raise DataError(path, "damaged checkpoint: its header lists no parameters")
+    return {name: node["__array__"] for name, node in params.items()}
+
+
+def _check_names(path, shapes: dict, members: dict) -> None:
+    missing = [n for n in shapes if n not in members]
+    unexpected = sorted(n for n in members if n not in shapes)
     if missing or unexpected:
         parts = []
         if missing:
@@ -83,16 +116,6 @@ def load_weights(path, expected: dict) -> dict[str, np.ndarray]:
             parts.append(f"has parameters the model does not: {_names(unexpected)}")
         raise DataError(path, "does not match the model: " + "; ".join(parts),
                         hint="were these weights trained with another model file?")
-    out = {}
-    for name, shape in shapes.items():
-        array = np.asarray(stored[name])
-        if array.shape != shape:
-            raise DataError(path, f"{name} is {_shape(array.shape)} in the file but the model's "
-                            f"is {_shape(shape)}")
-        if array.dtype.kind not in "fiu":
-            raise DataError(path, f"{name} has dtype {array.dtype}; expected float32")
-        out[name] = array.astype(np.float32)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,13 +131,35 @@ def save_checkpoint(path, state: dict) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by save_checkpoint, exactly as it was saved."""
-    stored = _read_npz(path)
-    if FORMAT_KEY not in stored:
+    """Read a checkpoint written by save_checkpoint, exactly as it was saved. Only the members its
+    header names are read."""
+    with NpzReader(path) as npz:
+        _require_checkpoint(path, npz)
+        return _unflatten(path, _read_header(path, npz), npz)
+
+
+def check_checkpoint(path) -> None:
+    """A DataError unless `path` is a checkpoint (from the member names alone: nothing is read)."""
+    with NpzReader(path) as npz:
+        _require_checkpoint(path, npz)
+
+
+def _require_checkpoint(path, npz: NpzReader) -> None:
+    if FORMAT_KEY not in npz.names:
         raise DataError(path, "is not a cnnc checkpoint",
                         hint=f"--resume takes the {CHECKPOINT_SUFFIX} file that `cnnc train` "
                         "keeps beside its --out weights")
-    return _unflatten(path, stored)
+
+
+def checkpoint_classes(path) -> list:
+    """The class names a checkpoint holds, from its header alone (no array is read)."""
+    with NpzReader(path) as npz:
+        if FORMAT_KEY not in npz.names:
+            raise DataError(path, "is not a cnnc checkpoint")
+        tree = _read_header(path, npz)
+    classes = tree.get("classes") if isinstance(tree, dict) else None
+    return classes if isinstance(classes, list) and not any(_is_array_node(c) or isinstance(c, (dict, list))
+                                                            for c in classes) else []
 
 
 def check_resume(path, checkpoint: dict, model: str, model_hash: str) -> None:
@@ -164,28 +209,44 @@ def _flatten(value, key: str, arrays: dict):
                      "cannot hold")
 
 
-def _unflatten(path, stored: dict) -> dict:
+HEADER_LIMIT = 64 << 20  # bytes of JSON: far more than any checkpoint's header
+
+
+def _read_header(path, npz: NpzReader):
+    """The state tree of the checkpoint's JSON header."""
     try:
-        header = json.loads(str(stored[FORMAT_KEY][()]))
+        header = json.loads(str(npz.read(FORMAT_KEY, HEADER_LIMIT)[()]))
         version, tree = header["version"], header["state"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         raise DataError(path, "damaged checkpoint: its header is unreadable") from None
     if version != FORMAT_VERSION:
         raise DataError(path, f"checkpoint format {version} is not the supported {FORMAT_VERSION}")
+    return tree
 
+
+def _is_array_node(node) -> bool:
+    return (isinstance(node, dict) and len(node) == 1 and {"__array__", "__scalar__"} & set(node)
+            and isinstance(node.get("__array__", node.get("__scalar__")), str))
+
+
+def _unflatten(path, tree, npz: NpzReader):
     def build(node):
-        if isinstance(node, dict) and len(node) == 1 and {"__array__", "__scalar__"} & set(node):
+        if _is_array_node(node):
             key = node.get("__array__", node.get("__scalar__"))
-            if key not in stored:
+            if key not in npz.members:
                 raise DataError(path, f"damaged checkpoint: entry {key} is missing")
-            return stored[key] if "__array__" in node else stored[key][()]
+            value = npz.read(key)
+            return value if "__array__" in node else value[()]
         if isinstance(node, dict):
             return {k: build(v) for k, v in node.items()}
         if isinstance(node, list):
             return [build(v) for v in node]
         return node
 
-    return build(tree)
+    try:
+        return build(tree)
+    except RecursionError:
+        raise DataError(path, "damaged checkpoint: its header is nested too deeply") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,33 +254,8 @@ def _unflatten(path, stored: dict) -> dict:
 
 
 def atomic_write_npz(path, arrays: dict) -> None:
-    """Write an .npz into a temporary file beside `path`, fsync, then os.replace it over `path`.
-
-    The temporary file is removed on any failure, KeyboardInterrupt included, so the previous
-    file at `path` (if any) is either kept whole or replaced by the complete new one.
-    """
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise DataError(path, f"cannot write: the folder {folder} does not exist")
-    # Not tempfile.mkstemp: its files are 0600, and the weights should get the usual umask mode.
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as e:
-        raise DataError(path, f"cannot write here: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove_quietly(tmp)
-        if isinstance(e, OSError):
-            raise DataError(path, f"cannot write: {e.strerror or e}") from None
-        raise
-    _fsync_folder(folder)
+    """Write an .npz atomically (cnnc/files.py): the previous file is kept whole or replaced whole."""
+    atomic_write(path, lambda f: _write_npz(f, arrays))
 
 
 def _write_npz(f, arrays: dict) -> None:
@@ -229,47 +265,6 @@ def _write_npz(f, arrays: dict) -> None:
         for name, array in arrays.items():
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; best effort, as not every platform can open a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _read_npz(path) -> dict[str, np.ndarray]:
-    """Every entry of an .npz, read eagerly so that a damaged file fails here, as a DataError."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "no such file")
-    if path.is_dir():
-        raise DataError(path, "is a folder, not an .npz file")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        raise DataError(path, "is not an .npz file (a zip of .npy arrays)") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DataError(path, "is a single .npy array, not an .npz of named arrays")
-    try:
-        with loaded:
-            return {k: loaded[k] for k in loaded.files}
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        raise DataError(path, f"the .npz file is damaged ({e})") from None
 
 
 def _names(names: list[str], limit: int = 8) -> str:

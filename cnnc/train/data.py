@@ -40,8 +40,9 @@ names are "0", "1", ... up to ``num_classes`` (or up to the largest label when i
 from __future__ import annotations
 
 import gzip
+import math
 import os
-import zipfile
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnc.diagnostics import DataError
+from cnnc.files import why_missing
+from cnnc.memory import default_limit, human
+from cnnc.npz import NpzReader
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLITS = ("train", "test")
@@ -99,7 +103,9 @@ def load_dataset(path, input_shape, num_classes=None, split=SPLITS, progress=Non
     if unknown or not split:
         raise ValueError(f"split must name some of {SPLITS}, got {split!r}")
     if not path.exists():
-        raise DataError(path, "no such file or folder")
+        raise DataError(path, why_missing(path))
+    if not path.is_file() and not path.is_dir():
+        raise DataError(path, f"is neither a file nor a folder; {EXPECTED_LAYOUTS}")
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return _load_npz(path, input_shape, num_classes, split)
@@ -118,7 +124,7 @@ def load_images(paths, input_shape) -> np.ndarray:
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.is_file():
-            raise DataError(p, "no such image file" if not p.exists() else "is not a file")
+            raise DataError(p, why_missing(p, "no such image file") if not p.exists() else "is not a file")
     return _to_float(_decode_all(paths, tuple(int(d) for d in input_shape)))
 
 
@@ -220,15 +226,17 @@ def _load_image_folders(root: Path, input_shape, num_classes, split, progress) -
     # progress total is known.
     listed = {s: _list_split_folder(root / s, classes)
               for s in SPLITS if s in split and (root / s).is_dir()}
-    counter = _Progress(progress, sum(len(files) for files, _ in listed.values()))
+    total = sum(len(files) for files, _ in listed.values())
+    _check_fits(root, total * math.prod(input_shape) * 5, f"{total:,} images of {_fmt(input_shape)} "
+                "take as bytes and float32")
+    counter = _Progress(progress, total)
     out = {s: (_to_float(_decode_all(files, input_shape, counter)), labels)
            for s, (files, labels) in listed.items()}
     return _dataset(out, classes, f"image folders in {root}")
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    entries = os.scandir(split_dir)
-    names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    names = sorted(e.name for e in _scan(split_dir) if e.is_dir() and not e.name.startswith("."))
     if not names:
         raise DataError(split_dir, "has no class folders; expected "
                         f"{split_dir.name}/<class>/*.png, one folder per class",
@@ -267,9 +275,19 @@ class _Progress:
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
         folder / e.name
-        for e in os.scandir(folder)
+        for e in _scan(folder)
         if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_SUFFIXES)
     )
+
+
+def _scan(folder: Path) -> list:
+    """The entries of a folder of the data set; a DataError naming it when it cannot be read."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as e:
+        raise DataError(folder, f"cannot read folder: {e.strerror}",
+                        hint="check its permissions" if isinstance(e, PermissionError) else None) from None
 
 
 def _decode_all(files: list[Path], input_shape, counter: _Progress | None = None) -> np.ndarray:
@@ -294,7 +312,17 @@ def _decode(path: Path, input_shape) -> np.ndarray:
                         hint="use an .npz with N x C x H x W arrays instead")
     target = "L" if c == 1 else "RGB"
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow warns of decompression bombs; an image larger than the model is refused here
+            # from its header, before it is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > w * h:
+                raise DataError(path, f"the model takes {c}x{h}x{w} images but this one is "
+                                f"{len(im.getbands())}x{im.height}x{im.width} ({im.mode})",
+                                hint="cnnc does not resize or convert images; prepare them "
+                                "with the model's size and channel count")
             im.load()
             if im.mode.startswith(("I", "F")):
                 raise DataError(path, f"has more than 8 bits per pixel (mode {im.mode}); the "
@@ -346,15 +374,9 @@ def _gray_palette(im) -> bool:
 
 
 def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        raise DataError(path, "is not an .npz file (a zip of .npy arrays) or is damaged") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(path, "is a single .npy array, not an .npz holding x_train, y_train, "
-                        "x_test, y_test")
-    with archive:
-        keys = set(archive.files)
+    """Only the x_/y_ arrays of the splits asked for are read, each after its header is checked."""
+    with NpzReader(path, ".npz file (a zip of .npy arrays) holding x_train, y_train, x_test, y_test") as npz:
+        keys = set(npz.names)
         present = {s: f"x_{s}" in keys or f"y_{s}" in keys for s in SPLITS}
         _require_splits(path, split, present, "npz")
         out = {}
@@ -365,20 +387,15 @@ def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
                 if k not in keys:
                     holds = ", ".join(sorted(keys))
                     raise DataError(path, f"has no array '{k}' (it holds {holds})")
-            x = _read_npz_entry(archive, f"x_{s}", path)
-            x = _images_from_array(x, input_shape, path, f"x_{s}")
-            y = _labels_from_array(_read_npz_entry(archive, f"y_{s}", path), path, f"y_{s}")
+            shape, dtype = npz.checked_header(f"x_{s}")
+            _check_fits(path, math.prod(shape) * (dtype.itemsize + 4), f"x_{s} ({_fmt(shape)} {dtype}) "
+                        "takes as read and as float32")
+            x = _images_from_array(npz.read(f"x_{s}"), input_shape, path, f"x_{s}")
+            y = _labels_from_array(npz.read(f"y_{s}"), path, f"y_{s}")
             _check_labels(path, y, num_classes, f"y_{s}")
             _check_lengths(path, x, y, f"x_{s}", f"y_{s}")
             out[s] = (x, y)
     return _numbered_dataset(out, num_classes, f"{path}")
-
-
-def _read_npz_entry(archive, key: str, path: Path) -> np.ndarray:
-    try:
-        return archive[key]
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        raise DataError(path, f"cannot read array '{key}' (the file is damaged?): {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,32 +431,40 @@ def _idx_file(folder: Path, name: str) -> Path | None:
 
 
 def read_idx(path) -> np.ndarray:
-    """An IDX file (optionally gzip-compressed) as a numpy array in native byte order."""
+    """An IDX file (optionally gzip-compressed) as a numpy array in native byte order. The header
+    is read first and the data only up to the size it gives, so a crafted file (a gzip bomb, dims
+    beyond the memory) costs nothing."""
     path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
+                raise DataError(path, f"not an IDX file (bad magic number {magic.hex() or 'none'})")
+            ndim = magic[3]
+            raw_dims = f.read(4 * ndim)
+            if ndim == 0 or len(raw_dims) < 4 * ndim:
+                raise DataError(path, f"truncated IDX header ({4 + len(raw_dims)} bytes)")
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+            dtype = np.dtype(IDX_DTYPES[magic[2]])
+            expected = math.prod(dims) * dtype.itemsize
+            _check_fits(path, expected, f"the header says {_fmt(dims)}")
+            data = f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(path, f"cannot read IDX file: {e}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise DataError(path, f"not an IDX file (bad magic number {data[:4].hex() or 'none'})")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(path, f"truncated IDX header ({len(data)} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
-        shape = _fmt(dims)
-        problem = "truncated" if len(data) - header < expected else "has extra bytes"
-        raise DataError(path, f"{problem}: the header says {shape} ({expected} bytes of data) "
-                        f"but the file holds {len(data) - header}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    if len(data) != expected:
+        problem = "truncated" if len(data) < expected else "has extra bytes"
+        holds = len(data) if len(data) < expected else f"more than {expected}"
+        raise DataError(path, f"{problem}: the header says {_fmt(dims)} ({expected} bytes of data) "
+                        f"but the file holds {holds}")
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _check_fits(path, size: int, what: str) -> None:
+    """A DataError when `size` bytes would not fit in the memory available."""
+    limit = default_limit()
+    if limit is not None and size > limit:
+        raise DataError(path, f"{what}: {human(size)}, more than the {human(limit)} of memory available")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,9 +490,13 @@ def _images_from_array(x: np.ndarray, input_shape, path, name: str = "the file")
                         hint="cnnc does not resize or convert images")
     if x.dtype == np.uint8:
         return _to_float(np.ascontiguousarray(x))
-    x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.all(np.isfinite(x)):
         raise DataError(path, f"{name} holds NaN or infinite values")
+    biggest = float(np.abs(x).max()) if x.size else 0.0
+    if biggest > float(np.finfo(np.float32).max):
+        raise DataError(path, f"{name} holds values up to {biggest:g}, beyond float32's range "
+                        f"(±{np.finfo(np.float32).max:g})", hint="scale the images to [0, 1]")
+    x = np.ascontiguousarray(x, dtype=np.float32)
     return x if x.flags.writeable else x.copy()
 
 
@@ -489,6 +518,8 @@ def _labels_from_array(y: np.ndarray, path, name: str = "the file") -> np.ndarra
         if not np.all(np.isfinite(y) & (y == np.round(y))):
             raise DataError(path, f"{name} holds labels that are not whole numbers; "
                             "expected class indices")
+        if y.size and np.abs(y).max() >= 2**53:  # beyond int64 (and exact floats): no class index
+            raise DataError(path, f"{name} holds label {np.abs(y).max():g}; expected class indices")
     elif y.dtype.kind not in "iub":
         raise DataError(path, f"{name} has dtype {y.dtype}; expected integer class labels")
     return y.astype(np.int64)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diagnostics import DataError
+from ..diagnostics import DataError, warn
 from ..runtime import Network
-from .checkpoint import CHECKPOINT_SUFFIX, checkpoint_path, load_checkpoint
 from ..distributed import Single
+from .checkpoint import CHECKPOINT_SUFFIX, checkpoint_classes, checkpoint_path
 from .data import Dataset, rank_share
 from .loop import predictions
 
@@ -55,19 +55,25 @@ def render_evaluation(ev: Evaluation) -> str:
 
 
 def class_names(weights: Path, k: int) -> list[str]:
-    """The class names saved in the checkpoint beside the weights, or 0..k-1 without one."""
+    """The class names saved in the checkpoint beside the weights, or 0..k-1 without one. A model
+    trained on fewer classes than it has outputs gets numbers for the outputs no class had."""
     weights = Path(weights)
     ckpt = weights if weights.name.lower().endswith(CHECKPOINT_SUFFIX) else checkpoint_path(weights)
+    classes = []
     if ckpt.exists():
-        classes = load_checkpoint(ckpt).get("classes") or []
-        if len(classes) == k:
-            return [str(c) for c in classes]
-    return [str(i) for i in range(k)]
+        try:
+            classes = [str(c) for c in checkpoint_classes(ckpt)]
+        except DataError as e:
+            warn(f"{e.message} ({e.path}); the classes are shown as numbers")
+    if len(classes) > k:
+        classes = []
+    return classes + [str(i) for i in range(len(classes), k)]
 
 
-def probabilities(net: Network, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def probabilities(net: Network, x: np.ndarray, batch: int | None = None) -> np.ndarray:
     """Class probabilities of inference: the output itself when the model ends in softmax, else a
     softmax of its values, which the contract takes as logits."""
+    batch = batch or net.inference_batch
     out = np.concatenate([net.forward(x[i:i + batch]) for i in range(0, len(x), batch)])
     if net.parsed.nodes[net.parsed.graph["output"]]["op"] == "softmax":
         return out

@@ -82,10 +82,11 @@ def epoch_lr(r: Recipe, epoch: int) -> float:
     return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
 
 
-def predictions(net: Network, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def predictions(net: Network, x: np.ndarray, batch: int | None = None) -> np.ndarray:
     """The predicted class of every image (none for no images)."""
     if len(x) == 0:
         return np.zeros(0, np.int64)
+    batch = batch or net.inference_batch
     return np.concatenate([net.forward(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
 
 
@@ -95,6 +96,9 @@ def shared_accuracy(net: Network, x: np.ndarray, y: np.ndarray, world) -> float:
     right = np.array([np.count_nonzero(predictions(net, x[part]) == y[part])], np.float64)
     world.sum(right, "the test accuracy")
     return float(right[0]) / len(x)
+
+
+LARGE_PIXEL = 1e3  # pixel values beyond this are a data set's scaling mistake, not a learning rate's
 
 
 @dataclass
@@ -132,15 +136,14 @@ class Trainer:
         the whole checkpoint has been read and checked."""
         state = checkpoint.load_checkpoint(path)
         checkpoint.check_resume(path, state, self.net.name, self.model_hash)
-        try:
-            classes = [str(c) for c in state["classes"]]
-            epoch = int(state["epoch"])
-            rng = checkpoint.generator_from_state(state["rng"])
-            dropout_rng = checkpoint.generator_from_state(state["dropout_rng"])
-            params = checkpoint.load_weights(path, {n: v.shape for n, v in self.net.params.items()})
-            optimizer_state = dict(state["optimizer"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise DataError(path, f"damaged checkpoint: cannot read its {e}") from None
+        classes = [str(c) for c in _entry(path, state, "classes", list)]
+        epoch = _entry(path, state, "epoch", int)
+        if epoch < 0:
+            raise DataError(path, f"damaged checkpoint: its epoch is {epoch}")
+        rng = _generator(path, state, "rng")
+        dropout_rng = _generator(path, state, "dropout_rng")
+        optimizer_state = dict(_entry(path, state, "optimizer", dict))
+        params = checkpoint.load_weights(path, {n: v.shape for n, v in self.net.params.items()})
         if classes != [str(c) for c in self.data.classes]:
             raise DataError(path, f"the checkpoint's classes ({_short(classes)}) differ from the data's "
                             f"({_short(self.data.classes)})")
@@ -182,6 +185,14 @@ class Trainer:
     def _save(self) -> None:
         params = {name: view.copy() for name, view in self.net.params.items()}
         checkpoint.save_weights(self.out, params)
+        try:
+            self._save_checkpoint(params)
+        except DataError as e:  # a full disk: the weights are newer than the checkpoint, and the user must know
+            raise DataError(e.path, f"{e.message}; the weights of epoch {self.epoch} are saved in {self.out}, "
+                            "but this checkpoint was not replaced and is older",
+                            hint="free some space, then resume from the checkpoint") from None
+
+    def _save_checkpoint(self, params: dict) -> None:
         checkpoint.save_checkpoint(checkpoint.checkpoint_path(self.out), {
             "params": params, "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
             "rng": checkpoint.rng_state(self.rng), "dropout_rng": checkpoint.rng_state(self.net.dropout_rng),
@@ -195,16 +206,17 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
         steps = batches(self.data.x_train, self.data.y_train, r.batch, self.rng)
-        for xb, yb, total, start in steps.shares(world.rank, world.size):
-            loss, right = net.loss_grads_correct(xb, yb, total, start, world.replicas)
-            if not np.isfinite(loss):  # the step's loss, the same in every rank: all stop together
-                self.diverged(f"the loss became {loss}", lr)
-            self.optimizer.step(trainable, net.grad_vector, lr)
-            total_loss += loss * total
-            correct += right
-            seen += total
-            if progress:
-                progress(seen, total_loss / seen, seen / (time.perf_counter() - started))
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging step is caught below, not warned of
+            for xb, yb, total, start in steps.shares(world.rank, world.size):
+                loss, right = net.loss_grads_correct(xb, yb, total, start, world.replicas)
+                if not np.isfinite(loss):  # the step's loss, the same in every rank: all stop together
+                    self.diverged(f"the loss became {loss}", lr)
+                self.optimizer.step(trainable, net.grad_vector, lr)
+                total_loss += loss * total
+                correct += right
+                seen += total
+                if progress:
+                    progress(seen, total_loss / seen, seen / (time.perf_counter() - started))
         seconds = max(time.perf_counter() - started, 1e-9)
         # The epoch's last step is not followed by a loss that would show it went wrong: check
         # the weights themselves, so that non-finite weights are never saved over good ones.
@@ -225,7 +237,37 @@ class Trainer:
         else:
             kept = "; nothing was saved"
         raise TrainingError(f"training diverged: {what} in epoch {self.epoch + 1}{kept}",
-                            hint=f"try a smaller learning rate than {lr:g} (--lr)")
+                            hint=self.divergence_hint(lr))
+
+    def divergence_hint(self, lr: float) -> str:
+        """Huge pixel values diverge at any learning rate: then the data is what to change."""
+        x = self.data.x_train
+        biggest = float(np.abs(x).max()) if x.size else 0.0
+        if biggest > LARGE_PIXEL:
+            return (f"the training images hold values up to {biggest:g}; scale them to [0, 1] "
+                    "(uint8 images are scaled for you)")
+        if self.recipe.weight_decay >= 1:
+            return f"try a weight decay well below 1 (--weight-decay), not {self.recipe.weight_decay:g}"
+        return f"try a smaller learning rate than {lr:g} (--lr)"
+
+
+def _entry(path, state: dict, key: str, kind: type):
+    """state[key] when it is a `kind` (an int that is not a bool); a DataError saying which entry
+    of the checkpoint is wrong otherwise."""
+    value = state.get(key)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        found = "missing" if value is None else f"a {type(value).__name__}, not a {kind.__name__}"
+        raise DataError(path, f"damaged checkpoint: its entry '{key}' is {found}")
+    return value
+
+
+def _generator(path, state: dict, key: str) -> np.random.Generator:
+    try:
+        return checkpoint.generator_from_state(_entry(path, state, key, dict))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DataError(path, f"damaged checkpoint: its entry '{key}' is not a random generator's state") from None
 
 
 def _short(names, limit: int = 6) -> str:
@@ -233,20 +275,44 @@ def _short(names, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (from `timeout`, a scheduler, `docker stop`): stops training as Ctrl-C does."""
+
+
+def raise_terminated(*_):
+    raise Terminated
+
+
 @contextlib.contextmanager
-def deferred_interrupt():
-    """Holds back Ctrl-C (SIGINT) until the block has finished, then raises it."""
+def sigterm_stops_gracefully():
+    """Within the block SIGTERM raises Terminated, so a run stops as Ctrl-C stops it (the last
+    whole checkpoint kept) instead of dying wherever it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
-        yield  # Ctrl-C is ignored (a background job, nohup): it must not become an interrupt here
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Holds back Ctrl-C (SIGINT) and SIGTERM until the block has finished, then raises it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # An ignored Ctrl-C (a background job, nohup) must not become an interrupt here.
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    caught = []
+    previous = {s: signal.signal(s, lambda number, _: caught.append(number)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if signal.SIGTERM in caught:
+        raise Terminated
     if caught:
         raise KeyboardInterrupt

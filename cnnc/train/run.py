@@ -1,18 +1,21 @@
 """`cnnc train` as a person sees it: the progress bar, a line per epoch, Ctrl-C and resume."""
 from __future__ import annotations
 
+import io
+import os
 import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..runtime import Network
 from .checkpoint import checkpoint_path
 from .data import Dataset
-from .loop import EpochReport, Recipe, Trainer
+from .loop import EpochReport, Recipe, Terminated, Trainer, sigterm_stops_gracefully
 
 
 def describe_run(net: Network, data: Dataset, r: Recipe, ranks: int = 1) -> str:
@@ -36,9 +39,15 @@ def train(trainer: Trainer, quiet: bool, command: list[str] | None = None) -> in
     The trainer has been resumed already when the run continues a checkpoint. `command` is the
     command line that started the run without its --resume (the interrupted message shows it with
     the --resume that continues the run). Of several ranks, rank 0 alone prints."""
+    with sigterm_stops_gracefully():
+        return _train(trainer, quiet, command)
+
+
+def _train(trainer: Trainer, quiet: bool, command) -> int:
     net, data, r, out = trainer.net, trainer.data, trainer.recipe, trainer.out
     speaks = trainer.world.rank == 0
-    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, quiet=not speaks)
+    console = Console(file=Output(sys.stderr), highlight=False, markup=False, soft_wrap=True, quiet=not speaks)
+    stdout = Output(sys.stdout)
     if trainer.resumed_from is not None:
         resume = trainer.resumed_from
         console.print(f"resuming from {resume} after epoch {trainer.epoch}")
@@ -49,6 +58,8 @@ def train(trainer: Trainer, quiet: bool, command: list[str] | None = None) -> in
                           "nothing to do (raise --epochs to train on)")
             return 0
     console.print(describe_run(net, data, r, trainer.world.size))
+    for line in data_warnings(data):
+        console.print(f"warning: {line}")
     try:
         while trainer.epoch < r.epochs:
             report = run_epoch(trainer, console, quiet or not speaks)
@@ -56,12 +67,60 @@ def train(trainer: Trainer, quiet: bool, command: list[str] | None = None) -> in
                 trainer.save()
             finally:  # a Ctrl-C held back during the save comes after it: report the saved epoch first
                 if trainer.saved_epoch == report.epoch and speaks:
-                    print(epoch_line(report, r.epochs), flush=True)
-    except KeyboardInterrupt:
-        console.print(interrupted_message(trainer, out, command))
-        return 130
+                    stdout.write(epoch_line(report, r.epochs) + "\n")
+                    stdout.flush()
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        console.print(interrupted_message(trainer, out, command, "terminated" if terminated else "interrupted"))
+        return 143 if terminated else 130
     console.print(f"weights: {out}  (checkpoint: {checkpoint_path(out)})")
     return 0
+
+
+class Output:
+    """A text stream that drops what it is given once its reader has gone (`cnnc train ... | head -1`):
+    the run goes on and saves its weights, only the printing stops."""
+
+    def __init__(self, stream):
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def isatty(self) -> bool:
+        return not self.gone and self.stream.isatty()
+
+    def _reader_gone(self) -> None:
+        self.gone = True
+        try:  # what is still buffered goes nowhere, instead of failing again at exit
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+
+def data_warnings(data: Dataset) -> list[str]:
+    """What makes a run pointless without making it wrong: one class only. Training goes on (a
+    first try of the pipeline is a fair use), but the user should know what the result will be."""
+    labels = np.unique(data.y_train)
+    if len(labels) == 1:
+        name = data.classes[labels[0]] if labels[0] < len(data.classes) else str(labels[0])
+        return [f"every training image is of class {name}: the network can only learn to answer "
+                f"{name} (a classifier needs examples of two classes at least)"]
+    return []
 
 
 def recipe_changes(saved: dict | None, r: Recipe) -> list[str]:
@@ -94,16 +153,17 @@ def run_epoch(trainer: Trainer, console: Console, quiet: bool) -> EpochReport:
         return trainer.run_epoch(update)
 
 
-def interrupted_message(trainer: Trainer, out: Path, command: list[str] | None = None) -> str:
-    """What Ctrl-C leaves behind, and the command that continues from it."""
+def interrupted_message(trainer: Trainer, out: Path, command: list[str] | None = None,
+                        how: str = "interrupted") -> str:
+    """What Ctrl-C (or SIGTERM: `how` is "terminated") leaves behind, and the command that continues from it."""
     if trainer.saved_epoch is not None:
         ckpt = checkpoint_path(out)
-        saved = f"interrupted; the checkpoint after epoch {trainer.saved_epoch} is kept at {ckpt}"
+        saved = f"{how}; the checkpoint after epoch {trainer.saved_epoch} is kept at {ckpt}"
     elif trainer.resumed_from is not None:
         ckpt = trainer.resumed_from
-        saved = (f"interrupted before epoch {trainer.epoch + 1} ended; nothing new was saved and "
+        saved = (f"{how} before epoch {trainer.epoch + 1} ended; nothing new was saved and "
                  f"{ckpt} (after epoch {trainer.epoch}) is unchanged")
     else:
-        return "interrupted before the first epoch ended; nothing was saved"
+        return f"{how} before the first epoch ended; nothing was saved"
     base = list(command) if command else ["cnnc", "train", "MODEL", "DATA", "--out", str(out)]
     return f"{saved}\ncontinue with: {shlex.join(base + ['--resume', str(ckpt)])}"

@@ -1,0 +1,244 @@
+"""Peak memory of a compiled model per batch size, read from its optimized graphs, and the check
+against the memory there is (`--max-memory`, else what /proc/meminfo and the cgroup leave free).
+
+The generated module (cnnc/lower/) allocates one float32 array per node of the graph and keeps
+every one until the call returns; training adds a gradient per node that needs one, and a few ops
+keep extra arrays (max pooling's argmax, dropout's mask).
+Convolutions take a workspace per batch slice (cnnc/kernels/conv.py sizes it by its chunks).
+Smaller temporaries (folded batchnorm weights, the kernels' own small buffers) are covered by a
+margin of SLACK. Parameters, their gradients and the optimizer's state come on top, once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from . import lanes
+from .diagnostics import ModelError
+from .graph import inputs
+from .kernels.conv import COLS_ELEMS, MIN_COLUMNS, WINOGRAD_TILES  # the chunk sizes the workspaces follow
+from .lower.conv import winograd_applies, winograd_backward_applies
+from .lower.program import needs_grad
+from .shapes import show
+
+FLOAT = 4  # bytes of a float32 (int32 for max pooling's argmax too)
+ADDRESSABLE = 2**62  # more than any machine has: a limit for when none is known
+MARGIN = 0.9  # of the available memory, left for Python, NumPy, Numba and the data set
+EVAL_BATCH = 256  # what `eval`, `predict` and the test split of `train` run at, at most
+SLACK = 1.1  # on each call's arrays: the kernels' small temporaries and folded weights, not itemized
+
+
+@dataclass
+class Tensor:
+    """One array the model allocates per call: its name and bytes for one image."""
+
+    name: str
+    shape: tuple
+    bytes_per_image: int
+    node: str
+
+
+@dataclass
+class Estimate:
+    """What one call of forward (or loss_and_grads) allocates: per-image tensors, the convolution
+    workspace (a function of the slice size) and the fixed parameter memory."""
+
+    mode: str  # "inference" or "training"
+    tensors: list[Tensor]
+    fixed: int
+    workspaces: list  # (node, callable slice size -> bytes)
+    locs: dict = field(default_factory=dict)
+
+    def bytes(self, batch: int) -> int:
+        """Peak bytes of one call at this batch size, parameters included."""
+        activations = batch * sum(t.bytes_per_image for t in self.tensors)
+        parts = lanes.slices(batch, lanes.lane_count())
+        slice_size = max(p.stop - p.start for p in parts)
+        workspace = max((ws(slice_size) for _, ws in self.workspaces), default=0)
+        return self.fixed + math.ceil(SLACK * (activations + len(parts) * workspace))
+
+    def largest(self, count: int = 3) -> list[Tensor]:
+        return sorted(self.tensors, key=lambda t: -t.bytes_per_image)[:count]
+
+    def max_batch(self, limit: int, at_most: int) -> int:
+        """The largest batch (up to `at_most`) that fits in `limit` bytes; 0 when none does."""
+        low, high = 0, at_most
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.bytes(mid) <= limit:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+
+def estimate(g: nx.DiGraph, layout, mode: str, optimizer: str = "sgd") -> Estimate:
+    """The memory of one call of the function lowered from `g` ("inference": forward,
+    "training": loss_and_grads, which also needs gradients and the optimizer's state)."""
+    training = mode == "training"
+    tensors = [Tensor("the input batch", input_shape(g), elements(input_shape(g)) * FLOAT, g.graph["input"])]
+    for node in nx.topological_sort(g):
+        tensors += node_tensors(g, node, training)
+    workspaces = [(n, conv_workspace(g, n, training)) for n in g if g.nodes[n]["op"] == "conv"]
+    fixed = layout.size * FLOAT
+    if training:
+        tensors += gradient_tensors(g, layout)
+        copies = {"sgd": 3, "adam": 4}[optimizer]  # gradients, state and a scratch vector
+        fixed += layout.trainable * FLOAT * (copies + lanes.lane_count() - 1)
+    return Estimate(mode, tensors, fixed, workspaces, {n: d.get("loc") for n, d in g.nodes(data=True)})
+
+
+def input_shape(g: nx.DiGraph) -> tuple:
+    return g.nodes[g.graph["input"]]["shape"]
+
+
+def elements(shape) -> int:
+    return math.prod(shape)
+
+
+def node_tensors(g: nx.DiGraph, node: str, training: bool) -> list[Tensor]:
+    """The node's output and the extra arrays its op keeps (see the emitters in cnnc/lower/)."""
+    data = g.nodes[node]
+    op, shape = data["op"], data["shape"]
+    size = elements(shape) * FLOAT
+    if op == "dropout" and not training:
+        return []  # passes its input through
+    out = [Tensor(node, shape, size, node)]
+    extra = {"maxpool": "argmax", "dropout": "mask"}.get(op)
+    if extra:
+        out.append(Tensor(f"{node} ({extra})", shape, size, node))
+    if node == g.graph["output"] and (len(shape) == 3 or training):
+        out.append(Tensor(f"{node} (copy)", shape, size, node))  # NCHW result, or the loss's probabilities
+    return out
+
+
+def gradient_tensors(g: nx.DiGraph, layout) -> list[Tensor]:
+    needed = needs_grad(g, layout) | {g.graph["output"]}
+    return [Tensor(f"gradient of {n}", g.nodes[n]["shape"], elements(g.nodes[n]["shape"]) * FLOAT, n)
+            for n in nx.topological_sort(g) if n in needed]
+
+
+def conv_workspace(g: nx.DiGraph, node: str, training: bool):
+    """bytes(slice size) of the largest buffers a kernel of this convolution allocates:
+    conv2d_forward/backward (im2col) or conv3x3_forward/backward (Winograd), as lower/conv.py picks."""
+    data = g.nodes[node]
+    c, h, w = g.nodes[inputs(g, node)[0]]["shape"]  # a second input is a residual fused in
+    f, oh, ow = data["shape"]
+    kh, kw = data["attrs"]["size"]
+    sh, sw = data["attrs"]["stride"]
+    hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    ld = wp if (sh, sw) == (1, 1) else ow
+    rows = c * kh * kw
+    th, tw, xh, xw = (oh + 1) // 2, (ow + 1) // 2, (h + 1) // 2, (w + 1) // 2
+
+    def im2col(n: int) -> int:
+        nb = max(1, min(n, max(COLS_ELEMS // max(1, rows * oh * ld), -(-MIN_COLUMNS // max(1, oh * ld)))))
+        return FLOAT * (c * nb * (hp + 1) * wp + rows * nb * oh * ld + f * nb * oh * ld + rows * f)
+
+    def winograd(n: int) -> int:
+        nb = max(1, min(n, WINOGRAD_TILES // (th * tw)))
+        return FLOAT * 16 * (c * f + (c + f) * nb * th * tw)
+
+    def winograd_backward(n: int) -> int:
+        nb = max(1, min(n, WINOGRAD_TILES // max(th * tw, xh * xw)))
+        return FLOAT * (16 * (2 * c * f + (c + f) * nb * (th * tw + xh * xw)) + f * nb * oh * ow + c * f * 10)
+
+    forward = winograd if winograd_applies(c, data["attrs"]) else im2col
+    if not training:
+        return forward
+    backward = winograd_backward if winograd_backward_applies(c, data) else im2col
+    return lambda n: max(forward(n), backward(n))
+
+
+# ---------------------------------------------------------------------------------------------
+# The limit and the check
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, or less under a cgroup limit."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit.isdigit() and used.isdigit():
+            found.append(max(int(limit) - int(used), 0))
+    except OSError:
+        pass
+    return min(found) if found else None
+
+
+def default_limit() -> int | None:
+    """The memory a command may use when --max-memory is not given: most of what is available."""
+    free = available_memory()
+    return None if free is None else int(free * MARGIN)
+
+
+UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """`8G`, `512M`, `1.5GiB`, `1000000` (bytes) -> bytes; ValueError otherwise."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in UNITS else ""
+    number = float(t[: len(t) - len(unit)])
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(text)
+    return int(number * UNITS[unit])
+
+
+def human(size: int | float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{int(size)} bytes"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a command will run at: the batch, training or inference, and the memory it may use
+    (None: no limit is known, nothing is checked)."""
+
+    limit: int | None
+    batch: int = 1
+    mode: str = "inference"
+    optimizer: str = "sgd"
+    flag: str = "--batch"  # how the user sets the batch, for the hint
+    stated: bool = False  # the limit is the user's --max-memory, not what is available
+
+
+def check(est: Estimate, budget: Budget) -> None:
+    """A ModelError at the largest tensor's layer when the batch does not fit in the limit."""
+    if budget.limit is None:
+        return
+    needed = est.bytes(budget.batch)
+    if needed <= budget.limit:
+        return
+    biggest = est.largest()
+    tensors = ", ".join(f"{t.name} {show(t.shape)} ({human(t.bytes_per_image)} an image)" for t in biggest)
+    fits = est.max_batch(budget.limit, budget.batch - 1) if budget.batch > 1 else 0
+    if fits:
+        hint = f"batch {fits} fits: {budget.flag} {fits}; or raise the limit with --max-memory"
+    else:
+        hint = (f"even batch 1 needs {human(est.bytes(1))}; make the largest layers smaller "
+                "(or raise the limit with --max-memory)")
+    what = "training" if budget.mode == "training" else "inference"
+    limit = f"--max-memory is {human(budget.limit)}" if budget.stated else f"{human(budget.limit)} is available"
+    raise ModelError(f"{what} at batch {budget.batch} needs about {human(needed)} but {limit}; "
+                     f"the largest tensors: {tensors}; "
+                     f"parameters{' and optimizer state' if budget.mode == 'training' else ''}: "
+                     f"{human(est.fixed)}",
+                     est.locs.get(biggest[0].node), hint)
+
+
+def inference_batch(est: Estimate, limit: int | None) -> int:
+    """The batch that `eval`, `predict` and the test split run at: EVAL_BATCH, or less to fit."""
+    return EVAL_BATCH if limit is None else max(1, est.max_batch(limit, EVAL_BATCH))
