@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except MemoryError:  # what the memory checks did not foresee: a message, not a traceback
-        print("error: out of memory; try a smaller --batch, a smaller model or data set, or free some memory",
-              file=sys.stderr)
-        return 1
+        return say("error: out of memory; try a smaller --batch, a smaller model or data set, or free some memory")
     except BrokenPipeError:  # the reader of standard output has gone (`cnnc predict ... | head -1`)
         try:  # so that the interpreter's last flush does not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -39,21 +37,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(err: CnncError) -> int:
     """Prints a user's mistake; exit status 1. Of several MPI ranks, an error every rank raised
-    alike (a failed start, a diverged run) is printed by rank 0 alone, and one that only this
-    rank met stops all of them, which would otherwise wait for it."""
+    alike (a failed start, a diverged run: its `every_rank` is true) is printed by rank 0 alone."""
+    return say(err.render(), every_rank=getattr(err, "every_rank", False))
+
+
+def say(text: str, every_rank: bool = False) -> int:
+    """Prints an error; exit status 1. Of several MPI ranks, one that only this rank met stops all
+    of them, which would otherwise wait for it; one that every rank met is printed by rank 0."""
     from .distributed import DistributedError, Single, world
 
     try:
         ranks = world()
-    except DistributedError:  # launched by mpiexec without mpi4py: this error is about that
+    except DistributedError:  # launched by mpiexec without mpi4py: the error is about that
         ranks = Single()
-    if ranks.size > 1:
-        from .train.loop import TrainingError
-
-        if not isinstance(err, (DistributedError, TrainingError)):
-            ranks.fail(err.render())
+    if ranks.size > 1 and not every_rank:
+        ranks.fail(text)
     if ranks.rank == 0:
-        print(err.render(), file=sys.stderr)
+        print(text, file=sys.stderr)
     return 1
 
 

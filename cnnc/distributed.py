@@ -35,6 +35,8 @@ SAVE_TIMEOUT = 600.0   # ... while rank 0 writes the weights and the checkpoint
 class DistributedError(CnncError):
     """The ranks cannot train together (one failed, or they differ); every rank raises the same."""
 
+    every_rank = True
+
     def __init__(self, message: str, hint: str | None = None, cause: str | None = None):
         super().__init__(message)
         self.message, self.hint, self.cause = message, hint, cause

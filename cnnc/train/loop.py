@@ -53,6 +53,8 @@ def recipe(train_line: dict, **overrides) -> Recipe:
 class TrainingError(CnncError):
     """Training cannot go on (the loss diverged, the recipe is impossible); prints like a diagnostic."""
 
+    every_rank = True  # of several MPI ranks, each meets it alike: the same loss, weights and recipe
+
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.message, self.hint = message, hint
