@@ -21,21 +21,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except CnncError as err:
-        print(err.render(), file=sys.stderr)
-        return 1
+        return report(err)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except MemoryError:  # what the memory checks did not foresee: a message, not a traceback
-        print("error: out of memory; try a smaller --batch, a smaller model or data set, or free some memory",
-              file=sys.stderr)
-        return 1
+        return say("error: out of memory; try a smaller --batch, a smaller model or data set, or free some memory")
     except BrokenPipeError:  # the reader of standard output has gone (`cnnc predict ... | head -1`)
         try:  # so that the interpreter's last flush does not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):
             pass
         return 0
+
+
+def report(err: CnncError) -> int:
+    """Prints a user's mistake; exit status 1. Of several MPI ranks, an error every rank raised
+    alike (a failed start, a diverged run: its `every_rank` is true) is printed by rank 0 alone."""
+    return say(err.render(), every_rank=getattr(err, "every_rank", False))
+
+
+def say(text: str, every_rank: bool = False) -> int:
+    """Prints an error; exit status 1. Of several MPI ranks, one that only this rank met stops all
+    of them, which would otherwise wait for it; one that every rank met is printed by rank 0."""
+    from .distributed import DistributedError, Single, world
+
+    try:
+        ranks = world()
+    except DistributedError:  # launched by mpiexec without mpi4py: the error is about that
+        ranks = Single()
+    if ranks.size > 1 and not every_rank:
+        ranks.fail(text)
+    if ranks.rank == 0:
+        print(text, file=sys.stderr)
+    return 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -258,52 +277,62 @@ TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight
 
 def run_train(args) -> int:
     from .diagnostics import DataError, ModelError
+    from .distributed import starting, world
     from .frontend import check_source, read_model
     from .memory import Budget, check as memory_check, inference_batch
     from .runtime import Network
     from .train.data import load_dataset
     from .train.checkpoint import check_checkpoint
-    from .train.loop import optimizer_for, recipe
+    from .train.loop import Trainer, optimizer_for, recipe
     from .train.run import train
 
-    text = read_model(args.model)
-    graph = check_source(text, str(args.model))
-    if not graph.graph["loss"]:
-        raise ModelError(f"{args.model}: the model has no `loss` statement, so it cannot be trained",
-                         hint="add `loss cross_entropy` after the last layer")
-    r = recipe(graph.graph["train"], epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-               optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-               schedule=args.schedule)
-    optimizer_for(r)  # an impossible recipe fails now, before the data is read
-    out = args.out or Path(args.model.stem + ".npz")
-    if args.resume is not None:
-        if not args.resume.is_file():
-            raise DataError(args.resume, "no such checkpoint file")
-        check_checkpoint(args.resume)
-    check_outputs(args, out)
-    limit = memory_limit(args)
-    net = Network(graph, seed=r.seed, budget=Budget(limit, r.batch, "training", r.optimizer,
-                                                    stated=args.max_memory is not None))
-    net.inference_batch = inference_batch(net.memory(), limit)
-    data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
-    if args.limit:
-        data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
-    if data.x_test is not None and len(data.x_test) == 0:
-        data.x_test = data.y_test = None  # an empty test split is no test split
-    if args.max_memory is None:  # the data set has taken its share of what is available: again
-        limit = limit_after_loading(net)
-        net.memory_limit = limit
-        memory_check(net.memory("training", r.optimizer), Budget(limit, r.batch, "training", r.optimizer))
+    ranks = world()
+    with starting(ranks) as start:  # any rank's mistake stops every rank, before the first step
+        text = read_model(args.model)
+        graph = check_source(text, str(args.model))
+        if not graph.graph["loss"]:
+            raise ModelError(f"{args.model}: the model has no `loss` statement, so it cannot be trained",
+                             hint="add `loss cross_entropy` after the last layer")
+        r = recipe(graph.graph["train"], epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                   optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
+                   schedule=args.schedule)
+        optimizer_for(r)  # an impossible recipe fails now, before the data is read
+        out = args.out or Path(args.model.stem + ".npz")
+        if args.resume is not None:
+            if not args.resume.is_file():
+                raise DataError(args.resume, "no such checkpoint file")
+            check_checkpoint(args.resume)
+        if ranks.rank == 0:  # rank 0 alone writes them
+            check_outputs(args, out)
+        share = -(-r.batch // ranks.size)  # the most images of a step a rank computes
+        limit = memory_limit(args)
+        net = Network(graph, seed=r.seed, budget=Budget(limit, share, "training", r.optimizer,
+                                                        stated=args.max_memory is not None))
         net.inference_batch = inference_batch(net.memory(), limit)
-    net.compile()  # on two cores when the cache is cold; the data's mistakes are reported first
+        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
+        if args.limit:
+            data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
+        if data.x_test is not None and len(data.x_test) == 0:
+            data.x_test = data.y_test = None  # an empty test split is no test split
+        if args.max_memory is None:  # the data set has taken its share of what is available: again
+            limit = limit_after_loading(net)
+            net.memory_limit = limit
+            memory_check(net.memory("training", r.optimizer), Budget(limit, share, "training", r.optimizer))
+            net.inference_batch = inference_batch(net.memory(), limit)
+        net.compile()  # on two cores when the cache is cold; the data's mistakes are reported first
+        trainer = Trainer(net, data, r, out, text.decode("utf-8", "replace"), ranks)
+        if args.resume is not None:
+            trainer.resume(args.resume)
+        start.identity = trainer.identity()
     command = ["cnnc", "train", str(args.model), str(args.data)]
+    if ranks.size > 1:  # the command that continues the run: any number of ranks may (mpiexec -n ...)
+        command = ["mpiexec", "-n", str(ranks.size)] + command
     for flag in TRAIN_FLAGS:
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
     command += ["--out", str(out)] + (["--quiet"] if args.quiet else [])
-    return train(net, data, r, out, args.resume, args.quiet, text.decode("utf-8", "replace"),
-                 command)
+    return train(trainer, args.quiet, command)
 
 
 def limit_after_loading(net) -> int | None:
@@ -329,18 +358,35 @@ def check_outputs(args, out: Path) -> None:
 
 
 def run_eval(args) -> int:
+    from .distributed import starting, world
     from .train.data import load_dataset
     from .train.evaluate import evaluate, render_evaluation
 
-    net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
-    data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
-    if args.max_memory is None:
-        from .memory import inference_batch
+    ranks = world()
+    with starting(ranks) as start:
+        net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
+        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
+        if args.max_memory is None:
+            from .memory import inference_batch
 
-        net.inference_batch = inference_batch(net.memory(), limit_after_loading(net))
-    net.compile(training=False)
-    write(render_evaluation(evaluate(net, data)), None)
+            net.inference_batch = inference_batch(net.memory(), limit_after_loading(net))
+        net.compile(training=False)
+        start.identity = evaluation_identity(net, data)
+    evaluation = evaluate(net, data, ranks)
+    if ranks.rank == 0:
+        write(render_evaluation(evaluation), None)
     return 0
+
+
+def evaluation_identity(net, data) -> dict:
+    """What every rank of a distributed `cnnc eval` must share."""
+    import hashlib
+
+    from . import __version__
+
+    return {"cnnc": __version__, "model": hashlib.sha256(net.source.encode()).hexdigest()[:16],
+            "weights": hashlib.sha256(net.vector.tobytes()).hexdigest()[:16],
+            "test images": 0 if data.x_test is None else len(data.x_test)}
 
 
 def run_predict(args) -> int:

@@ -46,10 +46,11 @@ def slices(n: int, lanes: int) -> list[slice]:
     return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
 
 
-def run(fn, calls: list[tuple], lanes: int, replicas: bool = False) -> list:
+def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None) -> list:
     """[fn(*args) for args in calls], the calls side by side on the lane threads; `lanes` is the
     lane count the calls were cut for. With `replicas`, each call gets one more argument, its
-    lane's Replicas handle (None for a call that runs alone, on this thread).
+    lane's Replicas handle; `across` is the Replicas of the other processes of the step (a call
+    that runs alone, on this thread, gets it; None when the step has one process).
 
     This thread only waits: a Ctrl-C (KeyboardInterrupt) raised inside a barrier's wait left
     the barrier half-drained and the lanes waiting forever, when this thread was a lane. Now
@@ -57,9 +58,9 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False) -> list:
     still write into the buffers once the caller goes on) and then it is raised."""
     if len(calls) == 1:  # one core: a two-thread BLAS on these small products loses (see the docstring)
         set_blas_threads(1)
-        return [fn(*calls[0], *([None] if replicas else []))]
+        return [fn(*calls[0], *([across] if replicas else []))]
     set_blas_threads(1)
-    group = LaneGroup(len(calls)) if replicas else None
+    group = LaneGroup(len(calls), across) if replicas else None
     handles = group.lanes() if group else [None] * len(calls)
 
     def lane(k):

@@ -7,6 +7,11 @@ machines. Batchnorm needs the statistics of the whole batch, so the generated
 calls in the same order and which leaves the same total in every replica's buffer. Replicas
 is that interface: `count`, `first` (the one replica that updates shared state such as the
 running statistics) and `sum`.
+
+Processes (cnnc/distributed.py) and lanes compose: a LaneGroup given `across`, the Replicas of
+the other processes, adds its lanes' buffers up and has that total summed across the processes
+by one lane while the others wait. `first` stays per process: every process sees the same
+totals, so every process's running statistics stay the same.
 """
 from __future__ import annotations
 
@@ -31,14 +36,16 @@ ALONE = Alone()
 class LaneGroup:
     """The lanes of one call: threads that meet at a barrier to add up their buffers.
 
-    Every lane adds the same buffers in the same order (lane 0's first), so all of them end
-    with bit-identical totals. Should one lane fail, `abort` breaks the barrier so that the
-    others stop waiting (threading.BrokenBarrierError) instead of hanging."""
+    Lane 0 adds the lanes' buffers in lane order and, with `across` (the Replicas of the other
+    processes), has the total summed over them too; every lane then copies that one total, so
+    all of them end with bit-identical sums. Should one lane fail, `abort` breaks the barrier so
+    that the others stop waiting (threading.BrokenBarrierError) instead of hanging."""
 
-    def __init__(self, count: int):
-        self.count = count
+    def __init__(self, count: int, across=None):
+        self.count, self.across = count, across
         self.barrier = threading.Barrier(count)
         self.buffers: list = [None] * count
+        self.total = None
 
     def lanes(self) -> list["Lane"]:
         return [Lane(self, k) for k in range(self.count)]
@@ -52,14 +59,21 @@ class Lane:
 
     def __init__(self, group: LaneGroup, index: int):
         self.group, self.index = group, index
-        self.count, self.first = group.count, index == 0
+        self.count = group.count * (group.across.count if group.across is not None else 1)
+        self.first = index == 0
 
     def sum(self, buffer: np.ndarray) -> None:
         group = self.group
         group.buffers[self.index] = buffer
         group.barrier.wait()  # every lane's buffer is in place
-        total = group.buffers[0].copy()
-        for other in group.buffers[1:]:
-            total += other
-        group.barrier.wait()  # every lane has read every buffer: now they may be overwritten
-        buffer[...] = total
+        if self.first:
+            total = group.buffers[0].copy()
+            for other in group.buffers[1:]:
+                total += other
+            if group.across is not None:
+                group.across.sum(total)
+            group.total = total
+        # Lane 0 replaces the total only after the next sum's first wait, which every lane
+        # reaches after it has copied this one.
+        group.barrier.wait()
+        buffer[...] = group.total

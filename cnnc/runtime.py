@@ -247,11 +247,18 @@ class Network:
         loss, _ = self.loss_grads_correct(x, y)
         return loss, self.grads
 
-    def loss_grads_correct(self, x, y) -> tuple[float, int]:
-        """loss_and_grads for the training loop: the loss and how many images it got right."""
+    def loss_grads_correct(self, x, y, total: int | None = None, start: int = 0,
+                           across=None) -> tuple[float, int]:
+        """loss_and_grads for the training loop: the loss and how many images it got right.
+
+        For a step shared by several processes, x is this process's slice of it: `total` is the
+        images of the whole step, `start` the index of x's first image in it, and `across` the
+        Replicas of the processes (cnnc/distributed.py), over which batchnorm statistics, the
+        gradient vector, the loss and the count are summed; every process ends with the step's.
+        A process's slice may then be empty."""
         if not self.parsed.graph["loss"]:
             raise InputError(f"{self.name} has no `loss` statement; add `loss cross_entropy` to train it")
-        x = self.check_input(x)
+        x = self.check_input(x) if across is None or len(x) else np.ascontiguousarray(x, np.float32)
         y = np.ascontiguousarray(np.asarray(y), dtype=np.int64)
         classes = self.lowered.output_shape[0]
         if y.shape != (x.shape[0],):
@@ -259,16 +266,25 @@ class Network:
         if y.size and (y.min() < 0 or y.max() >= classes):
             raise InputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
         n, threads = len(x), lanes.lane_count()
+        total = n if total is None else total
         parts = lanes.slices(n, threads)
         while len(self.lane_grads) < len(parts) - 1:
             self.lane_grads.append(np.empty_like(self.grad_vector))
         grads = [self.grad_vector] + self.lane_grads[:len(parts) - 1]
-        calls = [(x[part], y[part], self.vector, g, int(self.dropout_rng.integers(0, 2**31 - 1)), n)
-                 for part, g in zip(parts, grads)]
-        results = lanes.run(self.module.loss_and_grads, calls, threads, replicas=True)
+        # One seed for the whole step: each image's dropout mask is keyed by its index in the step,
+        # so the masks do not depend on how many lanes or processes share the step.
+        seed = int(self.dropout_rng.integers(0, 2**31 - 1))
+        calls = [(x[part], y[part], self.vector, g, seed, total, start + part.start) for part, g in zip(parts, grads)]
+        results = lanes.run(self.module.loss_and_grads, calls, threads, replicas=True, across=across)
         for g in grads[1:]:  # each lane's loss and gradients are its share of the step's
             self.grad_vector += g
-        return float(sum(loss for loss, _ in results)), sum(int(c) for _, c in results)
+        loss, correct = float(sum(loss for loss, _ in results)), sum(int(c) for _, c in results)
+        if across is not None:
+            across.sum(self.grad_vector)
+            both = np.array([loss, correct], np.float64)
+            across.sum(both)
+            loss, correct = float(both[0]), int(round(both[1]))
+        return loss, correct
 
 
 def allocate_parameters(layout: ParamLayout, g: nx.DiGraph, limit: int | None) -> np.ndarray:

@@ -46,9 +46,11 @@ def test_sigmoid_extremes_do_not_overflow():
     assert out[1] > 0  # sigmoid(-100) = 3.7e-44, a float32 subnormal, not 0 by cancellation
 
 
-def run_dropout(x, rate, seed):
+def run_dropout(x, rate, seed, start=0):
+    """Dropout of a CNHW (C, n, H, W) or (n, D) array, seen as (C, n, P) as the generated code does."""
+    planes = (x.shape[0], x.shape[1], -1) if x.ndim == 4 else (1,) + x.shape
     out, mask = np.empty_like(x), np.empty_like(x)
-    dropout_forward(x, out, mask, rate, seed)
+    dropout_forward(x.reshape(planes), out.reshape(planes), mask.reshape(planes), rate, seed, start)
     return out, mask
 
 
@@ -91,6 +93,21 @@ def test_dropout_vectors_and_edge_rates():
     out, mask = run_dropout(x, 0.5, 3)
     assert set(np.unique(mask)) == {0, 2}
     assert 0.45 < (mask != 0).mean() < 0.55
+
+
+@pytest.mark.parametrize("shape", [(3, 10, 4, 4), (10, 7)])
+def test_dropout_masks_follow_the_image_not_the_slice(shape):
+    """A slice of a batch, told where it starts, draws exactly the masks the whole batch gives those
+    images: the masks do not depend on how lanes or processes cut the batch."""
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    axis = 1 if len(shape) == 4 else 0
+    _, whole = run_dropout(x, 0.5, 9)
+    for lo, hi in [(0, 3), (3, 4), (4, 10)]:
+        part = np.ascontiguousarray(x[:, lo:hi] if axis else x[lo:hi])
+        _, mask = run_dropout(part, 0.5, 9, start=lo)
+        assert np.array_equal(mask, whole[:, lo:hi] if axis else whole[lo:hi])
+    _, shifted = run_dropout(x, 0.5, 9, start=1)
+    assert not np.array_equal(shifted, whole)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

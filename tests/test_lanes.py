@@ -116,3 +116,27 @@ def test_an_interrupt_while_lanes_sum_stops_the_call_after_the_lanes_finish(monk
     finally:
         signal.signal(signal.SIGINT, previous)
     assert sorted(done) == [0, 1, 2]
+
+
+def test_lanes_hand_their_total_to_the_other_processes_once_per_sum():
+    """Lanes composed with processes (`across`): lane 0 alone passes the lanes' total on, once per
+    sum, and every lane gets what comes back (here: as from one more process holding the same)."""
+    class Across:
+        count, first, calls = 2, True, []
+
+        def sum(self, buffer):
+            self.calls.append(buffer.copy())
+            buffer *= 2
+
+    across = Across()
+    group = LaneGroup(3, across)
+    buffers = [np.full(4, k + 1.0) for k in range(3)]
+    threads = [threading.Thread(target=lambda lane, b: (lane.sum(b), lane.sum(b)), args=(lane, b))
+               for lane, b in zip(group.lanes(), buffers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert [c.tolist() for c in across.calls] == [[6.0] * 4, [36.0] * 4]  # 2 * (1 + 2 + 3), then 2 * 3 * 12
+    assert all(np.array_equal(b, np.full(4, 72.0)) for b in buffers)
+    assert [lane.count for lane in group.lanes()] == [6, 6, 6]

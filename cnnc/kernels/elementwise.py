@@ -78,22 +78,29 @@ def _hash32(x):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def dropout_forward(x, out, mask, rate, seed):
+def dropout_forward(x, out, mask, rate, seed, start):
     """Inverted dropout: mask = 1/(1-rate) with probability 1-rate else 0; out = x * mask.
 
-    Element i keeps iff 24 bits of hash(i * golden ^ hash(seed)) >= rate * 2**24: deterministic
-    for a seed, independent of any global random state. Pass a new seed every training step.
+    x, out and mask are (C, n, P): a CNHW activation seen as C x n x H*W, or an n x D one as
+    1 x n x D. Element (c, i, p) keeps iff 24 bits of hash((c*P + p) * golden ^ hash(image key))
+    >= rate * 2**24, where the image key mixes the seed with the image's index in the whole step,
+    `start + i`: an image's mask does not depend on how the step's batch is cut into slices,
+    lanes or processes. Deterministic for a seed; pass a new seed every training step.
     """
-    xf, of, mf = x.reshape(-1), out.reshape(-1), mask.reshape(-1)
-    scale = mf.dtype.type(1.0 / (1.0 - rate)) if rate < 1.0 else mf.dtype.type(0)
-    zero = mf.dtype.type(0)
+    channels, n, plane = x.shape
+    scale = mask.dtype.type(1.0 / (1.0 - rate)) if rate < 1.0 else mask.dtype.type(0)
+    zero = mask.dtype.type(0)
     threshold = np.uint64(min(max(rate, 0.0), 1.0) * 16777216.0)
     base = _hash32(np.uint64(seed) & _M32)
-    for i in range(xf.size):
-        h = _hash32(((np.uint64(i) * np.uint64(0x9E3779B9)) ^ base) & _M32)
-        m = scale if (h >> np.uint64(8)) >= threshold else zero
-        mf[i] = m
-        of[i] = xf[i] * m
+    for i in range(n):
+        image = _hash32(((np.uint64(start + i) * np.uint64(0x85EBCA6B)) ^ base) & _M32)
+        for c in range(channels):
+            offset = c * plane
+            for p in range(plane):
+                h = _hash32(((np.uint64(offset + p) * np.uint64(0x9E3779B9)) ^ image) & _M32)
+                m = scale if (h >> np.uint64(8)) >= threshold else zero
+                mask[c, i, p] = m
+                out[c, i, p] = x[c, i, p] * m
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)

@@ -13,8 +13,12 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
         return [f"{out} = {x}  # dropout passes values through in inference"]
     if op == "dropout":
         rate = ctx.node(node)["attrs"]["rate"]
+        shape = ctx.node(node)["shape"]
+        # seen as (C, n, H*W): the kernel keys each image's mask by its index in the whole step
+        planes = f"({shape[0]}, n, {shape[1] * shape[2]})" if len(shape) == 3 else f"(1, n, {shape[0]})"
+        views = ", ".join(f"{a}.reshape({planes})" for a in (x, out, f"{out}_mask"))
         return [ctx.empty(node), ctx.empty(node, "_mask"),
-                f"dropout_forward({x}, {out}, {out}_mask, {rate}, seed + {ctx.seeds[node]})"]
+                f"dropout_forward({views}, {rate}, seed + {ctx.seeds[node]}, start)"]
     return [ctx.empty(node), f"{op}_forward({x}, {out})"]
 
 

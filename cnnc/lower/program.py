@@ -177,6 +177,7 @@ def loss_and_grads_function(ctx: Context) -> list[str]:
     doc = (f"Training step without the update: x float32 N x {show(in_shape)}, y int64 labels; "
            "writes gradients into G, returns the mean loss and the number of right answers.\n\n"
            "    One of several replicas of a step (cnnc/replicas.py), it gets `total`, the images of the whole\n"
-           "    step, and `replicas`, whose sum() adds a buffer up over them; its loss and gradients are then\n"
-           "    its share of the step's (sum the replicas' to get the step's).")
-    return function("loss_and_grads", "x, y, P, G, seed, total=None, replicas=None", doc, lines)
+           "    step, `start`, the index of x's first image in it (which keys its dropout masks), and\n"
+           "    `replicas`, whose sum() adds a buffer up over them; its loss and gradients are then its share\n"
+           "    of the step's (sum the replicas' to get the step's).")
+    return function("loss_and_grads", "x, y, P, G, seed, total=None, start=0, replicas=None", doc, lines)

@@ -149,11 +149,29 @@ class Batches:
 
     def __iter__(self):
         for start in range(0, len(self.x), self.batch_size):
-            if self.order is None:
-                rows = slice(start, start + self.batch_size)
-            else:
-                rows = self.order[start : start + self.batch_size]
+            rows = self._rows(start)
             yield self.x[rows], self.y[rows]
+
+    def shares(self, rank: int, ranks: int):
+        """Process `rank`'s share of each batch when `ranks` processes share every step:
+        (x, y, total, start), its images and labels, the batch's size and where its share
+        begins in the batch. Only the share's rows are copied."""
+        for start in range(0, len(self.x), self.batch_size):
+            rows = self._rows(start)
+            total = len(range(len(self.x))[rows]) if isinstance(rows, slice) else len(rows)
+            part = rank_share(total, rank, ranks)
+            mine = np.arange(len(self.x))[rows][part] if isinstance(rows, slice) else rows[part]
+            yield self.x[mine], self.y[mine], total, part.start
+
+    def _rows(self, start: int):
+        if self.order is None:
+            return slice(start, start + self.batch_size)
+        return self.order[start : start + self.batch_size]
+
+
+def rank_share(n: int, rank: int, ranks: int) -> slice:
+    """Process `rank`'s contiguous share of n items cut among `ranks` (sizes differ by one at most)."""
+    return slice(rank * n // ranks, (rank + 1) * n // ranks)
 
 
 def batches(x, y, batch_size, rng=None) -> Batches:

@@ -8,9 +8,10 @@ import numpy as np
 
 from ..diagnostics import DataError, warn
 from ..runtime import Network
+from ..distributed import Single
 from .checkpoint import CHECKPOINT_SUFFIX, checkpoint_classes, checkpoint_path
-from .data import Dataset
-from .loop import accuracy
+from .data import Dataset, rank_share
+from .loop import predictions
 
 
 @dataclass
@@ -20,13 +21,18 @@ class Evaluation:
     confusion: np.ndarray  # confusion[true, predicted] counts
 
 
-def evaluate(net: Network, data: Dataset) -> Evaluation:
+def evaluate(net: Network, data: Dataset, world=None) -> Evaluation:
+    """The test split's evaluation; with several ranks (`world`), each predicts its share of the
+    images and the confusion matrices are summed, so every rank gets the whole split's."""
     if data.x_test is None or len(data.x_test) == 0:
         raise DataError(data.source, "has no test images to evaluate on")
-    acc, predicted = accuracy(net, data.x_test, data.y_test)
+    world = world or Single()
+    part = rank_share(len(data.x_test), world.rank, world.size)
     k = net.lowered.output_shape[0]
     confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (data.y_test, predicted), 1)
+    np.add.at(confusion, (data.y_test[part], predictions(net, data.x_test[part])), 1)
+    world.sum(confusion, "the evaluation's counts")
+    acc = float(np.trace(confusion) / len(data.x_test))
     classes = list(data.classes) + [str(i) for i in range(len(data.classes), k)]
     return Evaluation(acc, classes[:k], confusion)
 

@@ -6,6 +6,7 @@ holds all of that state, so a resumed run ends with the same weights as one neve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import threading
 import time
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import ops
+from .. import __version__, ops
 from ..diagnostics import CnncError, DataError
+from ..distributed import SAVE_TIMEOUT, Single
 from ..runtime import Network
 from . import checkpoint
-from .data import Dataset, batches
+from .data import Dataset, batches, rank_share
 from .optim import learning_rate, make_optimizer
 
 
@@ -51,6 +53,8 @@ def recipe(train_line: dict, **overrides) -> Recipe:
 class TrainingError(CnncError):
     """Training cannot go on (the loss diverged, the recipe is impossible); prints like a diagnostic."""
 
+    every_rank = True  # of several MPI ranks, each meets it alike: the same loss, weights and recipe
+
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.message, self.hint = message, hint
@@ -80,11 +84,20 @@ def epoch_lr(r: Recipe, epoch: int) -> float:
     return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
 
 
-def accuracy(net: Network, x: np.ndarray, y: np.ndarray, batch: int | None = None) -> tuple[float, np.ndarray]:
-    """Accuracy of inference over a split, and the predicted class of every image."""
+def predictions(net: Network, x: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """The predicted class of every image (none for no images)."""
+    if len(x) == 0:
+        return np.zeros(0, np.int64)
     batch = batch or net.inference_batch
-    predicted = np.concatenate([net.forward(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
-    return float((predicted == y).mean()), predicted
+    return np.concatenate([net.forward(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
+
+
+def shared_accuracy(net: Network, x: np.ndarray, y: np.ndarray, world) -> float:
+    """Accuracy over a split whose images the ranks share out, each predicting its own."""
+    part = rank_share(len(x), world.rank, world.size)
+    right = np.array([np.count_nonzero(predictions(net, x[part]) == y[part])], np.float64)
+    world.sum(right, "the test accuracy")
+    return float(right[0]) / len(x)
 
 
 LARGE_PIXEL = 1e3  # pixel values beyond this are a data set's scaling mistake, not a learning rate's
@@ -103,8 +116,11 @@ class EpochReport:
 class Trainer:
     """One training run of a network on a data set, resumable from its checkpoint."""
 
-    def __init__(self, net: Network, data: Dataset, r: Recipe, out: Path, model_text: str):
+    def __init__(self, net: Network, data: Dataset, r: Recipe, out: Path, model_text: str, world=None):
+        """`world` is the processes that share every step (cnnc/distributed.py), this one alone
+        by default: each computes its share of every batch, and rank 0 alone writes files."""
         self.net, self.data, self.recipe, self.out = net, data, r, Path(out)
+        self.world = world or Single()
         if data.x_train is None or len(data.x_train) == 0:
             raise DataError(data.source, "holds no training images")
         self.model_hash = checkpoint.source_hash(model_text)
@@ -147,13 +163,25 @@ class Trainer:
         self.resumed_from = Path(path)
         self.resumed_recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else None
 
+    def identity(self) -> dict:
+        """What every rank of a distributed run must share before the first step."""
+        return {"cnnc": __version__, "model": hashlib.sha256(self.net.source.encode()).hexdigest()[:16],
+                **asdict(self.recipe), "epoch": self.epoch,
+                "weights": hashlib.sha256(self.net.vector.tobytes()).hexdigest()[:16],
+                "training images": len(self.data.x_train),
+                "training labels": hashlib.sha256(self.data.y_train.tobytes()).hexdigest()[:16]}
+
     def save(self) -> None:
         """Weights, then the checkpoint; each file is replaced atomically, never left half written.
+        Rank 0 alone writes; the others wait until it has.
 
         Ctrl-C during the save waits until both files are written, so they always agree.
         """
         with deferred_interrupt():
-            self._save()
+            if self.world.rank == 0:
+                self._save()
+            # The others wait while rank 0 writes; rank 0, done, waits for them only as in a step.
+            self.world.barrier(SAVE_TIMEOUT if self.world.rank else None, "rank 0 to save the weights")
             self.saved_epoch = self.epoch
 
     def _save(self) -> None:
@@ -174,20 +202,21 @@ class Trainer:
             "recipe": asdict(self.recipe)})
 
     def run_epoch(self, progress=None) -> EpochReport:
-        net, r = self.net, self.recipe
+        net, r, world = self.net, self.recipe, self.world
         lr = epoch_lr(r, self.epoch)
         trainable = net.vector[: net.layout.trainable]
         total_loss, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
+        steps = batches(self.data.x_train, self.data.y_train, r.batch, self.rng)
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging step is caught below, not warned of
-            for xb, yb in batches(self.data.x_train, self.data.y_train, r.batch, self.rng):
-                loss, right = net.loss_grads_correct(xb, yb)
-                if not np.isfinite(loss):
+            for xb, yb, total, start in steps.shares(world.rank, world.size):
+                loss, right = net.loss_grads_correct(xb, yb, total, start, world.replicas)
+                if not np.isfinite(loss):  # the step's loss, the same in every rank: all stop together
                     self.diverged(f"the loss became {loss}", lr)
                 self.optimizer.step(trainable, net.grad_vector, lr)
-                total_loss += loss * len(yb)
+                total_loss += loss * total
                 correct += right
-                seen += len(yb)
+                seen += total
                 if progress:
                     progress(seen, total_loss / seen, seen / (time.perf_counter() - started))
         seconds = max(time.perf_counter() - started, 1e-9)
@@ -197,7 +226,7 @@ class Trainer:
             self.diverged("the weights became infinite or NaN", lr)
         test = None
         if self.data.x_test is not None and len(self.data.x_test):
-            test, _ = accuracy(net, self.data.x_test, self.data.y_test)
+            test = shared_accuracy(net, self.data.x_test, self.data.y_test, world)
         self.epoch += 1
         return EpochReport(self.epoch, total_loss / seen, correct / seen, test, seconds, seen / seconds)
 

@@ -18,11 +18,12 @@ from .data import Dataset
 from .loop import EpochReport, Recipe, Terminated, Trainer, sigterm_stops_gracefully
 
 
-def describe_run(net: Network, data: Dataset, r: Recipe) -> str:
+def describe_run(net: Network, data: Dataset, r: Recipe, ranks: int = 1) -> str:
     test = f", {len(data.x_test):,} test" if data.x_test is not None else ", no test split"
     extra = f" momentum={r.momentum:g}" if r.optimizer == "sgd" and r.momentum else ""
+    shared = f" on {ranks} processes (each batch shared out among them)" if ranks > 1 else ""
     return (f"training {net.name} on {len(data.x_train):,} images{test} ({data.num_classes} classes) from "
-            f"{data.source}\n{r.optimizer} lr={r.lr:g}{extra} batch={r.batch} epochs={r.epochs} seed={r.seed}"
+            f"{data.source}{shared}\n{r.optimizer} lr={r.lr:g}{extra} batch={r.batch} epochs={r.epochs} seed={r.seed}"
             f"{' schedule=' + r.schedule if r.schedule != 'constant' else ''}")
 
 
@@ -32,22 +33,23 @@ def epoch_line(report: EpochReport, epochs: int) -> str:
             f"{test}  {report.seconds:.1f} s  {report.images_per_second:,.0f} img/s")
 
 
-def train(net: Network, data: Dataset, r: Recipe, out: Path, resume, quiet: bool, model_text: str,
-          command: list[str] | None = None) -> int:
+def train(trainer: Trainer, quiet: bool, command: list[str] | None = None) -> int:
     """Train, saving weights and checkpoint after every epoch; 0 when done, 130 on Ctrl-C.
 
-    `command` is the command line that started the run without its --resume (the interrupted
-    message shows it with the --resume that continues the run)."""
+    The trainer has been resumed already when the run continues a checkpoint. `command` is the
+    command line that started the run without its --resume (the interrupted message shows it with
+    the --resume that continues the run). Of several ranks, rank 0 alone prints."""
     with sigterm_stops_gracefully():
-        return _train(net, data, r, out, resume, quiet, model_text, command)
+        return _train(trainer, quiet, command)
 
 
-def _train(net, data, r, out, resume, quiet, model_text, command) -> int:
-    console = Console(file=Output(sys.stderr), highlight=False, markup=False, soft_wrap=True)
+def _train(trainer: Trainer, quiet: bool, command) -> int:
+    net, data, r, out = trainer.net, trainer.data, trainer.recipe, trainer.out
+    speaks = trainer.world.rank == 0
+    console = Console(file=Output(sys.stderr), highlight=False, markup=False, soft_wrap=True, quiet=not speaks)
     stdout = Output(sys.stdout)
-    trainer = Trainer(net, data, r, out, model_text)
-    if resume is not None:
-        trainer.resume(resume)
+    if trainer.resumed_from is not None:
+        resume = trainer.resumed_from
         console.print(f"resuming from {resume} after epoch {trainer.epoch}")
         for line in recipe_changes(trainer.resumed_recipe, r):
             console.print(line)
@@ -55,16 +57,16 @@ def _train(net, data, r, out, resume, quiet, model_text, command) -> int:
             console.print(f"{resume} is after epoch {trainer.epoch} and the run has {r.epochs}: "
                           "nothing to do (raise --epochs to train on)")
             return 0
-    console.print(describe_run(net, data, r))
+    console.print(describe_run(net, data, r, trainer.world.size))
     for line in data_warnings(data):
         console.print(f"warning: {line}")
     try:
         while trainer.epoch < r.epochs:
-            report = run_epoch(trainer, console, quiet)
+            report = run_epoch(trainer, console, quiet or not speaks)
             try:
                 trainer.save()
             finally:  # a Ctrl-C held back during the save comes after it: report the saved epoch first
-                if trainer.saved_epoch == report.epoch:
+                if trainer.saved_epoch == report.epoch and speaks:
                     stdout.write(epoch_line(report, r.epochs) + "\n")
                     stdout.flush()
     except KeyboardInterrupt as stop:
