@@ -319,6 +319,12 @@ def cpu_model() -> str:
     return found.group(1).strip() if found else "unknown"
 
 
+def forced_blas() -> str | None:
+    """OPENBLAS_CORETYPE, when set: it makes OpenBLAS run older kernels than the CPU has (this
+    sandbox sets Haswell, AVX2, on AVX-512 machines: a quarter of the matmul rate)."""
+    return os.environ.get("OPENBLAS_CORETYPE")
+
+
 def blas_info() -> list[str]:
     return [f"{lib['internal_api']} {lib['version']} ({lib.get('architecture', '?')}, {lib['num_threads']} threads, "
             f"{Path(lib['filepath']).name})" for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
@@ -342,7 +348,9 @@ def machine(torch_info: dict, onnx_info: dict, matmul_gflops: float) -> list[str
         "the percentages beside cnnc's GFLOP/s are of it",
         f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
         f"torch {torch_info['torch']}, onnxruntime {onnx_info['onnxruntime']}, cnnc {cnnc.__version__} at {tree_state()}",
-        "BLAS of cnnc's process (threadpoolctl): " + "; ".join(blas_info()),
+        "BLAS of cnnc's process (threadpoolctl): " + "; ".join(blas_info())
+        + (f" -- OPENBLAS_CORETYPE={forced_blas()} forces these kernels: run with `env -u OPENBLAS_CORETYPE "
+           "-u OPENBLAS_L2_SIZE` for the CPU's own" if forced_blas() else ""),
     ]
 
 

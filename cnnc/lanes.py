@@ -52,10 +52,11 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None)
     lane's Replicas handle; `across` is the Replicas of the other processes of the step (a call
     that runs alone, on this thread, gets it; None when the step has one process).
 
-    This thread only waits: a Ctrl-C (KeyboardInterrupt) raised inside a barrier's wait left
-    the barrier half-drained and the lanes waiting forever, when this thread was a lane. Now
-    the interrupt reaches this thread while it waits; the lanes finish their step (nothing may
-    still write into the buffers once the caller goes on) and then it is raised."""
+    This thread only hands out and waits: a Ctrl-C (KeyboardInterrupt) raised inside a barrier's
+    wait left the barrier half-drained and the lanes waiting forever, when this thread was a
+    lane. Now the interrupt reaches this thread; it breaks the lanes' barrier (a lane not yet
+    handed its call would be waited for forever), waits until every lane has stopped (nothing
+    may still write into the buffers once the caller goes on), and is raised."""
     if len(calls) == 1:  # one core: a two-thread BLAS on these small products loses (see the docstring)
         set_blas_threads(1)
         return [fn(*calls[0], *([across] if replicas else []))]
@@ -71,10 +72,14 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None)
                 group.abort()  # the other lanes stop waiting for this one at their next sum
             raise
 
-    futures = [_pool(lanes).submit(lane, k) for k in range(len(calls))]
+    futures = []
     try:
+        for k in range(len(calls)):
+            futures.append(_pool(lanes).submit(lane, k))
         wait(futures)
-    except BaseException:
+    except BaseException:  # Ctrl-C, perhaps before every lane was handed its call
+        if group:
+            group.abort()  # the lanes stop at their next sum instead of waiting for a missing one
         wait(futures)
         raise
     failed = [f.exception() for f in futures if f.exception() is not None]
