@@ -504,8 +504,8 @@ def main(argv=None) -> int:
         timings = [t for name in args.models for t in time_model(name, budget, torch, onnx)]
         torch_info, onnx_info = torch.info(), onnx.info()
     finally:
-        torch.close()
-        onnx.close()
+        for worker in (torch, onnx):
+            worker.close()
     compiles = [compile_times(name) for name in args.models]
     memories = [memory(name) for name in args.models]
     context = {

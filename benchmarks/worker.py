@@ -40,5 +40,8 @@ class Worker:
         return self.ask("info")
 
     def close(self) -> None:
-        self.conn.send(("stop",))
+        try:
+            self.conn.send(("stop",))
+        except (BrokenPipeError, OSError):  # it died: whatever stopped it is the error to see
+            pass
         self.process.join(timeout=10)

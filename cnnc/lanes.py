@@ -35,6 +35,11 @@ def lane_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+# One call's lanes at a time: two steps started together from two threads could each get one of
+# the pool's threads and wait at their barriers for a lane that never gets one.
+_one_call = threading.Lock()
+
+
 @cache
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnc-lane")
@@ -72,16 +77,18 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None)
                 group.abort()  # the other lanes stop waiting for this one at their next sum
             raise
 
+    assert len(calls) <= lanes, (len(calls), lanes)  # every lane needs a thread of the pool
     futures = []
-    try:
-        for k in range(len(calls)):
-            futures.append(_pool(lanes).submit(lane, k))
-        wait(futures)
-    except BaseException:  # Ctrl-C, perhaps before every lane was handed its call
-        if group:
-            group.abort()  # the lanes stop at their next sum instead of waiting for a missing one
-        wait(futures)
-        raise
+    with _one_call:
+        try:
+            for k in range(len(calls)):
+                futures.append(_pool(lanes).submit(lane, k))
+            wait(futures)
+        except BaseException:  # Ctrl-C, perhaps before every lane was handed its call
+            if group:
+                group.abort()  # the lanes stop at their next sum instead of waiting for a missing one
+            wait(futures)
+            raise
     failed = [f.exception() for f in futures if f.exception() is not None]
     if failed:  # a lane's own error, rather than the broken barrier it left the others
         raise next((e for e in failed if not isinstance(e, threading.BrokenBarrierError)), failed[0])

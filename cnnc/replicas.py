@@ -16,21 +16,20 @@ totals, so every process's running statistics stay the same.
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 import numpy as np
 
 
-class Alone:
-    """One replica: its sums are already the step's."""
+class Replicas(Protocol):
+    """What the generated `loss_and_grads` is handed (None for a step of one replica)."""
 
-    count = 1
-    first = True
+    count: int  # how many replicas the step has
+    first: bool  # this replica updates the running statistics of its process
 
     def sum(self, buffer: np.ndarray) -> None:
-        pass
-
-
-ALONE = Alone()
+        """Every replica calls it, in the same order; afterwards every replica's buffer holds
+        the sum over all of them, the same bits in each."""
 
 
 class LaneGroup:

@@ -89,3 +89,13 @@ def test_standalone_keeps_the_model_code():
     assert not [line for line in text.splitlines() if line.startswith(("from cnnc", "import cnnc"))]
     assert "def forward(x, P):" in text and "def loss_and_grads(x, y, P, G, seed, total=None, start=0, replicas=None):" in text
     assert "# conv1 + relu1: conv+relu filters=6 size=5 padding=same -> 6x28x28" in text
+
+
+@pytest.mark.parametrize("padding, kernel", [(1, "conv3x3_backward"), (2, "conv3x3_backward"), (3, "conv2d_backward")])
+def test_winograd_backward_only_where_the_input_gradient_can_be_one(padding, kernel):
+    """The input gradient of a Winograd layer is a Winograd convolution padded by 2 - padding:
+    from padding 3 on, the layer's backward must be im2col's."""
+    net = cnnc.compile_source(f"input 16x6x6\nconv filters=16 size=3 padding={padding}\nflatten\ndense units=2\n"
+                              "loss cross_entropy\n")
+    backward = net.source.split("def loss_and_grads")[1]
+    assert f"{kernel}(" in backward and "conv3x3_forward(" in backward

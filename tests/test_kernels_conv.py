@@ -68,6 +68,8 @@ GEOMETRIES = [
     (11, 9, 3, 5, (3, 2), "valid", "valid"),   # strides that leave input unused
     (5, 5, 5, 5, (1, 1), "valid", "valid"),    # the kernel covers the whole input
     (9, 9, 1, 1, (2, 2), "valid", "valid"),    # 1x1 downsampling (resnet shortcut)
+    (9, 9, 1, 1, (2, 2), 3, 3),                # kernel smaller than the stride, padding larger
+    (10, 11, 2, 2, (3, 3), 2, 1),              # ... and unequal paddings
 ]
 
 
@@ -104,7 +106,7 @@ WORK_SPLITS = [
     (1, 6, 30, 28, 28, 5, (1, 1), "same"),    # chunks of 11, 11 and 8 images
     (1, 6, 64, 28, 28, 5, (1, 1), "same"),    # lenet5's first layer
     (32, 64, 3, 16, 16, 3, (1, 1), "same"),   # one chunk of 3 images
-    (16, 32, 8, 32, 31, 3, (2, 2), "same"),   # strided: the row-gathering im2col
+    (16, 32, 8, 32, 31, 3, (2, 2), "same"),   # strided: im2col from the stride's phases
     (64, 64, 1, 15, 16, 3, (1, 1), "same"),   # batch 1
     (64, 64, 1, 31, 31, 3, (2, 2), "same"),   # batch 1, strided
 ]
@@ -181,6 +183,17 @@ def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx):
         assert rel_err(dx - prefill, layer.ref_dx) < RTOL
     else:
         assert np.array_equal(dx, prefill)
+
+
+@pytest.mark.parametrize("mode_h, mode_w", [(2, 0), (0, 1), (1, 2)])
+def test_winograd_with_unequal_top_and_left_padding(mode_h, mode_w):
+    layer = Layer(3, 4, 2, 7, 6, 3, 3, (1, 1), mode_h, mode_w, bias=True, relu=True, seed=5)
+    out = np.full((4, 2, layer.OH, layer.OW), np.nan, np.float32)
+    conv3x3_forward(layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, True)
+    assert rel_err(out, layer.ref_out) < RTOL
+    dx, dw, db = np.zeros_like(layer.x), np.empty_like(layer.w), np.empty_like(layer.b)
+    conv3x3_backward(layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, True, True)
+    assert rel_err(dx, layer.ref_dx) < RTOL and rel_err(dw, layer.ref_dw) < RTOL and rel_err(db, layer.ref_db) < RTOL
 
 
 def test_winograd_backward_finite_differences_float64():

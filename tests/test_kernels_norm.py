@@ -53,7 +53,7 @@ def train_backward(x, out, dout, stats, gamma, relu, dx, dresidual, dgamma, dbet
     batchnorm_backward_apply(x, out, dout, stats, gamma, sums, x.size // gamma.shape[0], relu, dx, dresidual)
 
 
-FUSED = [(False, False), (False, True), (True, True)]  # (residual, relu) fused into the batchnorm
+FUSED = [(False, False), (False, True), (True, False), (True, True)]  # (residual, relu) fused into the batchnorm
 
 
 @pytest.mark.parametrize("shape", SHAPES)

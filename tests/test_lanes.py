@@ -143,3 +143,29 @@ def test_lanes_hand_their_total_to_the_other_processes_once_per_sum():
     assert [c.tolist() for c in across.calls] == [[6.0] * 4, [36.0] * 4]  # 2 * (1 + 2 + 3), then 2 * 3 * 12
     assert all(np.array_equal(b, np.full(4, 72.0)) for b in buffers)
     assert [lane.count for lane in group.lanes()] == [6, 6, 6]
+
+
+def test_two_steps_started_together_from_two_threads_both_finish(monkeypatch):
+    """Two networks trained from two threads: their lanes share the pool. Hand-outs made to
+    interleave (A0, B0, A1, B1) must not leave each step holding a thread and waiting for one."""
+    import time
+
+    pool = lanes._pool(2)
+    submit = pool.submit
+
+    def slow_submit(*args, **kwargs):
+        time.sleep(0.01)
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "submit", slow_submit)
+
+    def work(k, replicas):
+        replicas.sum(np.ones(2))
+        return k
+
+    callers = [threading.Thread(target=lanes.run, args=(work, [(0,), (1,)], 2, True)) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in callers), "two steps waited for each other forever"

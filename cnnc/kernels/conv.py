@@ -1,8 +1,9 @@
-"""2-d convolution kernels (CNHW activations, OIHW weights): forward with fused bias+ReLU, and backward.
+"""2-d convolution kernels (CNHW activations, OIHW weights): forward with bias, residual and ReLU
+fused, and backward.
 
 The kernels are serial: each works through its batch in chunks of nb images, with one BLAS
 product per chunk. The runtime runs the whole network on slices of the batch in parallel
-(cnnc/runtime.py), so BLAS is kept to one thread there except when a single slice runs.
+(cnnc/lanes.py), with a one-thread BLAS.
 
 Per chunk the input is copied into a zero-padded buffer xp, cut into the stride's phases:
 xp[c, n, a*sw + b, h, w] = the padded input at row h*sh + a, column w*sw + b (one phase at
@@ -65,18 +66,6 @@ def _copy(dst, src, count):
 def _add(dst, src, count):
     for k in range(count):
         dst[k] += src[k]
-
-
-@njit(cache=True, fastmath=True)
-def _gather(dst, src, count, step):
-    for k in range(count):
-        dst[k] = src[k * step]
-
-
-@njit(cache=True, fastmath=True)
-def _scatter_add(dst, src, count, step):
-    for k in range(count):
-        dst[k * step] += src[k]
 
 
 @njit(cache=True, fastmath=True)
@@ -215,17 +204,17 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
     """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it is empty."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    HPh, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
     phases = stride_h * stride_w
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
     nb = _chunk(rows, N, OH * ld)
-    xp_buf = np.empty(C * nb * phases * (HP + 1) * ld, x.dtype)
+    xp_buf = np.empty(C * nb * phases * (HPh + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     prod_buf = np.empty(F * nb * OH * ld, x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        xp = xp_buf[:C * m * phases * (HP + 1) * ld].reshape(C, m, phases, HP + 1, ld)
+        xp = xp_buf[:C * m * phases * (HPh + 1) * ld].reshape(C, m, phases, HPh + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _pad_chunk(x, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, xp)
@@ -239,13 +228,13 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     """dw and db are overwritten; dx (when need_dx) is added into."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HP, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+    HPh, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
     phases = stride_h * stride_w
     rows = C * KH * KW
     wmat = w.reshape(F, rows)
     dw2 = dw.reshape(F, rows)
     nb = _chunk(rows, N, OH * ld)
-    xp_buf = np.empty(C * nb * phases * (HP + 1) * ld, x.dtype)
+    xp_buf = np.empty(C * nb * phases * (HPh + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     g_buf = np.empty(F * nb * OH * ld, x.dtype)
     dw_part = np.empty((rows, F), x.dtype)  # dw transposed: see _add_transposed
@@ -253,7 +242,7 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     db[:] = 0
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        xp = xp_buf[:C * m * phases * (HP + 1) * ld].reshape(C, m, phases, HP + 1, ld)
+        xp = xp_buf[:C * m * phases * (HPh + 1) * ld].reshape(C, m, phases, HPh + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)

@@ -2,7 +2,7 @@
 
 In training the statistics are the whole step's: each replica sums its slice per channel, the
 replicas add their sums up (`replicas.sum`), then each normalizes its slice. A ReLU and a
-residual input fused into the batchnorm (passes/fuse_batchnorm.py) run in its loops.
+residual input fused into the batchnorm (passes/fuse_activation.py, passes/fuse_add.py) run in its loops.
 """
 from __future__ import annotations
 
@@ -23,15 +23,14 @@ def empty(ctx: Context, node: str) -> str:
 def forward(ctx: Context, node: str, training: bool) -> list[str]:
     data = ctx.node(node)
     attrs = data["attrs"]
-    src = ctx.inputs(node)[0]
+    src, *residual = ctx.inputs(node)  # a second input is a residual fused in
     x, out = ctx.var(src), ctx.var(node)
     gamma, beta = ctx.param(node, "gamma"), ctx.param(node, "beta")
     mean, var = ctx.param(node, "running_mean"), ctx.param(node, "running_var")
     if not training:
         return [ctx.empty(node), f"batchnorm_infer_forward({x}, {gamma}, {beta}, {mean}, {var}, {out}, {attrs['eps']})"]
     channels = data["shape"][0]
-    srcs = ctx.inputs(node)  # a second input is a residual fused in
-    residual = ctx.var(srcs[1]) if len(srcs) > 1 else empty(ctx, node)
+    residual = ctx.var(residual[0]) if residual else empty(ctx, node)
     relu = data.get("activation") == "relu"
     return [ctx.empty(node), f"{out}_stats = np.empty((2, {channels}), np.float32)  # mean, 1/std",
             f"{out}_sums = np.empty((2, {channels}))",
