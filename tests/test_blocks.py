@@ -24,6 +24,7 @@ from cnnc.frontend import check_file, check_source
 from cnnc.shapes import parameter_shapes
 from cnnc.summary import render_summary
 from test_diagnostics import caret_column
+from test_export import randomize_buffers
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -211,18 +212,8 @@ class ResNet20(nn.Module):
         return F.softmax(self.dense1(x.mean(dim=(2, 3))), dim=1)
 
 
-def randomized(net, seed):
-    rng = np.random.default_rng(seed)
-    for name, view in net.params.items():
-        if name.endswith("running_var"):
-            view[...] = rng.uniform(0.5, 2.0, view.shape)
-        elif not name.endswith("weight"):
-            view[...] = rng.standard_normal(view.shape) * 0.3
-    return net
-
-
 def test_block_weights_load_into_pytorch_under_their_names(tmp_path):
-    net = randomized(cnnc.compile(EXAMPLES / "resnet20.cnn", seed=7), 8)
+    net = randomize_buffers(cnnc.compile(EXAMPLES / "resnet20.cnn", seed=7), 8)
     np.savez(tmp_path / "w.npz", **dict(net.params))
     saved = np.load(tmp_path / "w.npz")
     torch_names = {"gamma": "weight", "beta": "bias"}
@@ -238,7 +229,7 @@ def test_block_weights_load_into_pytorch_under_their_names(tmp_path):
 
 
 def test_block_weights_export_to_onnx_under_their_names(tmp_path):
-    net = randomized(cnnc.compile(EXAMPLES / "resnet20.cnn", seed=10), 11)
+    net = randomize_buffers(cnnc.compile(EXAMPLES / "resnet20.cnn", seed=10), 11)
     np.savez(tmp_path / "w.npz", **dict(net.params))
     assert main(["export", str(EXAMPLES / "resnet20.cnn"), "--weights", str(tmp_path / "w.npz"),
                  "-o", str(tmp_path / "m.onnx")]) == 0

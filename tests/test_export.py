@@ -18,7 +18,11 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 
 
 def randomized(path, seed):
-    net = cnnc.compile(path, seed=seed)
+    return randomize_buffers(cnnc.compile(path, seed=seed), seed)
+
+
+def randomize_buffers(net, seed):
+    """Biases, batchnorm parameters and running statistics random too (they start at 0 and 1)."""
     rng = np.random.default_rng(seed)
     for name, view in net.params.items():
         if name.endswith("running_var"):

@@ -11,7 +11,7 @@ import cnnc
 import reference
 from cnnc import lanes
 from cnnc.replicas import LaneGroup
-from test_models import SOURCES, assert_gradients_match, randomize, relative_error
+from test_models import SOURCES, assert_gradients_match, random_step, relative_error
 
 BATCHNORM_MODELS = ("every_op_image", "every_op_vector", "resnet_tiny")
 
@@ -19,13 +19,7 @@ BATCHNORM_MODELS = ("every_op_image", "every_op_vector", "resnet_tiny")
 def step(source: str, threads: int, monkeypatch, optimize: bool = True):
     monkeypatch.setenv("CNNC_THREADS", str(threads))
     net = cnnc.compile_source(source, optimize=optimize)
-    rng = np.random.default_rng(11)
-    randomize(net, rng)
-    before = {n: v.copy() for n, v in net.params.items()}
-    x = rng.standard_normal((13,) + net.input_shape).astype(np.float32)
-    y = rng.integers(0, net.lowered.output_shape[0], 13)
-    loss, grads = net.loss_and_grads(x, y)
-    return net, before, x, y, loss, {n: g.copy() for n, g in grads.items()}
+    return (net, *random_step(net, 11))
 
 
 @pytest.mark.parametrize("name", BATCHNORM_MODELS)

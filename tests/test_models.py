@@ -95,6 +95,18 @@ FULL_SIZE_ONLY = {"resnet18"}
 DEEP = {"densenet_bc40", "resnet20"}
 
 
+def random_step(net, seed: int, images: int = 13):
+    """Fresh random parameters and a batch, and one loss_and_grads on them: the parameters
+    before the step, the batch, the loss and a copy of the gradients."""
+    rng = np.random.default_rng(seed)
+    randomize(net, rng)
+    before = {n: v.copy() for n, v in net.params.items()}
+    x = rng.standard_normal((images,) + net.input_shape).astype(np.float32)
+    y = rng.integers(0, net.lowered.output_shape[0], images)
+    loss, grads = net.loss_and_grads(x, y)
+    return before, x, y, loss, {n: g.copy() for n, g in grads.items()}
+
+
 def model_sources():
     sources = {name: re.sub(r"^\s+", "", text, flags=re.M) for name, text in EVERY_OP.items()}
     for path in sorted(EXAMPLES.glob("*.cnn")):
@@ -141,12 +153,7 @@ def test_loss_and_grads_match_pytorch(case, optimize):
     net = cnnc.compile_source(source, optimize=optimize, file=f"{name}.cnn")
     if not net.parsed.graph["loss"]:
         pytest.skip("no loss")
-    rng = np.random.default_rng(2)
-    randomize(net, rng)
-    before = {n: v.copy() for n, v in net.params.items()}
-    x = rng.standard_normal((13,) + net.input_shape).astype(np.float32)
-    y = rng.integers(0, net.lowered.output_shape[0], 13)
-    loss, grads = net.loss_and_grads(x, y)
+    before, x, y, loss, grads = random_step(net, 2)
     ref_loss, ref_grads, ref_running = reference.loss_and_grads(net.parsed, before, x, y)
     assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
     if name in DEEP:
