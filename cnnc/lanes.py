@@ -62,10 +62,9 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None)
     lane. Now the interrupt reaches this thread; it breaks the lanes' barrier (a lane not yet
     handed its call would be waited for forever), waits until every lane has stopped (nothing
     may still write into the buffers once the caller goes on), and is raised."""
-    if len(calls) == 1:  # one core: a two-thread BLAS on these small products loses (see the docstring)
-        set_blas_threads(1)
+    set_blas_threads(1)  # a lane's, and one core's for a batch too small to cut (see the docstring)
+    if len(calls) == 1:
         return [fn(*calls[0], *([across] if replicas else []))]
-    set_blas_threads(1)
     group = LaneGroup(len(calls), across) if replicas else None
     handles = group.lanes() if group else [None] * len(calls)
 
@@ -89,7 +88,7 @@ def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None)
                 group.abort()  # the lanes stop at their next sum instead of waiting for a missing one
             wait(futures)
             raise
-    failed = [f.exception() for f in futures if f.exception() is not None]
+    failed = [e for e in (f.exception() for f in futures) if e is not None]
     if failed:  # a lane's own error, rather than the broken barrier it left the others
         raise next((e for e in failed if not isinstance(e, threading.BrokenBarrierError)), failed[0])
     return [f.result() for f in futures]
