@@ -75,6 +75,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
     }, shown=("units",)),
     Op("add", "elementwise sum of inputs of one shape", min_inputs=2, max_inputs=None),
     Op("concat", "join inputs along channels", min_inputs=2, max_inputs=None),
+    Op("upsample", "enlarge H and W by integer factors", {
+        "factor": Key("pair", doc="factor F or FhxFw"),
+        "mode": Key("choice:nearest,bilinear", "nearest", "nearest or bilinear (PyTorch's align_corners=False)"),
+    }, shown=("factor", "mode")),
 ]}
 
 # Statements that are not layers: `model NAME`, `loss KIND`, `train KEY=VALUE ...`.
@@ -128,6 +132,8 @@ def flops(op: str, attrs: dict, in_shapes: list[tuple], out_shape: tuple) -> int
         return out * kh * kw
     if op == "globalavgpool":
         return math.prod(in_shapes[0])
+    if op == "upsample":
+        return 0 if attrs["mode"] == "nearest" else 6 * out  # copies; or 3 lerps, a multiply-add each
     if op in ("add",):
         return out * (len(in_shapes) - 1)
     if op in ("sigmoid", "tanh", "softmax", "batchnorm"):

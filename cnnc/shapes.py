@@ -141,6 +141,12 @@ def concat_shape(layer: Layer):
     return (sum(s[0] for s in layer.in_shapes),) + first[1:]
 
 
+def upsample_shape(layer: Layer):
+    c, h, w = layer.image()
+    fh, fw = layer.attrs["factor"]
+    return (c, h * fh, w * fw)
+
+
 RULES = {
     "input": lambda layer: layer.attrs["shape"],
     "conv": conv_shape,
@@ -157,6 +163,7 @@ RULES = {
     "dense": dense_shape,
     "add": add_shape,
     "concat": concat_shape,
+    "upsample": upsample_shape,
 }
 assert set(RULES) == set(ops.OPS), "every op in the table needs a shape rule"
 
