@@ -28,6 +28,11 @@ def layer_nodes(name: str, data: dict, srcs: list[str], params: dict) -> tuple[l
         weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
         return [helper.make_node("Conv", srcs + weights, [name], name=name, kernel_shape=list(attrs["size"]),
                                  strides=list(attrs["stride"]), pads=pads_of(data))], weights
+    if op == "convtranspose":
+        weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
+        return [helper.make_node("ConvTranspose", srcs + weights, [name], name=name,
+                                 kernel_shape=list(attrs["size"]), strides=list(attrs["stride"]),
+                                 pads=pads_of(data), output_padding=list(attrs["output_padding"]))], weights
     if op in ("maxpool", "avgpool"):
         extra = {"count_include_pad": 0} if op == "avgpool" else {}
         onnx_op = "MaxPool" if op == "maxpool" else "AveragePool"
