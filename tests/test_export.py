@@ -15,7 +15,7 @@ from cnnc.export.onnx import to_onnx
 from cnnc.lower.standalone import standalone
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.cnn"))
-TEST_MODELS = [Path(__file__).resolve().parent / "models" / "encoder_decoder.cnn"]
+TEST_MODELS = [Path(__file__).resolve().parent / "models" / f"{name}.cnn" for name in ("encoder_decoder", "pool_rounding")]
 
 
 def randomized(path, seed):
