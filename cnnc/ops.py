@@ -166,11 +166,13 @@ def show_value(value) -> str:
     """A key's value as the user writes it: `3` for a square pair (3, 3), `3x5` otherwise."""
     if isinstance(value, tuple):
         return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value)
 
 
 # Keys a label leaves out at their default.
-QUIET_DEFAULTS = ("output_padding", "mode", "rounding", "count_pad")
+QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad")
 
 
 def describe(op: str, attrs: dict) -> str:
