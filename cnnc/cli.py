@@ -401,13 +401,13 @@ def evaluation_identity(net, data) -> dict:
 
 def run_predict(args) -> int:
     from .train.data import load_images
-    from .train.evaluate import class_names, probabilities, render_predictions
+    from .train.evaluate import class_names, render_predictions
 
     net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
     x = load_images(args.images, net.input_shape)
     net.compile(training=False)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])
-    write(render_predictions(args.images, probabilities(net, x), names), None)
+    write(render_predictions(args.images, net.predict(x), names), None)
     return 0
 
 

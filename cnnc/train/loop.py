@@ -85,14 +85,6 @@ def epoch_lr(r: Recipe, epoch: int) -> float:
     return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
 
 
-def predictions(net: Network, x: np.ndarray, batch: int | None = None) -> np.ndarray:
-    """The predicted class of every image (none for no images)."""
-    if len(x) == 0:
-        return np.zeros(0, np.int64)
-    batch = batch or net.inference_batch
-    return np.concatenate([net.forward(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
-
-
 def loss_and_predictions(net: Network, x: np.ndarray, y: np.ndarray,
                          batch: int | None = None) -> tuple[float, np.ndarray]:
     """Inference's cross-entropy summed over the images, and the class it predicts for each. A softmax
@@ -186,7 +178,8 @@ class Trainer:
         for name, value in params.items():
             self.net.params[name] = value
         self.rng, self.net.dropout_rng, self.epoch = rng, dropout_rng, epoch
-        self.history = resumed_rows(metrics_path(self.out), epoch) if self.out is not None else []
+        if self.out is not None and self.world.rank == 0:  # rank 0 alone writes the log
+            self.history = resumed_rows(metrics_path(self.out), epoch)
         self.resumed_from = Path(path)
         self.resumed_recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else None
 
