@@ -92,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="weights file (default: MODEL.npz in the current folder)")
     t.add_argument("--resume", type=Path, help="a checkpoint (WEIGHTS.ckpt.npz) to continue from")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar; one line per epoch")
+    t.add_argument("--plot", action="store_true",
+                   help="after every epoch, draw the metrics log's curves into WEIGHTS.curves.png")
     t.add_argument("--max-memory", type=memory_size, metavar="SIZE",
                    help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     t.set_defaults(run=run_train)
@@ -112,6 +114,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-memory", type=memory_size, metavar="SIZE",
                    help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     r.set_defaults(run=run_predict)
+
+    g = sub.add_parser("plot", help="draw a run's loss and accuracy curves as a PNG")
+    g.add_argument("run_path", metavar="RUN", type=Path, help="the run's weights file (WEIGHTS.npz) or its WEIGHTS.metrics.csv")
+    g.add_argument("-o", "--output", type=Path, help="the PNG (default: WEIGHTS.curves.png beside the log)")
+    g.set_defaults(run=run_plot)
 
     x = sub.add_parser("export", help="write the model and its weights as ONNX")
     x.add_argument("model", type=Path)
@@ -331,8 +338,8 @@ def run_train(args) -> int:
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
-    command += ["--out", str(out)] + (["--quiet"] if args.quiet else [])
-    return train(trainer, args.quiet, command)
+    command += ["--out", str(out)] + (["--quiet"] if args.quiet else []) + (["--plot"] if args.plot else [])
+    return train(trainer, args.quiet, command, args.plot)
 
 
 def limit_after_loading(net) -> int | None:
@@ -345,16 +352,19 @@ def limit_after_loading(net) -> int | None:
 
 
 def check_outputs(args, out: Path) -> None:
-    """The weights and the checkpoint beside them replace none of the inputs and can be written:
-    found now, rather than after the first epoch."""
+    """The weights and the checkpoint, metrics log and curves beside them replace none of the inputs
+    and can be written: found now, rather than after the first epoch."""
     from .files import check_writable
     from .train.checkpoint import checkpoint_path
+    from .train.metrics import metrics_path
+    from .train.plot import curves_path
 
     refuse_overwrite(out, model_file=args.model, training_data=args.data, checkpoint_to_resume=args.resume)
     check_writable(out)
-    ckpt = checkpoint_path(out)
-    refuse_overwrite(ckpt, model_file=args.model, training_data=args.data)
-    check_writable(ckpt)
+    beside = [checkpoint_path(out), metrics_path(out)] + ([curves_path(metrics_path(out))] if args.plot else [])
+    for path in beside:
+        refuse_overwrite(path, model_file=args.model, training_data=args.data)
+        check_writable(path)
 
 
 def run_eval(args) -> int:
@@ -391,13 +401,21 @@ def evaluation_identity(net, data) -> dict:
 
 def run_predict(args) -> int:
     from .train.data import load_images
-    from .train.evaluate import class_names, probabilities, render_predictions
+    from .train.evaluate import class_names, render_predictions
 
     net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
     x = load_images(args.images, net.input_shape)
     net.compile(training=False)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])
-    write(render_predictions(args.images, probabilities(net, x), names), None)
+    write(render_predictions(args.images, net.predict(x), names), None)
+    return 0
+
+
+def run_plot(args) -> int:
+    from .train.plot import plot_run
+
+    written = plot_run(args.run_path, args.output)
+    print(f"wrote {written}", file=sys.stderr)
     return 0
 
 

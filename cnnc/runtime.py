@@ -24,7 +24,7 @@ import networkx as nx
 import numpy as np
 
 from .diagnostics import InputError, ModelError, warn
-from .frontend import check_file, check_source, optimized
+from .frontend import check_source, optimized, read_model
 from . import lanes, memory
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
@@ -180,6 +180,7 @@ class Network:
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
         self.compile_seconds = None
+        self.model_text: str | None = None  # the model file's text, when compiled from one (checkpoints hash it)
 
     def memory(self, mode: str = "inference", optimizer: str = "sgd") -> memory.Estimate:
         """What one call of forward ("inference") or loss_and_grads ("training") allocates."""
@@ -291,6 +292,43 @@ class Network:
         return loss, correct
 
 
+    # Training and inference as Keras has them; the logic is in cnnc/train/fit.py, above this module.
+
+    def fit(self, x, y, epochs: int | None = None, batch: int | None = None, lr: float | None = None,
+            validation_data=None, validation_split: float | None = None, verbose: bool = True,
+            out=None, **recipe_keys):
+        """Train on images x and labels y as `cnnc train` does; returns the History (rows per epoch).
+        Every key of the `train` line is a keyword (momentum=0.9, schedule="cosine", ...)."""
+        from .train.fit import fit
+
+        return fit(self, x, y, epochs=epochs, batch=batch, lr=lr, validation_data=validation_data,
+                   validation_split=validation_split, verbose=verbose, out=out, **recipe_keys)
+
+    def evaluate(self, x, y, batch: int | None = None):
+        """Inference's (loss, accuracy) on images x with labels y."""
+        from .train.fit import evaluate
+
+        return evaluate(self, x, y, batch)
+
+    def predict(self, x, batch: int | None = None) -> np.ndarray:
+        """Class probabilities of images x, computed `batch` images at a time."""
+        from .train.fit import predict
+
+        return predict(self, x, batch)
+
+    def save(self, path) -> None:
+        """The weights as an .npz keyed by parameter name (what `cnnc train --out` writes)."""
+        from .train.fit import save
+
+        save(self, path)
+
+    def load(self, path) -> None:
+        """Weights from `save` or `cnnc train`; a DataError when names or shapes are not the model's."""
+        from .train.fit import load
+
+        load(self, path)
+
+
 def allocate_parameters(layout: ParamLayout, g: nx.DiGraph, limit: int | None) -> np.ndarray:
     """The flat parameter vector; a ModelError at the largest parameter's layer when it cannot be
     (more than `limit` bytes: zeros would be granted lazily, then initializing them would bring
@@ -313,8 +351,10 @@ def _trainable_only(layout: ParamLayout) -> ParamLayout:
 
 def compile(path, seed: int = 0, optimize: bool = True) -> Network:
     """Compiles a model file into a Network (parameters initialized from `seed`)."""
-    return Network(check_file(path), seed, optimize)
+    return compile_source(read_model(path), seed, optimize, str(path))
 
 
-def compile_source(text: str, seed: int = 0, optimize: bool = True, file: str = "<model>") -> Network:
-    return Network(check_source(text, file), seed, optimize)
+def compile_source(text: str | bytes, seed: int = 0, optimize: bool = True, file: str = "<model>") -> Network:
+    net = Network(check_source(text, file), seed, optimize)
+    net.model_text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    return net

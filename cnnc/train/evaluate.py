@@ -11,11 +11,12 @@ from ..runtime import Network
 from ..distributed import Single
 from .checkpoint import CHECKPOINT_SUFFIX, checkpoint_classes, checkpoint_path
 from .data import Dataset, rank_share
-from .loop import predictions
+from .loop import loss_and_predictions
 
 
 @dataclass
 class Evaluation:
+    loss: float  # inference's cross-entropy, the mean over the images
     accuracy: float
     classes: list[str]
     confusion: np.ndarray  # confusion[true, predicted] counts
@@ -30,16 +31,20 @@ def evaluate(net: Network, data: Dataset, world=None) -> Evaluation:
     part = rank_share(len(data.x_test), world.rank, world.size)
     k = net.lowered.output_shape[0]
     confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (data.y_test[part], predictions(net, data.x_test[part])), 1)
+    loss, predicted = loss_and_predictions(net, data.x_test[part], data.y_test[part])
+    np.add.at(confusion, (data.y_test[part], predicted), 1)
     world.sum(confusion, "the evaluation's counts")
+    total = np.array([loss])
+    world.sum(total, "the evaluation's loss")
     acc = float(np.trace(confusion) / len(data.x_test))
     classes = list(data.classes) + [str(i) for i in range(len(data.classes), k)]
-    return Evaluation(acc, classes[:k], confusion)
+    return Evaluation(float(total[0]) / len(data.x_test), acc, classes[:k], confusion)
 
 
 def render_evaluation(ev: Evaluation) -> str:
     total = ev.confusion.sum()
-    lines = [f"accuracy {ev.accuracy:.4f} ({np.trace(ev.confusion):,} of {total:,})", "", "per class:"]
+    lines = [f"accuracy {ev.accuracy:.4f} ({np.trace(ev.confusion):,} of {total:,})", f"loss {ev.loss:.4f}",
+             "", "per class:"]
     width = max(len(c) for c in ev.classes)
     for i, name in enumerate(ev.classes):
         count = ev.confusion[i].sum()

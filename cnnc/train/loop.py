@@ -21,6 +21,7 @@ from ..distributed import SAVE_TIMEOUT, Single
 from ..runtime import Network
 from . import checkpoint
 from .data import Dataset, batches, rank_share
+from .metrics import metrics_path, metrics_row, resumed_rows, write_metrics
 from .optim import learning_rate, make_optimizer
 
 
@@ -84,20 +85,32 @@ def epoch_lr(r: Recipe, epoch: int) -> float:
     return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
 
 
-def predictions(net: Network, x: np.ndarray, batch: int | None = None) -> np.ndarray:
-    """The predicted class of every image (none for no images)."""
-    if len(x) == 0:
-        return np.zeros(0, np.int64)
+def loss_and_predictions(net: Network, x: np.ndarray, y: np.ndarray,
+                         batch: int | None = None) -> tuple[float, np.ndarray]:
+    """Inference's cross-entropy summed over the images, and the class it predicts for each. A softmax
+    output is taken as probabilities (one below 1e-12 counts as 1e-12), any other output as logits."""
     batch = batch or net.inference_batch
-    return np.concatenate([net.forward(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
+    softmax = net.parsed.nodes[net.parsed.graph["output"]]["op"] == "softmax"
+    total, predicted = 0.0, [np.zeros(0, np.int64)]
+    for i in range(0, len(x), batch):
+        out, labels = net.forward(x[i:i + batch]).astype(np.float64), y[i:i + batch]
+        if softmax:
+            log_p = np.log(np.maximum(out, 1e-12))
+        else:
+            shifted = out - out.max(axis=1, keepdims=True)
+            log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        total -= float(log_p[np.arange(len(labels)), labels].sum())
+        predicted.append(out.argmax(axis=1))
+    return total, np.concatenate(predicted)
 
 
-def shared_accuracy(net: Network, x: np.ndarray, y: np.ndarray, world) -> float:
-    """Accuracy over a split whose images the ranks share out, each predicting its own."""
+def shared_evaluation(net: Network, x: np.ndarray, y: np.ndarray, world) -> tuple[float, float]:
+    """Mean loss and accuracy over a split whose images the ranks share out, each running its own."""
     part = rank_share(len(x), world.rank, world.size)
-    right = np.array([np.count_nonzero(predictions(net, x[part]) == y[part])], np.float64)
-    world.sum(right, "the test accuracy")
-    return float(right[0]) / len(x)
+    loss, predicted = loss_and_predictions(net, x[part], y[part])
+    both = np.array([loss, np.count_nonzero(predicted == y[part])], np.float64)
+    world.sum(both, "the test loss and accuracy")
+    return float(both[0]) / len(x), float(both[1]) / len(x)
 
 
 LARGE_PIXEL = 1e3  # pixel values beyond this are a data set's scaling mistake, not a learning rate's
@@ -108,6 +121,7 @@ class EpochReport:
     epoch: int
     loss: float
     train_accuracy: float
+    test_loss: float | None
     test_accuracy: float | None
     seconds: float
     images_per_second: float
@@ -116,10 +130,13 @@ class EpochReport:
 class Trainer:
     """One training run of a network on a data set, resumable from its checkpoint."""
 
-    def __init__(self, net: Network, data: Dataset, r: Recipe, out: Path, model_text: str, world=None):
+    def __init__(self, net: Network, data: Dataset, r: Recipe, out: Path | None, model_text: str, world=None):
         """`world` is the processes that share every step (cnnc/distributed.py), this one alone
-        by default: each computes its share of every batch, and rank 0 alone writes files."""
-        self.net, self.data, self.recipe, self.out = net, data, r, Path(out)
+        by default: each computes its share of every batch, and rank 0 alone writes files.
+        `out` is the weights file, beside which the checkpoint and the metrics log are kept
+        (None: a run that saves nothing, as `net.fit` without `out`)."""
+        self.net, self.data, self.recipe = net, data, r
+        self.out = None if out is None else Path(out)
         self.world = world or Single()
         if data.x_train is None or len(data.x_train) == 0:
             raise DataError(data.source, "holds no training images")
@@ -130,6 +147,7 @@ class Trainer:
         self.saved_epoch: int | None = None  # the epoch whose weights and checkpoint this run wrote last
         self.resumed_from: Path | None = None
         self.resumed_recipe: dict | None = None
+        self.history: list[dict] = []  # the metrics log's rows, one per epoch completed
 
     def resume(self, path) -> None:
         """Continue from a checkpoint: weights, optimizer state, both RNGs and the epoch count.
@@ -160,6 +178,8 @@ class Trainer:
         for name, value in params.items():
             self.net.params[name] = value
         self.rng, self.net.dropout_rng, self.epoch = rng, dropout_rng, epoch
+        if self.out is not None and self.world.rank == 0:  # rank 0 alone writes the log
+            self.history = resumed_rows(metrics_path(self.out), epoch)
         self.resumed_from = Path(path)
         self.resumed_recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else None
 
@@ -187,6 +207,9 @@ class Trainer:
     def _save(self) -> None:
         params = {name: view.copy() for name, view in self.net.params.items()}
         checkpoint.save_weights(self.out, params)
+        # Before the checkpoint: a log a row ahead of it loses that row to the resumed run, which
+        # does the epoch again; a log behind it would stay a row short.
+        write_metrics(metrics_path(self.out), self.history)
         try:
             self._save_checkpoint(params)
         except DataError as e:  # a full disk: the weights are newer than the checkpoint, and the user must know
@@ -224,11 +247,15 @@ class Trainer:
         # the weights themselves, so that non-finite weights are never saved over good ones.
         if not np.all(np.isfinite(net.vector)):
             self.diverged("the weights became infinite or NaN", lr)
-        test = None
+        test_loss = test_accuracy = None
         if self.data.x_test is not None and len(self.data.x_test):
-            test = shared_accuracy(net, self.data.x_test, self.data.y_test, world)
+            test_loss, test_accuracy = shared_evaluation(net, self.data.x_test, self.data.y_test, world)
         self.epoch += 1
-        return EpochReport(self.epoch, total_loss / seen, correct / seen, test, seconds, seen / seconds)
+        report = EpochReport(epoch=self.epoch, loss=total_loss / seen, train_accuracy=correct / seen,
+                             test_loss=test_loss, test_accuracy=test_accuracy, seconds=seconds,
+                             images_per_second=seen / seconds)
+        self.history.append(metrics_row(report, lr))
+        return report
 
     def diverged(self, what: str, lr: float):
         """Stop: training diverged in the current epoch. Nothing of this epoch is saved."""

@@ -16,6 +16,8 @@ from ..runtime import Network
 from .checkpoint import checkpoint_path
 from .data import Dataset
 from .loop import EpochReport, Recipe, Terminated, Trainer, sigterm_stops_gracefully
+from .metrics import metrics_path
+from .plot import curves_path, plot_run
 
 
 def describe_run(net: Network, data: Dataset, r: Recipe, ranks: int = 1) -> str:
@@ -29,21 +31,23 @@ def describe_run(net: Network, data: Dataset, r: Recipe, ranks: int = 1) -> str:
 
 def epoch_line(report: EpochReport, epochs: int) -> str:
     test = f"  test acc {report.test_accuracy:.4f}" if report.test_accuracy is not None else ""
+    test += f"  test loss {report.test_loss:.4f}" if report.test_loss is not None else ""
     return (f"epoch {report.epoch}/{epochs}  loss {report.loss:.4f}  train acc {report.train_accuracy:.4f}"
             f"{test}  {report.seconds:.1f} s  {report.images_per_second:,.0f} img/s")
 
 
-def train(trainer: Trainer, quiet: bool, command: list[str] | None = None) -> int:
-    """Train, saving weights and checkpoint after every epoch; 0 when done, 130 on Ctrl-C.
+def train(trainer: Trainer, quiet: bool, command: list[str] | None = None, plot: bool = False) -> int:
+    """Train, saving weights, metrics log and checkpoint after every epoch (and, with `plot`, the
+    curves of the log); 0 when done, 130 on Ctrl-C.
 
     The trainer has been resumed already when the run continues a checkpoint. `command` is the
     command line that started the run without its --resume (the interrupted message shows it with
     the --resume that continues the run). Of several ranks, rank 0 alone prints."""
     with sigterm_stops_gracefully():
-        return _train(trainer, quiet, command)
+        return _train(trainer, quiet, command, plot)
 
 
-def _train(trainer: Trainer, quiet: bool, command) -> int:
+def _train(trainer: Trainer, quiet: bool, command, plot: bool) -> int:
     net, data, r, out = trainer.net, trainer.data, trainer.recipe, trainer.out
     speaks = trainer.world.rank == 0
     console = Console(file=Output(sys.stderr), highlight=False, markup=False, soft_wrap=True, quiet=not speaks)
@@ -69,11 +73,14 @@ def _train(trainer: Trainer, quiet: bool, command) -> int:
                 if trainer.saved_epoch == report.epoch and speaks:
                     stdout.write(epoch_line(report, r.epochs) + "\n")
                     stdout.flush()
+            if plot and speaks:
+                plot_run(metrics_path(out), title=net.name)
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
         console.print(interrupted_message(trainer, out, command, "terminated" if terminated else "interrupted"))
         return 143 if terminated else 130
-    console.print(f"weights: {out}  (checkpoint: {checkpoint_path(out)})")
+    console.print(f"weights: {out}  (checkpoint: {checkpoint_path(out)}, metrics: {metrics_path(out)}"
+                  f"{', curves: ' + str(curves_path(metrics_path(out))) if plot else ''})")
     return 0
 
 
@@ -140,6 +147,11 @@ def recipe_changes(saved: dict | None, r: Recipe) -> list[str]:
 def run_epoch(trainer: Trainer, console: Console, quiet: bool) -> EpochReport:
     if quiet or not sys.stderr.isatty():
         return trainer.run_epoch()
+    return epoch_with_bar(trainer, console)
+
+
+def epoch_with_bar(trainer: Trainer, console: Console) -> EpochReport:
+    """One epoch under a progress bar on `console` (a terminal's or a Jupyter notebook's), gone when it ends."""
     total = len(trainer.data.x_train)
     columns = [TextColumn(f"epoch {trainer.epoch + 1}/{trainer.recipe.epochs}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} img/s"),
