@@ -60,7 +60,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("relu", "max(0, x)"),
     Op("sigmoid", "1 / (1 + exp(-x))"),
     Op("tanh", "hyperbolic tangent"),
-    Op("softmax", "softmax over the last axis"),
+    Op("softmax", "softmax over the last axis, or over the channels of each pixel", {
+        "axis": Key("choice:last,channels", "last", "last (a vector's classes) or channels (per pixel)"),
+    }, shown=("axis",)),
     Op("dropout", "zeroes a fraction of values in training; identity in inference",
        {"rate": Key("fraction", 0.5, "fraction of values dropped")}, shown=("rate",)),
     Op("batchnorm", "batch normalization over channels", {
@@ -149,7 +151,8 @@ def describe(op: str, attrs: dict) -> str:
     parts = []
     for key in OPS[op].shown:
         value = attrs[key]
-        if key == "padding" and value == "valid" or key == "stride" and value in ((1, 1), attrs["size"]):
+        if key == "padding" and value == "valid" or key == "stride" and value in ((1, 1), attrs["size"]) \
+                or key == "axis" and value == "last":
             continue
         parts.append(f"{key}={show_value(value)}")
     return " ".join(parts)
