@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import signal
 import threading
 import time
@@ -93,11 +94,12 @@ def predictions(net: Network, x: np.ndarray, batch: int | None = None) -> np.nda
 
 
 def shared_accuracy(net: Network, x: np.ndarray, y: np.ndarray, world) -> float:
-    """Accuracy over a split whose images the ranks share out, each predicting its own."""
+    """Accuracy over a split whose images the ranks share out, each predicting its own: of the
+    images, or of the pixels for a model with a class per pixel."""
     part = rank_share(len(x), world.rank, world.size)
     right = np.array([np.count_nonzero(predictions(net, x[part]) == y[part])], np.float64)
     world.sum(right, "the test accuracy")
-    return float(right[0]) / len(x)
+    return float(right[0]) / y.size
 
 
 LARGE_PIXEL = 1e3  # pixel values beyond this are a data set's scaling mistake, not a learning rate's
@@ -228,7 +230,8 @@ class Trainer:
         if self.data.x_test is not None and len(self.data.x_test):
             test = shared_accuracy(net, self.data.x_test, self.data.y_test, world)
         self.epoch += 1
-        return EpochReport(self.epoch, total_loss / seen, correct / seen, test, seconds, seen / seconds)
+        labels = seen * math.prod(net.label_shape)  # images, or pixels for a class per pixel
+        return EpochReport(self.epoch, total_loss / seen, correct / labels, test, seconds, seen / seconds)
 
     def diverged(self, what: str, lr: float):
         """Stop: training diverged in the current epoch. Nothing of this epoch is saved."""
