@@ -192,9 +192,11 @@ def check_pixel_loss(g: nx.DiGraph, out: str, shape: tuple) -> None:
                          "channels", data["loc"], "write `softmax axis=channels` for a class per pixel, or end "
                          "with `flatten` and `dense units=CLASSES` to classify whole images")
     if shape[0] < 2:
-        raise ModelError(f"loss cross_entropy per pixel needs two or more classes along the channels, but the "
-                         f"output {shown(g, out)} is {show(shape)}", g.graph["loss_loc"],
-                         "end the network with `conv filters=CLASSES size=1`, one channel per class")
+        raise ModelError(f"loss cross_entropy needs class scores, but the output {shown(g, out)} is {show(shape)}: "
+                         "a loss per pixel takes the classes along the channels, and it has one",
+                         g.graph["loss_loc"], "to classify whole images, end the network with `flatten` and "
+                         "`dense units=CLASSES` (or `globalavgpool` first); for a class per pixel, end it with "
+                         "`conv filters=CLASSES size=1`")
 
 
 def parameter_shapes(g: nx.DiGraph) -> dict[str, tuple]:

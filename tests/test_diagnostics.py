@@ -162,6 +162,14 @@ MISTAKES = [
      ["`activation`", "none, relu, sigmoid, tanh"]),
     ("first-error-in-the-file-is-reported", "input 1x8x8\na: relu\nc: conv filters=1 size=9\nd: dense(input1) units=2\n"
      "concat(c, d)\n", 3, 1, None, ["kernel 9x9"]),
+    ("pixel-loss-after-a-softmax-over-the-width", "input 1x8x8\nconv filters=3 size=1\nsoftmax\nloss cross_entropy\n",
+     3, 1, None, ["softmax1 is a softmax over the width", "(line 4)", "3x8x8", "classes along the channels",
+                  "softmax axis=channels"]),
+    ("pixel-loss-on-one-channel", "input 1x8x8\nconv filters=1 size=1\nloss cross_entropy\n", 3, 1, None,
+     ["conv1 is 1x8x8", "along the channels", "conv filters=CLASSES size=1"]),
+    ("softmax-channels-on-a-vector", "input 1x8x8\nflatten\nsoftmax axis=channels\n", 3, 1, None,
+     ["softmax1", "axis=channels needs a CxHxW image", "flatten1 is a vector of 64", "leave out `axis=`"]),
+    ("softmax-unknown-axis", "input 1x8x8\nsoftmax axis=1\n", 2, 14, None, ["`axis`", "one of last, channels"]),
     ("tab-indented", "input 1x8x8\n\t\tconv filters=2 size=9\n", 2, 3, None, ["9x9", "8x8"]),
     ("crlf-file", "input 1x8x8\r\nconv filters=2 size=0\r\n", 2, 21, None, ["positive integer"]),
 ]
