@@ -242,6 +242,17 @@ def check_value(arg: Arg, spec: ops.Key):
         return v.value
     if kind == "pair":
         return positive_pair(v, wrong)
+    if kind == "nonnegative_pair":
+        if v.kind == "int" and v.value >= 0:
+            return (v.value, v.value)
+        if v.kind == "dims" and len(v.value) == 2:
+            return v.value
+        if v.kind == "name" and v.value in ops.PADDINGS:
+            raise ModelError(f"`{arg.key}` must be an integer >= 0 or HxW, not `{v.text}`", v.loc,
+                             "a transposed convolution takes its padding in numbers: output = (input - 1) * "
+                             "stride - 2 * padding + size + output_padding; for twice the input use size=2 "
+                             "stride=2, or size=4 stride=2 padding=1")
+        raise wrong("an integer >= 0 or HxW")
     if kind == "padding":
         if v.kind == "name":
             if v.value not in ops.PADDINGS:

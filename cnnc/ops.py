@@ -77,6 +77,20 @@ OPS: dict[str, Op] = {op.name: op for op in [
     }, shown=("units",)),
     Op("add", "elementwise sum of inputs of one shape", min_inputs=2, max_inputs=None),
     Op("concat", "join inputs along channels", min_inputs=2, max_inputs=None),
+    Op("convtranspose", "transposed 2-d convolution (PyTorch's ConvTranspose2d)", {
+        "filters": Key("count", doc="number of output channels"),
+        "size": Key("pair", doc="kernel size K or KhxKw"),
+        "stride": Key("pair", (1, 1), "stride S or ShxSw"),
+        "padding": Key("nonnegative_pair", (0, 0), "P or PhxPw, cut from each side of the output"),
+        "output_padding": Key("nonnegative_pair", (0, 0), "rows and columns added at the bottom and right"),
+        "bias": Key("bool", True, "add a learned bias"),
+        "batchnorm": Key("bool", False, "batch normalization after it (before the activation)"),
+        "activation": Key("activation", "none", "none or relu, sigmoid, tanh after it"),
+    }, shown=("filters", "size", "stride", "padding", "output_padding")),
+    Op("upsample", "enlarge H and W by integer factors", {
+        "factor": Key("pair", doc="factor F or FhxFw"),
+        "mode": Key("choice:nearest,bilinear", "nearest", "nearest or bilinear (PyTorch's align_corners=False)"),
+    }, shown=("factor", "mode")),
 ]}
 
 # Statements that are not layers: `model NAME`, `loss KIND`, `train KEY=VALUE ...`.
@@ -105,6 +119,10 @@ def param_shapes(op: str, attrs: dict, in_shape: tuple) -> dict[str, tuple]:
         kh, kw = attrs["size"]
         shapes = {"weight": (attrs["filters"], in_shape[0], kh, kw)}
         return shapes | ({"bias": (attrs["filters"],)} if attrs["bias"] else {})
+    if op == "convtranspose":
+        kh, kw = attrs["size"]
+        shapes = {"weight": (in_shape[0], attrs["filters"], kh, kw)}
+        return shapes | ({"bias": (attrs["filters"],)} if attrs["bias"] else {})
     if op == "dense":
         shapes = {"weight": (attrs["units"], in_shape[0])}
         return shapes | ({"bias": (attrs["units"],)} if attrs["bias"] else {})
@@ -123,6 +141,9 @@ def flops(op: str, attrs: dict, in_shapes: list[tuple], out_shape: tuple) -> int
     if op == "conv":
         kh, kw = attrs["size"]
         return 2 * out * in_shapes[0][0] * kh * kw
+    if op == "convtranspose":  # each input value times each weight of its channel
+        kh, kw = attrs["size"]
+        return 2 * math.prod(in_shapes[0]) * attrs["filters"] * kh * kw
     if op == "dense":
         return 2 * out * in_shapes[0][0]
     if op in ("maxpool", "avgpool"):
@@ -130,6 +151,8 @@ def flops(op: str, attrs: dict, in_shapes: list[tuple], out_shape: tuple) -> int
         return out * kh * kw
     if op == "globalavgpool":
         return math.prod(in_shapes[0])
+    if op == "upsample":
+        return 0 if attrs["mode"] == "nearest" else 6 * out  # copies; or 3 lerps, a multiply-add each
     if op in ("add",):
         return out * (len(in_shapes) - 1)
     if op in ("sigmoid", "tanh", "softmax", "batchnorm"):
@@ -146,6 +169,10 @@ def show_value(value) -> str:
     return str(value)
 
 
+# Keys a label leaves out at their default.
+QUIET_DEFAULTS = ("output_padding", "mode", "rounding", "count_pad")
+
+
 def describe(op: str, attrs: dict) -> str:
     """`filters=6 size=5 padding=same`: the keys the table shows, leaving out unremarkable defaults."""
     parts = []
@@ -153,6 +180,8 @@ def describe(op: str, attrs: dict) -> str:
         value = attrs[key]
         if key == "padding" and value == "valid" or key == "stride" and value in ((1, 1), attrs["size"]) \
                 or key == "axis" and value == "last":
+            continue
+        if key in QUIET_DEFAULTS and value == OPS[op].keys[key].default:
             continue
         parts.append(f"{key}={show_value(value)}")
     return " ".join(parts)

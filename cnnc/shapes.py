@@ -149,6 +149,30 @@ def concat_shape(layer: Layer):
     return (sum(s[0] for s in layer.in_shapes),) + first[1:]
 
 
+def conv_transpose_shape(layer: Layer):
+    """PyTorch's ConvTranspose2d: (n - 1) * stride - 2 * padding + size + output_padding per axis."""
+    c, h, w = layer.image()
+    attrs = layer.attrs
+    (kh, kw), (sh, sw), (ph, pw), (oph, opw) = attrs["size"], attrs["stride"], attrs["padding"], attrs["output_padding"]
+    layer.data["pads"] = (ph, ph, pw, pw)
+    if oph >= sh or opw >= sw:
+        raise layer.error(f"{layer.name}: output_padding {oph}x{opw} must be smaller than the stride {sh}x{sw}",
+                          "output_padding picks one of the `stride` output sizes that convolving back "
+                          "gives the same input size; it is at most stride - 1")
+    oh, ow = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
+    if oh < 1 or ow < 1:
+        raise layer.error(f"{layer.name}: padding {ph}x{pw} leaves no output from its input {layer.sources[0]} "
+                          f"{show((c, h, w))} (size {kh}x{kw}, stride {sh}x{sw}: {oh}x{ow})",
+                          "the padding is cut from the output: use a smaller padding")
+    return (attrs["filters"], oh, ow)
+
+
+def upsample_shape(layer: Layer):
+    c, h, w = layer.image()
+    fh, fw = layer.attrs["factor"]
+    return (c, h * fh, w * fw)
+
+
 RULES = {
     "input": lambda layer: layer.attrs["shape"],
     "conv": conv_shape,
@@ -165,6 +189,8 @@ RULES = {
     "dense": dense_shape,
     "add": add_shape,
     "concat": concat_shape,
+    "convtranspose": conv_transpose_shape,
+    "upsample": upsample_shape,
 }
 assert set(RULES) == set(ops.OPS), "every op in the table needs a shape rule"
 

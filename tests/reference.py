@@ -35,6 +35,12 @@ def run_layer(op, attrs, data, xs, p, training):
         return F.max_pool2d(_pad(x, data["pads"], float("-inf")), attrs["size"], attrs["stride"])
     if op == "avgpool":
         return _avgpool(x, attrs, data["pads"])
+    if op == "convtranspose":
+        return F.conv_transpose2d(x, p["weight"], p.get("bias"), attrs["stride"], attrs["padding"],
+                                  attrs["output_padding"])
+    if op == "upsample":
+        align = {"align_corners": False} if attrs["mode"] == "bilinear" else {}
+        return F.interpolate(x, scale_factor=attrs["factor"], mode=attrs["mode"], **align)
     if op == "globalavgpool":
         return x.mean(dim=(2, 3), keepdim=True)
     if op == "batchnorm":

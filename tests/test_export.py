@@ -15,6 +15,7 @@ from cnnc.export.onnx import to_onnx
 from cnnc.lower.standalone import standalone
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.cnn"))
+TEST_MODELS = [Path(__file__).resolve().parent / "models" / "encoder_decoder.cnn"]
 
 
 def randomized(path, seed):
@@ -32,7 +33,7 @@ def randomize_buffers(net, seed):
     return net
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLES + TEST_MODELS, ids=lambda p: p.stem)
 def test_onnx_export_matches_forward(path):
     net = randomized(path, 11)
     model = to_onnx(net.parsed, dict(net.params))

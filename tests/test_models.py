@@ -16,6 +16,8 @@ import reference
 from checks import central_difference
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# Test models that are not examples: the resizing ops in an encoder-decoder.
+TEST_MODELS = [Path(__file__).resolve().parent / "models" / "encoder_decoder.cnn"]
 
 # Small models that together use every op, padding mode and a branching graph.
 EVERY_OP = {
@@ -125,7 +127,7 @@ def random_step(net, seed: int, images: int = 13):
 
 def model_sources():
     sources = {name: re.sub(r"^\s+", "", text, flags=re.M) for name, text in EVERY_OP.items()}
-    for path in sorted(EXAMPLES.glob("*.cnn")):
+    for path in sorted(EXAMPLES.glob("*.cnn")) + TEST_MODELS:
         if path.stem in FULL_SIZE_ONLY:
             continue
         # cnnc's dropout masks cannot be replayed in PyTorch: compare with rate 0 (dropout has its own tests).

@@ -14,12 +14,12 @@ from cnnc.frontend import check_source, optimized
 from cnnc.graph import inputs
 from cnnc.passes import (
     drop_dropout, fold_batchnorm, fuse_batchnorm_add, fuse_batchnorm_relu, fuse_conv_add, fuse_conv_relu,
-    fuse_dense_relu, fuse_softmax_cross_entropy,
+    fuse_convtranspose_relu, fuse_dense_relu, fuse_softmax_cross_entropy,
 )
 
 EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.cnn"))
 ALL_PASSES = [drop_dropout, fold_batchnorm, fuse_conv_relu, fuse_dense_relu, fuse_softmax_cross_entropy,
-              fuse_conv_add, fuse_batchnorm_add, fuse_batchnorm_relu]
+              fuse_conv_add, fuse_batchnorm_add, fuse_batchnorm_relu, fuse_convtranspose_relu]
 
 MIXED = """input 3x8x8
 conv filters=4 size=3 padding=same
@@ -112,6 +112,15 @@ def test_fuse_dense_relu():
     assert fused(g, "dense1") == (["dense1.relu"], ["relu"], "relu", None)
     assert fused(g, "dense2") == (["relu1"], ["relu"], "relu", None)
     assert g.graph["output"] == "dense2" and inputs(g, "dense2") == ["dense1"]
+
+
+def test_fuse_convtranspose_relu():
+    g = fuse_convtranspose_relu(graph("input 2x3x3\nt: convtranspose filters=2 size=2 stride=2 activation=relu\n"
+                                      "u: convtranspose filters=2 size=2\nrelu\n"))
+    assert list(g.nodes) == ["input1", "t", "u"]
+    assert fused(g, "t") == (["t.relu"], ["relu"], "relu", None)
+    assert fused(g, "u") == (["relu1"], ["relu"], "relu", None)
+    assert g.graph["output"] == "u" and inputs(g, "u") == ["t"]
 
 
 def test_fuse_dense_relu_leaves_convs_and_fuse_conv_relu_leaves_dense():
@@ -250,9 +259,10 @@ def test_fuse_add_when_the_other_input_is_an_add_fused_before():
 
 
 def test_pipelines():
-    assert passes.INFERENCE == [drop_dropout, fold_batchnorm, fuse_conv_add, fuse_conv_relu, fuse_dense_relu]
+    assert passes.INFERENCE == [drop_dropout, fold_batchnorm, fuse_conv_add, fuse_conv_relu, fuse_dense_relu,
+                                fuse_convtranspose_relu]
     assert passes.TRAINING == [fuse_softmax_cross_entropy, fuse_batchnorm_add, fuse_conv_relu, fuse_dense_relu,
-                               fuse_batchnorm_relu]
+                               fuse_batchnorm_relu, fuse_convtranspose_relu]
 
 
 def test_the_mixed_model_through_both_pipelines():

@@ -28,6 +28,11 @@ def layer_nodes(name: str, data: dict, srcs: list[str], params: dict) -> tuple[l
         weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
         return [helper.make_node("Conv", srcs + weights, [name], name=name, kernel_shape=list(attrs["size"]),
                                  strides=list(attrs["stride"]), pads=pads_of(data))], weights
+    if op == "convtranspose":
+        weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
+        return [helper.make_node("ConvTranspose", srcs + weights, [name], name=name,
+                                 kernel_shape=list(attrs["size"]), strides=list(attrs["stride"]),
+                                 pads=pads_of(data), output_padding=list(attrs["output_padding"]))], weights
     if op in ("maxpool", "avgpool"):
         extra = {"count_include_pad": 0} if op == "avgpool" else {}
         onnx_op = "MaxPool" if op == "maxpool" else "AveragePool"
@@ -40,12 +45,24 @@ def layer_nodes(name: str, data: dict, srcs: list[str], params: dict) -> tuple[l
         weights = [f"{name}.{k}" for k in ("gamma", "beta", "running_mean", "running_var")]
         return [helper.make_node("BatchNormalization", srcs + weights, [name], name=name,
                                  epsilon=attrs["eps"], momentum=1 - attrs["momentum"])], weights
+    if op == "upsample":
+        return resize_nodes(name, attrs, srcs), []
     simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "dropout": "Identity",
               "globalavgpool": "GlobalAveragePool", "add": "Sum", "concat": "Concat",
               "softmax": "Softmax", "flatten": "Flatten"}
     softmax_axis = 1 if attrs.get("axis") == "channels" else -1  # NCHW: the channels of each pixel
     extra = {"concat": {"axis": 1}, "softmax": {"axis": softmax_axis}, "flatten": {"axis": 1}}.get(op, {})
     return [helper.make_node(simple[op], srcs, [name], name=name, **extra)], []
+
+
+def resize_nodes(name: str, attrs: dict, srcs: list[str]) -> list:
+    """Resize by constant scales: nearest as floor(p / factor) (asymmetric, floor), bilinear as
+    PyTorch's align_corners=False (linear, half_pixel)."""
+    scales = numpy_helper.from_array(np.array([1, 1, *attrs["factor"]], np.float32), f"{name}.scales")
+    modes = {"nearest": dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             "bilinear": dict(mode="linear", coordinate_transformation_mode="half_pixel")}[attrs["mode"]]
+    return [helper.make_node("Constant", [], [f"{name}.scales"], name=f"{name}.scales", value=scales),
+            helper.make_node("Resize", [srcs[0], "", f"{name}.scales"], [name], name=name, **modes)]
 
 
 def to_onnx(g: nx.DiGraph, params: dict[str, np.ndarray]) -> onnx.ModelProto:

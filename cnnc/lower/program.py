@@ -15,7 +15,7 @@ import networkx as nx
 
 from ..ops import describe
 from ..shapes import show
-from . import conv, dense, elementwise, join, norm, pool, reshape
+from . import conv, conv_transpose, dense, elementwise, join, norm, pool, reshape, resize
 from .context import Context, ParamLayout
 
 EMITTERS = {
@@ -24,8 +24,9 @@ EMITTERS = {
     "maxpool": pool, "avgpool": pool, "globalavgpool": pool,
     "relu": elementwise, "sigmoid": elementwise, "tanh": elementwise, "dropout": elementwise,
     "add": join, "concat": join,
+    "convtranspose": conv_transpose, "upsample": resize,
 }
-KERNEL_MODULES = ("conv", "pool", "dense", "elementwise", "norm", "loss", "layout")
+KERNEL_MODULES = ("conv", "pool", "dense", "elementwise", "norm", "loss", "layout", "resize", "conv_transpose")
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,16 @@ import networkx as nx
 
 from .drop_dropout import drop_dropout
 from .fold_batchnorm import fold_batchnorm
-from .fuse_activation import fuse_batchnorm_relu, fuse_conv_relu, fuse_dense_relu
+from .fuse_activation import fuse_batchnorm_relu, fuse_conv_relu, fuse_convtranspose_relu, fuse_dense_relu
 from .fuse_add import fuse_batchnorm_add, fuse_conv_add
 from .fuse_softmax_cross_entropy import fuse_softmax_cross_entropy
 
 Pass = Callable[[nx.DiGraph], nx.DiGraph]
 
-INFERENCE: list[Pass] = [drop_dropout, fold_batchnorm, fuse_conv_add, fuse_conv_relu, fuse_dense_relu]
+INFERENCE: list[Pass] = [drop_dropout, fold_batchnorm, fuse_conv_add, fuse_conv_relu, fuse_dense_relu,
+                         fuse_convtranspose_relu]
 TRAINING: list[Pass] = [fuse_softmax_cross_entropy, fuse_batchnorm_add, fuse_conv_relu, fuse_dense_relu,
-                        fuse_batchnorm_relu]
+                        fuse_batchnorm_relu, fuse_convtranspose_relu]
 
 
 def optimize(g: nx.DiGraph, passes: list[Pass]) -> tuple[nx.DiGraph, list[tuple[str, int]]]:

@@ -1,4 +1,4 @@
-"""Fuse a ReLU into the conv, dense or (training) batchnorm layer before it: the ReLU runs in the layer's own loop."""
+"""Fuse a ReLU into the conv, convtranspose, dense or (training) batchnorm layer before it: the ReLU runs in the layer's own loop."""
 from __future__ import annotations
 
 import networkx as nx
@@ -31,6 +31,10 @@ def layer_relu_pairs(op: str, g: nx.DiGraph) -> list[tuple[str, str]]:
 
 def fuse_conv_relu(g: nx.DiGraph) -> nx.DiGraph:
     return fuse_relu_after("conv", g)
+
+
+def fuse_convtranspose_relu(g: nx.DiGraph) -> nx.DiGraph:
+    return fuse_relu_after("convtranspose", g)
 
 
 def fuse_dense_relu(g: nx.DiGraph) -> nx.DiGraph:
