@@ -312,3 +312,20 @@ def test_fashion_segmentation_set(tmp_path):
     assert ds.x_train.shape == (50, 1, 28, 28) and ds.y_test.shape == (50, 28, 28)
     assert np.array_equal(ds.y_train, arrays["x_train"] > 0)
     assert 0.2 < ds.y_train.mean() < 0.8  # garments and background both
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs the dataset-fashion-mnist package")
+def test_unet_tiny_learns_fashion_masks_from_a_few_images(tmp_path):
+    """examples/unet_tiny.cnn (convtranspose, upsample, concat skips) on 512 images for two epochs;
+    the whole set reaches >= 0.95 pixel accuracy (docs/language.md, section 7)."""
+    make = load_example("fashion_segmentation")
+    make.write_segmentation_set(FASHION, tmp_path / "fseg.npz", limit=512)
+    weights = tmp_path / "unet.npz"
+    code, out, err = cnnc_cli("train", ROOT / "examples" / "unet_tiny.cnn", tmp_path / "fseg.npz", "--out", weights,
+                              "--epochs", "2", "--batch", "32", "-q")
+    assert code == 0, err
+    code, out, err = cnnc_cli("eval", ROOT / "examples" / "unet_tiny.cnn", tmp_path / "fseg.npz", "--weights", weights)
+    assert code == 0, err
+    accuracy = float(out.split("pixel accuracy ")[1].split()[0])
+    mean_iou = float(out.split("mean IoU ")[1].split()[0])
+    assert accuracy > 0.9 and mean_iou > 0.8, out
