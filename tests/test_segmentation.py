@@ -10,6 +10,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +333,53 @@ def test_unet_tiny_learns_fashion_masks_from_a_few_images(tmp_path):
     accuracy = float(out.split("pixel accuracy ")[1].split()[0])
     mean_iou = float(out.split("mean IoU ")[1].split()[0])
     assert accuracy > 0.9 and mean_iou > 0.8, out
+
+
+# -- over MPI ranks ---------------------------------------------------------------------------
+
+PIXEL_MPI = """\
+model pixelmpi
+input 1x10x8
+conv filters=4 size=3 padding=same
+batchnorm
+relu
+conv filters=2 size=1
+softmax axis=channels
+loss cross_entropy
+train optimizer=sgd lr=0.1 momentum=0.9 batch=18 epochs=3
+"""
+
+
+def _mpiexec() -> str | None:
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or _mpiexec() is None,
+                    reason='needs mpi4py and mpiexec (pip install "cnnc[mpi]")')
+def test_two_ranks_train_and_evaluate_the_pixel_model_as_one_process(tmp_path, monkeypatch):
+    """Uneven shares (18 images over 2 ranks, 2 lanes each; a last step of 4): the step's pixel
+    count divides every share, so two ranks end with the single process's weights and eval."""
+    from cnnc.distributed import SIZE_VARIABLES
+
+    monkeypatch.chdir(tmp_path)
+    Path("m.cnn").write_text(PIXEL_MPI)
+    (x, y), (xt, yt) = make_masks(76, 5), make_masks(20, 6)
+    np.savez("d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    env = dict(os.environ, CNNC_THREADS="2", PYTHONPATH=str(ROOT))
+    for name in SIZE_VARIABLES + ("PYTHONWARNINGS",):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "cnnc.cli"]
+    runs = {}
+    for name, launch in (("alone", []), ("two", [_mpiexec(), "-n", "2"])):
+        result = subprocess.run(launch + command + ["train", "m.cnn", "d.npz", "--out", f"{name}.npz", "-q"],
+                                capture_output=True, text=True, timeout=240, env=env)
+        assert result.returncode == 0, result.stderr
+        evaluation = subprocess.run(launch + command + ["eval", "m.cnn", "d.npz", "--weights", "alone.npz"],
+                                    capture_output=True, text=True, timeout=240, env=env)
+        assert evaluation.returncode == 0, evaluation.stderr
+        runs[name] = (np.load(f"{name}.npz"), evaluation.stdout)
+    (alone, eval_alone), (two, eval_two) = runs["alone"], runs["two"]
+    for k in alone.files:
+        assert np.abs(two[k] - alone[k]).max() <= 1e-5 * np.abs(alone[k]).max(), k
+    assert eval_two == eval_alone and eval_alone.startswith("pixel accuracy")

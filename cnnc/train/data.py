@@ -392,8 +392,9 @@ def _load_mask_folders(root: Path, input_shape, num_classes, split, progress) ->
     _require_splits(root, split, {s: (root / s).is_dir() for s in SPLITS}, "folder")
     listed = {s: _list_mask_split(root / s) for s in SPLITS if s in split and (root / s).is_dir()}
     total = sum(len(images) for images, _ in listed.values())
-    _check_fits(root, total * math.prod(input_shape) * 6, f"{total:,} images of {_fmt(input_shape)} "
-                "and their masks take as bytes, float32 and int64")
+    per_image = math.prod(input_shape) * 5 + math.prod(input_shape[1:]) * 9  # uint8 + float32; uint8 + int64
+    _check_fits(root, total * per_image, f"{total:,} images of {_fmt(input_shape)} and their masks take "
+                "as bytes, float32 and int64")
     counter = _Progress(progress, total)
     out = {}
     for s, (images, masks) in listed.items():
