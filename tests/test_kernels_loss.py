@@ -122,7 +122,8 @@ def test_pixel_losses_finite_differences():
     loss = pixel_cross_entropy_of_probabilities(p, labels, dp, labels.size)
     picked = np.take_along_axis(p, labels[None], axis=0)
     assert loss == pytest.approx(-np.log(picked).mean(), rel=1e-12)
-    numeric = numeric_gradient(lambda: pixel_cross_entropy_of_probabilities(p, labels, np.empty_like(p), labels.size), p)
+    numeric = numeric_gradient(
+        lambda: pixel_cross_entropy_of_probabilities(p, labels, np.empty_like(p), labels.size), p)
     assert rel_err(dp, numeric) < 1e-6
 
 

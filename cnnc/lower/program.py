@@ -147,11 +147,12 @@ def loss_lines(ctx: Context) -> list[str]:
     what = "softmax + cross-entropy, fused and stable" if logits else "cross-entropy of probabilities"
     lines = [f"# loss: {what}" + (", per pixel over the channels" if per_pixel else ""),
              f"{ctx.grad(out)} = np.empty({ctx.shape(out)}, np.float32)"]
+    note = "  # the mean over the step's pixels" if per_pixel else ""
     if logits:
         lines += [f"probs = np.empty({ctx.shape(out)}, np.float32)",
-                  f"loss = {kernel}({ctx.var(out)}, y, probs, {ctx.grad(out)}, {count})"]
+                  f"loss = {kernel}({ctx.var(out)}, y, probs, {ctx.grad(out)}, {count}){note}"]
     else:
-        lines += [f"loss = {kernel}({ctx.var(out)}, y, {ctx.grad(out)}, {count})"]
+        lines += [f"loss = {kernel}({ctx.var(out)}, y, {ctx.grad(out)}, {count}){note}"]
     if per_pixel:  # CNHW: a pixel's classes are the first axis
         return lines + [f"correct = int(np.count_nonzero({ctx.var(out)}.argmax(axis=0) == y))"
                         "  # right pixels: training accuracy comes free with the loss"]
