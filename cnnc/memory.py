@@ -83,6 +83,7 @@ def estimate(g: nx.DiGraph, layout, mode: str, optimizer: str = "sgd") -> Estima
     for node in nx.topological_sort(g):
         tensors += node_tensors(g, node, training)
     workspaces = [(n, conv_workspace(g, n, training)) for n in g if g.nodes[n]["op"] == "conv"]
+    workspaces += [(n, conv_transpose_workspace(g, n)) for n in g if g.nodes[n]["op"] == "convtranspose"]
     fixed = layout.size * FLOAT
     if training:
         tensors += gradient_tensors(g, layout)
@@ -150,6 +151,26 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         return forward
     backward = winograd_backward if winograd_backward_applies(c, data) else im2col
     return lambda n: max(forward(n), backward(n))
+
+
+def conv_transpose_workspace(g: nx.DiGraph, node: str):
+    """bytes(slice size) of kernels/conv_transpose.py's buffers: those of the im2col convolution
+    from its output back to its input (its forward is that convolution's input gradient), and
+    the output gradient's ReLU-masked copy."""
+    data = g.nodes[node]
+    f, h, w = g.nodes[inputs(g, node)[0]]["shape"]  # the convolution's output is our input
+    c, oh, ow = data["shape"]
+    kh, kw = data["attrs"]["size"]
+    sh, sw = data["attrs"]["stride"]
+    hp, ld = -(-((h - 1) * sh + kh) // sh), -(-((w - 1) * sw + kw) // sw)
+    rows = c * kh * kw
+
+    def im2col(n: int) -> int:
+        nb = max(1, min(n, max(COLS_ELEMS // max(1, rows * h * ld), -(-MIN_COLUMNS // max(1, h * ld)))))
+        masked = c * n * oh * ow if data.get("activation") == "relu" else 0
+        return FLOAT * (c * nb * sh * sw * (hp + 1) * ld + rows * nb * h * ld + f * nb * h * ld + rows * f + masked)
+
+    return im2col
 
 
 # ---------------------------------------------------------------------------------------------

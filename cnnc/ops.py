@@ -40,6 +40,7 @@ _WINDOW = {
     "size": Key("pair", doc="window size K or KhxKw"),
     "stride": Key("pair", None, "stride S or ShxSw; defaults to size"),
     "padding": Key("padding", "valid", "valid, same, full, P or PhxPw"),
+    "rounding": Key("choice:floor,ceil", "floor", "floor or ceil: whether a last, partial window counts"),
 }
 
 OPS: dict[str, Op] = {op.name: op for op in [
@@ -53,9 +54,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "batchnorm": Key("bool", False, "batch normalization after it (before the activation)"),
         "activation": Key("activation", "none", "none or relu, sigmoid, tanh after it"),
     }, shown=("filters", "size", "stride", "padding")),
-    Op("maxpool", "max pooling; padding never wins", dict(_WINDOW), shown=("size", "stride", "padding")),
-    Op("avgpool", "average pooling over the real (not padded) elements", dict(_WINDOW),
-       shown=("size", "stride", "padding")),
+    Op("maxpool", "max pooling; padding never wins", dict(_WINDOW), shown=("size", "stride", "padding", "rounding")),
+    Op("avgpool", "average pooling over the real (not padded) elements, or all with count_pad=true",
+       dict(_WINDOW) | {"count_pad": Key("bool", False, "divide by the whole window, padding included")},
+       shown=("size", "stride", "padding", "rounding", "count_pad")),
     Op("globalavgpool", "average over each channel's whole plane"),
     Op("relu", "max(0, x)"),
     Op("sigmoid", "1 / (1 + exp(-x))"),
@@ -166,11 +168,13 @@ def show_value(value) -> str:
     """A key's value as the user writes it: `3` for a square pair (3, 3), `3x5` otherwise."""
     if isinstance(value, tuple):
         return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value)
 
 
 # Keys a label leaves out at their default.
-QUIET_DEFAULTS = ("output_padding", "mode", "rounding", "count_pad")
+QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad")
 
 
 def describe(op: str, attrs: dict) -> str:

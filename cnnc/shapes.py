@@ -86,7 +86,16 @@ def window(layer: Layer, kind: str) -> tuple[int, int]:
     if kind == "window" and (max(top, bottom) >= kh or max(left, right) >= kw):
         raise layer.error(f"{layer.name}: padding {max(top, bottom)}x{max(left, right)} leaves windows "
                           f"with no real element for size {kh}x{kw}", "use a padding smaller than the size")
+    if layer.attrs.get("rounding") == "ceil":
+        return ceil_windows(h, kh, sh, top, bottom), ceil_windows(w, kw, sw, left, right)
     return (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+
+
+def ceil_windows(n: int, k: int, s: int, before: int, after: int) -> int:
+    """Windows on one axis with ceil rounding (PyTorch's ceil_mode): a last, partial window counts
+    if it starts inside the input or the padding before it, not in the padding after."""
+    out = -(-(n + before + after - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n + before else out
 
 
 def conv_shape(layer: Layer):

@@ -18,13 +18,31 @@ def _pad(x, pads, value=0.0):
     return F.pad(x, (left, right, top, bottom), value=value)
 
 
-def _avgpool(x, attrs, pads):
-    """Average over the real elements of each window (PyTorch's count_include_pad=False, any padding)."""
+def _ceil_extra(x, attrs, pads, out_shape):
+    """(bottom, right): what a ceil-mode window hanging past the padding needs added to be whole."""
+    (kh, kw), (sh, sw) = attrs["size"], attrs["stride"]
+    top, bottom, left, right = pads
+    return (max((out_shape[1] - 1) * sh + kh - (x.shape[2] + top + bottom), 0),
+            max((out_shape[2] - 1) * sw + kw - (x.shape[3] + left + right), 0))
+
+
+def _avgpool(x, attrs, pads, out_shape):
+    """Average over the real elements of each window (PyTorch's count_include_pad=False, any padding),
+    or over the padded input's (count_pad, as count_include_pad=True); ceil windows clipped to it."""
     kh, kw = attrs["size"]
-    total = F.avg_pool2d(_pad(x, pads), (kh, kw), attrs["stride"]) * (kh * kw)
-    ones = _pad(torch.ones_like(x[:1, :1]), pads)
-    count = F.avg_pool2d(ones, (kh, kw), attrs["stride"]) * (kh * kw)
+    bottom, right = _ceil_extra(x, attrs, pads, out_shape)
+    extra = (0, bottom, 0, right)
+    total = F.avg_pool2d(_pad(_pad(x, pads), extra), (kh, kw), attrs["stride"]) * (kh * kw)
+    ones = torch.ones_like(x[:1, :1])
+    ones = _pad(ones, pads, 1.0 if attrs.get("count_pad") else 0.0)
+    count = F.avg_pool2d(_pad(ones, extra), (kh, kw), attrs["stride"]) * (kh * kw)
     return total / count
+
+
+def _maxpool(x, attrs, pads, out_shape):
+    bottom, right = _ceil_extra(x, attrs, pads, out_shape)
+    padded = _pad(_pad(x, pads, float("-inf")), (0, bottom, 0, right), float("-inf"))
+    return F.max_pool2d(padded, attrs["size"], attrs["stride"])
 
 
 def run_layer(op, attrs, data, xs, p, training):
@@ -32,9 +50,9 @@ def run_layer(op, attrs, data, xs, p, training):
     if op == "conv":
         return F.conv2d(_pad(x, data["pads"]), p["weight"], p.get("bias"), stride=attrs["stride"])
     if op == "maxpool":
-        return F.max_pool2d(_pad(x, data["pads"], float("-inf")), attrs["size"], attrs["stride"])
+        return _maxpool(x, attrs, data["pads"], data["shape"])
     if op == "avgpool":
-        return _avgpool(x, attrs, data["pads"])
+        return _avgpool(x, attrs, data["pads"], data["shape"])
     if op == "convtranspose":
         return F.conv_transpose2d(x, p["weight"], p.get("bias"), attrs["stride"], attrs["padding"],
                                   attrs["output_padding"])

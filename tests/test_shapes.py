@@ -48,6 +48,11 @@ RULES = [
     ("add", ["input 3x4x5", "a: flatten", "b: dense units=4", "c: dense(a) units=4", "add(b, c)"], (4,)),
     ("concat", ["input 3x4x5", "a: conv filters=2 size=1", "b: conv(input1) filters=5 size=1", "concat(a, input1, b)"],
      (10, 4, 5)),
+    ("upsample", ["input 3x4x5", "upsample factor=2"], (3, 8, 10)),
+    ("upsample", ["input 3x4x5", "upsample factor=3x1 mode=bilinear"], (3, 12, 5)),
+    ("convtranspose", ["input 3x4x5", "convtranspose filters=2 size=2 stride=2"], (2, 8, 10)),
+    ("convtranspose", ["input 3x4x5", "convtranspose filters=2 size=3 stride=2 padding=1 output_padding=1"],
+     (2, 8, 10)),
 ] + [(op, ["input 3x4x5", op], (3, 4, 5)) for op in ("relu", "sigmoid", "tanh", "softmax", "dropout", "batchnorm")] \
   + [(op, ["input 3x4x5", "flatten", op], (60,)) for op in ("relu", "sigmoid", "tanh", "softmax", "dropout",
                                                               "batchnorm")]
@@ -236,3 +241,67 @@ def test_flops(line, node, flops):
 def test_dense_flops():
     g = check_source("input 3x2x2\nflatten\ndense units=5\n")
     assert layer_flops(g, "dense1") == 2 * 5 * 12
+
+
+# -- the resizing ops and the pooling keys against PyTorch ------------------------------------
+
+def test_convtranspose_output_size_matches_torch():
+    for (h, w), k, st, p, op in itertools.product([(1, 1), (4, 7), (5, 3)], [(1, 1), (2, 2), (3, 4)],
+                                                  [(1, 1), (2, 2), (3, 2)], [(0, 0), (1, 0), (1, 2)],
+                                                  [(0, 0), (1, 0), (2, 1)]):
+        if op[0] >= st[0] or op[1] >= st[1]:
+            continue
+        out = [(n - 1) * s - 2 * pad + kk + o for n, s, pad, kk, o in zip((h, w), st, p, k, op)]
+        source = (f"input 2x{h}x{w}\nconvtranspose filters=3 size={text(k)} stride={text(st)} padding={text(p)} "
+                  f"output_padding={text(op)}\n")
+        if min(out) < 1:
+            with pytest.raises(ModelError, match="leaves no output"):
+                check_source(source)
+            continue
+        g = check_source(source)
+        native = F.conv_transpose2d(torch.zeros(1, 2, h, w), torch.zeros(2, 3, *k), stride=st, padding=p,
+                                    output_padding=op)
+        assert tuple(native.shape[1:]) == g.nodes["convtranspose1"]["shape"], source
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsample_output_size_matches_torch(mode):
+    for (h, w), f in itertools.product([(1, 1), (4, 7), (5, 3)], [(1, 1), (2, 2), (3, 3), (2, 3), (1, 4)]):
+        g = check_source(f"input 2x{h}x{w}\nupsample factor={text(f)} mode={mode}\n")
+        native = F.interpolate(torch.zeros(1, 2, h, w), scale_factor=f, mode=mode)
+        assert tuple(native.shape[1:]) == g.nodes["upsample1"]["shape"]
+
+
+@pytest.mark.parametrize("op", ["maxpool", "avgpool"])
+def test_ceil_pool_output_size_matches_torch(op):
+    reference = F.max_pool2d if op == "maxpool" else F.avg_pool2d
+    checked = 0
+    for n, k, s in cases("1", pooling=True):
+        for padding in ((0, 0), (1, 1), (k[0] // 2, k[1] // 2)):
+            if padding[0] >= k[0] or padding[1] >= k[1] or padding[0] > k[0] // 2 or padding[1] > k[1] // 2:
+                continue
+            g = check_source(f"input 2x{n[0]}x{n[1]}\n{op} size={text(k)} stride={text(s)} padding={text(padding)} "
+                             "rounding=ceil\n")
+            native = reference(torch.zeros(1, 2, *n), k, s, padding, ceil_mode=True)
+            assert tuple(native.shape[1:]) == g.nodes[f"{op}1"]["shape"], (n, k, s, padding)
+            checked += 1
+    assert checked >= 20
+
+
+def test_resizing_parameters_use_pytorch_layouts():
+    g = check_source("input 3x4x4\nt: convtranspose filters=5 size=2x3 stride=2\nu: convtranspose filters=2 size=1 "
+                     "bias=false\nupsample factor=2 mode=bilinear\n")
+    assert parameter_shapes(g) == {"t.weight": (3, 5, 2, 3), "t.bias": (5,), "u.weight": (5, 2, 1, 1)}
+    module = torch.nn.ConvTranspose2d(3, 5, (2, 3), stride=2)
+    assert (tuple(module.weight.shape), tuple(module.bias.shape)) == ((3, 5, 2, 3), (5,))
+
+
+@pytest.mark.parametrize("line, flops", [
+    ("convtranspose filters=4 size=3x2 stride=2", 2 * (3 * 6 * 6) * 4 * 3 * 2),
+    ("upsample factor=2", 0),
+    ("upsample factor=2x3 mode=bilinear", 6 * 3 * 12 * 18),
+    ("avgpool size=3 stride=2 padding=1 rounding=ceil count_pad=true", (3 * 4 * 4) * 9),
+])
+def test_resizing_flops(line, flops):
+    g = check_source(f"input 3x6x6\n{line}\n")
+    assert layer_flops(g, g.graph["output"]) == flops

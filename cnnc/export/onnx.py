@@ -21,7 +21,7 @@ def pads_of(data: dict) -> list[int]:
     return [top, left, bottom, right]
 
 
-def layer_nodes(name: str, data: dict, srcs: list[str], params: dict) -> tuple[list, list[str]]:
+def layer_nodes(name: str, data: dict, srcs: list[str], params: dict, in_shape: tuple = ()) -> tuple[list, list[str]]:
     """The ONNX nodes of one layer, and the names of the initializers they read."""
     op, attrs = data["op"], data["attrs"]
     if op == "conv":
@@ -34,10 +34,7 @@ def layer_nodes(name: str, data: dict, srcs: list[str], params: dict) -> tuple[l
                                  kernel_shape=list(attrs["size"]), strides=list(attrs["stride"]),
                                  pads=pads_of(data), output_padding=list(attrs["output_padding"]))], weights
     if op in ("maxpool", "avgpool"):
-        extra = {"count_include_pad": 0} if op == "avgpool" else {}
-        onnx_op = "MaxPool" if op == "maxpool" else "AveragePool"
-        return [helper.make_node(onnx_op, srcs, [name], name=name, kernel_shape=list(attrs["size"]),
-                                 strides=list(attrs["stride"]), pads=pads_of(data), **extra)], []
+        return pool_nodes(name, data, srcs, in_shape), []
     if op == "dense":
         weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
         return [helper.make_node("Gemm", srcs + weights, [name], name=name, transB=1)], weights
@@ -53,6 +50,48 @@ def layer_nodes(name: str, data: dict, srcs: list[str], params: dict) -> tuple[l
     softmax_axis = 1 if attrs.get("axis") == "channels" else -1  # NCHW: the channels of each pixel
     extra = {"concat": {"axis": 1}, "softmax": {"axis": softmax_axis}, "flatten": {"axis": 1}}.get(op, {})
     return [helper.make_node(simple[op], srcs, [name], name=name, **extra)], []
+
+
+def onnx_ceil_agrees(data: dict, in_shape: tuple) -> bool:
+    """Whether ONNX's ceil_mode output size, ceil((n + pads - k) / s) + 1, is ours. It is not when
+    PyTorch's rule drops a last window that would start in the bottom or right padding:
+    onnxruntime follows that rule but ONNX's shape inference does not, so the file would
+    contradict itself."""
+    top, bottom, left, right = data["pads"]
+    sizes = zip(in_shape[1:], data["attrs"]["size"], data["attrs"]["stride"], (top + bottom, left + right),
+                data["shape"][1:])
+    return all(-(-(n + pads - k) // s) + 1 == out for n, k, s, pads, out in sizes)
+
+
+def pool_nodes(name: str, data: dict, srcs: list[str], in_shape: tuple) -> list:
+    """MaxPool or AveragePool, with ceil_mode and count_include_pad where ONNX means what we do."""
+    op, attrs = data["op"], data["attrs"]
+    if attrs["rounding"] == "ceil" and not onnx_ceil_agrees(data, in_shape):
+        return floor_pool_nodes(name, data, srcs, in_shape)
+    extra = {"count_include_pad": int(attrs["count_pad"])} if op == "avgpool" else {}
+    return [helper.make_node("MaxPool" if op == "maxpool" else "AveragePool", srcs, [name], name=name,
+                             kernel_shape=list(attrs["size"]), strides=list(attrs["stride"]), pads=pads_of(data),
+                             ceil_mode=int(attrs["rounding"] == "ceil"), **extra)]
+
+
+def floor_pool_nodes(name: str, data: dict, srcs: list[str], in_shape: tuple) -> list:
+    """Ceil-mode pooling where ONNX's ceil_mode disagrees: floor mode, with the end padding that
+    gives exactly our windows (padding does not count in ONNX's max, nor in an average with
+    count_include_pad=0). For count_pad, a Pad node first makes the padding real zeros."""
+    op, attrs = data["op"], data["attrs"]
+    top, bottom, left, right = data["pads"]
+    nodes, src, (h, w) = [], srcs[0], in_shape[1:]
+    if op == "avgpool" and attrs["count_pad"]:
+        pads = numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), f"{name}.pads")
+        nodes = [helper.make_node("Constant", [], [f"{name}.pads"], name=f"{name}.pads", value=pads),
+                 helper.make_node("Pad", [src, f"{name}.pads"], [f"{name}.padded"], name=f"{name}.pad")]
+        src, (h, w), top, left = f"{name}.padded", (h + top + bottom, w + left + right), 0, 0
+    ends = [max((out - 1) * s + k - n - before, 0) for out, s, k, n, before in
+            zip(data["shape"][1:], attrs["stride"], attrs["size"], (h, w), (top, left))]
+    extra = {"count_include_pad": 0} if op == "avgpool" else {}
+    return nodes + [helper.make_node("MaxPool" if op == "maxpool" else "AveragePool", [src], [name], name=name,
+                                     kernel_shape=list(attrs["size"]), strides=list(attrs["stride"]),
+                                     pads=[top, left, *ends], **extra)]
 
 
 def resize_nodes(name: str, attrs: dict, srcs: list[str]) -> list:
@@ -73,7 +112,7 @@ def to_onnx(g: nx.DiGraph, params: dict[str, np.ndarray]) -> onnx.ModelProto:
         if data["op"] == "input":
             continue
         srcs = ["input" if g.nodes[s]["op"] == "input" else s for s in inputs(g, node)]
-        made, weights = layer_nodes(node, data, srcs, params)
+        made, weights = layer_nodes(node, data, srcs, params, g.nodes[inputs(g, node)[0]]["shape"])
         nodes += made
         used += weights
     out = g.graph["output"]

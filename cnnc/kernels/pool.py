@@ -1,7 +1,8 @@
 """Pooling kernels (CNHW activations): max, average and global average, forward and backward.
 
 Padding is never read: windows are clipped to the input, so padding can never win a max nor
-count in an average. Average pooling runs over one output row at a time: for each kernel tap
+count in an average (unless the average counts it, count_pad: then only its divisor does). A
+ceil-mode window hanging past the input's end is clipped the same way. Average pooling runs over one output row at a time: for each kernel tap
 (h, j), all outputs q of the row whose tap is real are updated by one strided sweep that LLVM
 vectorizes.
 """
@@ -26,12 +27,15 @@ def _taps(j, stride, pad, size, n_out):
 
 
 @njit(cache=True, nogil=True)
-def _real_counts(kw, stride, pad, size, n_out):
-    """counts[q]: how many real input columns output column q's window covers."""
+def _divisors(k, stride, pad, pad_end, size, n_out, count_pad):
+    """counts[q]: how many elements output q's window (one axis) averages over: the real ones,
+    or with count_pad those of the padded input [-pad, size + pad_end) (PyTorch's
+    count_include_pad: a ceil-mode window hanging past the padding is clipped to it)."""
+    lo, hi = (-pad, size + pad_end) if count_pad else (0, size)
     counts = np.empty(n_out, np.int64)
     for q in range(n_out):
         start = q * stride - pad
-        counts[q] = max(min(start + kw, size) - max(start, 0), 0)
+        counts[q] = max(min(start + k, hi) - max(start, lo), 0)
     return counts
 
 
@@ -96,10 +100,11 @@ def maxpool_backward(dout, argmax, dx):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_top, pad_left):
+def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, count_pad):
     C, N, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    counts = _real_counts(kw, stride_w, pad_left, W, OW)
+    rows = _divisors(kh, stride_h, pad_top, pad_bottom, H, OH, count_pad)
+    counts = _divisors(kw, stride_w, pad_left, pad_right, W, OW, count_pad)
     for c in range(C):
         for n in range(N):
             for p in range(OH):
@@ -113,22 +118,23 @@ def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_top, pad_left):
                         for k in range(q1 - q0):
                             a[k] += src[k * stride_w]
                 for q in range(OW):
-                    real = (h1 - h0) * counts[q]
+                    real = rows[p] * counts[q]
                     acc[q] = acc[q] / real if real > 0 else 0
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def avgpool_backward(dout, dx, kh, kw, stride_h, stride_w, pad_top, pad_left):
+def avgpool_backward(dout, dx, kh, kw, stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, count_pad):
     C, N, OH, OW = dout.shape
     H, W = dx.shape[2], dx.shape[3]
-    counts = _real_counts(kw, stride_w, pad_left, W, OW)
+    rows = _divisors(kh, stride_h, pad_top, pad_bottom, H, OH, count_pad)
+    counts = _divisors(kw, stride_w, pad_left, pad_right, W, OW, count_pad)
     share = np.empty(OW, dx.dtype)
     for c in range(C):
         for n in range(N):
             for p in range(OH):
                 h0, h1 = _span(p, kh, stride_h, pad_top, H)
                 for q in range(OW):
-                    real = (h1 - h0) * counts[q]
+                    real = rows[p] * counts[q]
                     share[q] = dout[c, n, p, q] / real if real > 0 else 0
                 for h in range(h0, h1):
                     for j in range(kw):

@@ -4,7 +4,6 @@ from __future__ import annotations
 from .context import Context, scalars
 
 
-
 def window(ctx: Context, node: str) -> str:
     """Window size, stride and the top and left padding, as kernel arguments."""
     data = ctx.node(node)
@@ -12,6 +11,13 @@ def window(ctx: Context, node: str) -> str:
     sh, sw = data["attrs"]["stride"]
     top, _, left, _ = data["pads"]
     return scalars(kh, kw, sh, sw, top, left)
+
+
+def average_window(ctx: Context, node: str) -> str:
+    """The window, the bottom and right padding too, and whether padding counts in the divisor."""
+    data = ctx.node(node)
+    _, bottom, _, right = data["pads"]
+    return f"{window(ctx, node)}, {scalars(bottom, right, data['attrs']['count_pad'])}"
 
 
 def forward(ctx: Context, node: str, training: bool) -> list[str]:
@@ -22,7 +28,7 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
         return [ctx.empty(node), ctx.empty(node, "_argmax", "np.int32"),
                 f"maxpool_forward({x}, {out}, {out}_argmax, {window(ctx, node)})"]
     if op == "avgpool":
-        return [ctx.empty(node), f"avgpool_forward({x}, {out}, {window(ctx, node)})"]
+        return [ctx.empty(node), f"avgpool_forward({x}, {out}, {average_window(ctx, node)})"]
     return [ctx.empty(node), f"globalavgpool_forward({x}, {out})"]
 
 
@@ -32,5 +38,5 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     if op == "maxpool":
         return [f"maxpool_backward({dout}, {out}_argmax, {dx[0]})"]
     if op == "avgpool":
-        return [f"avgpool_backward({dout}, {dx[0]}, {window(ctx, node)})"]
+        return [f"avgpool_backward({dout}, {dx[0]}, {average_window(ctx, node)})"]
     return [f"globalavgpool_backward({dout}, {dx[0]})"]
