@@ -174,7 +174,7 @@ def show_value(value) -> str:
 
 
 # Keys a label leaves out at their default.
-QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad")
+QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad", "axis")
 
 
 def describe(op: str, attrs: dict) -> str:
@@ -182,8 +182,7 @@ def describe(op: str, attrs: dict) -> str:
     parts = []
     for key in OPS[op].shown:
         value = attrs[key]
-        if key == "padding" and value == "valid" or key == "stride" and value in ((1, 1), attrs["size"]) \
-                or key == "axis" and value == "last":
+        if key == "padding" and value == "valid" or key == "stride" and value in ((1, 1), attrs["size"]):
             continue
         if key in QUIET_DEFAULTS and value == OPS[op].keys[key].default:
             continue
