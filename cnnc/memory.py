@@ -154,7 +154,7 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
 
 
 def conv_transpose_workspace(g: nx.DiGraph, node: str):
-    """bytes(slice size) of kernels/conv_transpose.py's buffers: those of the im2col convolution
+    """bytes(slice size) of the buffers of kernels/conv.py's convtranspose_forward/backward: those of the im2col convolution
     from its output back to its input (its forward is that convolution's input gradient), and
     the output gradient's ReLU-masked copy."""
     data = g.nodes[node]

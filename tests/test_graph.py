@@ -99,7 +99,8 @@ def test_nodes_carry_their_statement_location():
 
 # -- attributes: the op table's defaults and normalized values --------------------------------
 
-MINIMAL = {"conv": "filters=2 size=1", "maxpool": "size=1", "avgpool": "size=1", "dense": "units=2"}
+MINIMAL = {"conv": "filters=2 size=1", "maxpool": "size=1", "avgpool": "size=1", "dense": "units=2",
+           "convtranspose": "filters=2 size=1", "upsample": "factor=2"}
 
 
 def optional_keys():
@@ -123,6 +124,22 @@ def test_every_optional_key_gets_the_table_default(op, key, default):
 def test_values_are_normalized(text, key, value):
     args = f"filters=2 {text}" + ("" if key == "size" else " size=1")
     assert graph("input 1x8x8", f"conv {args}").nodes["conv1"]["attrs"][key] == value
+
+
+@pytest.mark.parametrize("text, key, value", [
+    ("padding=2", "padding", (2, 2)), ("padding=1x0", "padding", (1, 0)), ("output_padding=1", "output_padding", (1, 1)),
+    ("output_padding=0x1", "output_padding", (0, 1)), ("stride=2x3", "stride", (2, 3)),
+])
+def test_convtranspose_values_are_normalized(text, key, value):
+    g = graph("input 1x8x8", f"convtranspose filters=2 size=3 stride=3 {text}" if key != "stride" else
+              f"convtranspose filters=2 size=3 {text}")
+    assert g.nodes["convtranspose1"]["attrs"][key] == value
+
+
+def test_upsample_values_are_normalized():
+    g = graph("input 1x8x8", "a: upsample factor=3", "b: upsample factor=2x1 mode=bilinear")
+    assert g.nodes["a"]["attrs"] == {"factor": (3, 3), "mode": "nearest"}
+    assert g.nodes["b"]["attrs"] == {"factor": (2, 1), "mode": "bilinear"}
 
 
 def test_train_values_are_normalized_and_only_given_keys_kept():

@@ -1,11 +1,11 @@
-"""cnnc.kernels.conv_transpose against PyTorch's conv_transpose2d and finite differences."""
+"""cnnc.kernels.conv's transposed convolution against PyTorch's conv_transpose2d and finite differences."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from checks import cnhw, nchw, numeric_gradient, rel_err
 
-from cnnc.kernels.conv_transpose import convtranspose_backward, convtranspose_forward
+from cnnc.kernels.conv import convtranspose_backward, convtranspose_forward
 
 # (Cin, Cout, N, H, W, kernel, stride, padding, output_padding)
 GEOMETRIES = [

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import cnhw, nchw, pads_1d, rel_err
+from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err
 
 from cnnc.shapes import ceil_windows
 from cnnc.kernels.pool import (avgpool_backward, avgpool_forward, globalavgpool_backward,
@@ -229,3 +229,30 @@ def test_avgpool_count_pad_with_unequal_padding():
     avgpool_forward(x, out, 3, 3, 2, 2, 0, 0, 1, 1, True)
     assert out[0, 0, 0, 0] == pytest.approx(x[0, 0, :3, :3].mean())
     assert out[0, 0, 1, 1] == pytest.approx(x[0, 0, 2:, 2:].sum() / 9)
+
+
+@pytest.mark.parametrize("op", ["maxpool", "avgpool", "avgpool count_pad"])
+def test_ceil_pooling_finite_differences_float64(op):
+    """The backward of the ceil windows (clipped at the end) against central differences."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 2, 7, 5))
+    OH, OW = ceil_windows(7, 3, 2, 1, 1), ceil_windows(5, 2, 2, 1, 1)
+    weights = rng.standard_normal((2, 2, OH, OW))
+    args = (3, 2, 2, 2, 1, 1)
+
+    def forward():
+        out = np.empty_like(weights)
+        if op == "maxpool":
+            maxpool_forward(x, out, np.empty(out.shape, np.int32), *args)
+        else:
+            avgpool_forward(x, out, *args, 1, 1, op.endswith("count_pad"))
+        return out
+
+    dx = np.zeros_like(x)
+    if op == "maxpool":
+        argmax = np.empty(weights.shape, np.int32)
+        maxpool_forward(x, np.empty_like(weights), argmax, *args)
+        maxpool_backward(weights, argmax, dx)
+    else:
+        avgpool_backward(weights, dx, *args, 1, 1, op.endswith("count_pad"))
+    assert rel_err(dx, numeric_gradient(lambda: float((forward() * weights).sum()), x)) < 1e-7

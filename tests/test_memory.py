@@ -45,9 +45,9 @@ def traced_peak(call) -> int:
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize("model", ["lenet5", "resnet_tiny"])
+@pytest.mark.parametrize("model", ["examples/lenet5", "examples/resnet_tiny", "tests/models/encoder_decoder"])
 def test_the_estimate_covers_what_a_call_allocates(model):
-    net = cnnc.compile(ROOT / "examples" / f"{model}.cnn")
+    net = cnnc.compile(ROOT / f"{model}.cnn")
     x = np.random.default_rng(0).random((24, *net.input_shape), dtype=np.float32)
     y = np.zeros(24, np.int64)
     net.loss_and_grads(x, y)  # lane buffers, lazy imports and first-call compiles come first, unmeasured

@@ -187,13 +187,16 @@ def test_loss_and_grads_match_pytorch(case, optimize):
         assert relative_error(net.params[param], ref) < 1e-5, param
 
 
-def test_gradients_match_finite_differences():
+# The step is smaller where ReLUs and max pooling put kinks near the probed points (at 1e-2 a
+# probe of encoder_decoder's e2.weight crossed one: 0.594 against 0.576, converging as h shrinks).
+@pytest.mark.parametrize("name, step", [("every_op_vector", 1e-2), ("encoder_decoder", 1e-3), ("pool_rounding", 1e-3)])
+def test_gradients_match_finite_differences(name, step):
     """An independent check of the gradients that needs no PyTorch: central differences in float64 sums."""
-    net = cnnc.compile_source(SOURCES["every_op_vector"].replace("dropout rate=0\n", ""), file="fd.cnn")
+    net = cnnc.compile_source(SOURCES[name].replace("dropout rate=0\n", ""), file="fd.cnn")
     rng = np.random.default_rng(3)
     randomize(net, rng)
     x = rng.standard_normal((5,) + net.input_shape).astype(np.float32)
-    y = rng.integers(0, 5, 5)
+    y = rng.integers(0, net.lowered.output_shape[0], 5)
     running = {n: v.copy() for n, v in net.params.items() if "running" in n}
 
     def loss_at():
@@ -207,7 +210,7 @@ def test_gradients_match_finite_differences():
     for name, grad in analytic.items():
         view = net.params[name].reshape(-1)
         for i in rng.choice(view.size, size=min(3, view.size), replace=False):
-            numeric = central_difference(loss_at, view, i, h=1e-2 * max(1.0, abs(float(view[i]))))
+            numeric = central_difference(loss_at, view, i, h=step * max(1.0, abs(float(view[i]))))
             assert numeric == pytest.approx(grad.reshape(-1)[i], rel=3e-2, abs=3e-3), (name, i)
 
 
