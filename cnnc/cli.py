@@ -111,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("images", type=Path, nargs="+")
     r.add_argument("--weights", type=Path, required=True)
     r.add_argument("--classes", help="comma-separated class names (default: from the weights' checkpoint)")
+    r.add_argument("--masks", type=Path, default=Path("."), metavar="DIR",
+                   help="a model with a class per pixel writes DIR/<image>.mask.png (default: the current folder)")
     r.add_argument("--max-memory", type=memory_size, metavar="SIZE",
                    help="memory the run may use, e.g. 8G or 512M (default: 90%% of what is available)")
     r.set_defaults(run=run_predict)
@@ -316,7 +318,7 @@ def run_train(args) -> int:
         net = Network(graph, seed=r.seed, budget=Budget(limit, share, "training", r.optimizer,
                                                         stated=args.max_memory is not None))
         net.inference_batch = inference_batch(net.memory(), limit)
-        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
+        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], label_shape=net.label_shape)
         if args.limit:
             data.x_train, data.y_train = data.x_train[: args.limit], data.y_train[: args.limit]
         if data.x_test is not None and len(data.x_test) == 0:
@@ -375,7 +377,8 @@ def run_eval(args) -> int:
     ranks = world()
     with starting(ranks) as start:
         net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
-        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",))
+        data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0], split=("test",),
+                            label_shape=net.label_shape)
         if args.max_memory is None:
             from .memory import inference_batch
 
@@ -401,12 +404,19 @@ def evaluation_identity(net, data) -> dict:
 
 def run_predict(args) -> int:
     from .train.data import load_images
-    from .train.evaluate import class_names, render_predictions
+    from .train.evaluate import class_names, mask_paths, render_predictions, write_masks
 
     net = load_network(args.model, args.weights, limit=memory_limit(args), stated=args.max_memory is not None)
     x = load_images(args.images, net.input_shape)
+    if net.label_shape:  # a mask per image: none may replace an input
+        for path in mask_paths(args.images, args.masks):
+            refuse_overwrite(path, model_file=args.model, weights_file=args.weights,
+                             **{f"image {image}": image for image in args.images})
     net.compile(training=False)
     names = args.classes.split(",") if args.classes else class_names(args.weights, net.lowered.output_shape[0])
+    if net.label_shape:
+        write(write_masks(args.images, net.predict(x), args.masks, names), None)
+        return 0
     write(render_predictions(args.images, net.predict(x), names), None)
     return 0
 

@@ -62,7 +62,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("relu", "max(0, x)"),
     Op("sigmoid", "1 / (1 + exp(-x))"),
     Op("tanh", "hyperbolic tangent"),
-    Op("softmax", "softmax over the last axis"),
+    Op("softmax", "softmax over the last axis, or over the channels of each pixel", {
+        "axis": Key("choice:last,channels", "last", "last (a vector's classes) or channels (per pixel)"),
+    }, shown=("axis",)),
     Op("dropout", "zeroes a fraction of values in training; identity in inference",
        {"rate": Key("fraction", 0.5, "fraction of values dropped")}, shown=("rate",)),
     Op("batchnorm", "batch normalization over channels", {
@@ -172,7 +174,7 @@ def show_value(value) -> str:
 
 
 # Keys a label leaves out at their default.
-QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad")
+QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad", "axis")
 
 
 def describe(op: str, attrs: dict) -> str:

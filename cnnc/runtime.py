@@ -196,6 +196,12 @@ class Network:
         return self.lowered.input_shape
 
     @property
+    def label_shape(self) -> tuple:
+        """The shape of one image's label: () for a class per image, (H, W) for a class per pixel
+        (a loss on a C x H x W output, whose channels are the classes)."""
+        return tuple(self.lowered.output_shape[1:])
+
+    @property
     def source(self) -> str:
         return self.lowered.source
 
@@ -212,7 +218,8 @@ class Network:
         x = np.ones((1,) + self.input_shape, np.float32)
         probes = [("forward", (x, self.vector))]
         if training:
-            probes.append(("loss_and_grads", (x, np.zeros(1, np.int64), self.vector, self.grad_vector, 0)))
+            y = np.zeros((1,) + self.label_shape, np.int64)
+            probes.append(("loss_and_grads", (x, y, self.vector, self.grad_vector, 0)))
         try:
             self.kernel_calls = kernel_calls(self.module, probes)
         except MemoryError:
@@ -266,7 +273,10 @@ class Network:
         x = self.check_input(x) if across is None or len(x) else np.ascontiguousarray(x, np.float32)
         y = np.ascontiguousarray(np.asarray(y), dtype=np.int64)
         classes = self.lowered.output_shape[0]
-        if y.shape != (x.shape[0],):
+        if y.shape != (x.shape[0],) + self.label_shape:
+            if self.label_shape:
+                masks = "x".join(map(str, (x.shape[0],) + self.label_shape))
+                raise InputError(f"labels must be {masks} masks (a class per pixel of the output), not shape {y.shape}")
             raise InputError(f"labels must be a vector of {x.shape[0]} integers, not shape {y.shape}")
         if y.size and (y.min() < 0 or y.max() >= classes):
             raise InputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")

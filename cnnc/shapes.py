@@ -116,6 +116,14 @@ def same_shape(layer: Layer):
     return layer.in_shapes[0]
 
 
+def softmax_shape(layer: Layer):
+    if layer.attrs["axis"] == "channels" and len(layer.in_shapes[0]) != 3:
+        raise layer.error(f"{layer.name}: softmax axis=channels needs a CxHxW image but its input "
+                          f"{layer.sources[0]} is a vector of {show(layer.in_shapes[0])}",
+                          "a vector's softmax is over its only axis: leave out `axis=`")
+    return layer.in_shapes[0]
+
+
 def flatten_shape(layer: Layer):
     return (math.prod(layer.in_shapes[0]),)
 
@@ -183,7 +191,7 @@ RULES = {
     "relu": same_shape,
     "sigmoid": same_shape,
     "tanh": same_shape,
-    "softmax": same_shape,
+    "softmax": softmax_shape,
     "dropout": same_shape,
     "batchnorm": same_shape,
     "flatten": flatten_shape,
@@ -197,18 +205,33 @@ assert set(RULES) == set(ops.OPS), "every op in the table needs a shape rule"
 
 
 def check_loss(g: nx.DiGraph) -> None:
-    """cross_entropy needs the network's output to be a vector of class scores."""
+    """cross_entropy needs class scores: a vector of them, or a CxHxW image of them per pixel."""
     if g.graph["loss"] != "cross_entropy":
         return
     out = g.graph["output"]
     shape = g.nodes[out]["shape"]
-    if len(shape) != 1 or shape[0] < 2:
-        what = f"is {show(shape)}" if len(shape) != 1 else f"has {shape[0]} value"
-        hint = ("to classify whole images, end the network with `flatten` and `dense units=CLASSES` (or "
-                "`globalavgpool` first); a loss per pixel, as segmentation needs, is not in the language yet"
-                if len(shape) != 1 else "end the network with `dense units=CLASSES`, one score per class")
-        raise ModelError(f"loss cross_entropy needs a vector of class scores, but the output {shown(g, out)} {what}",
-                         g.graph["loss_loc"], hint)
+    if len(shape) == 3:
+        check_pixel_loss(g, out, shape)
+    elif shape[0] < 2:
+        raise ModelError(f"loss cross_entropy needs a vector of class scores, but the output {shown(g, out)} "
+                         f"has {shape[0]} value", g.graph["loss_loc"],
+                         "end the network with `dense units=CLASSES`, one score per class")
+
+
+def check_pixel_loss(g: nx.DiGraph, out: str, shape: tuple) -> None:
+    """A per-pixel loss: the channels are the classes, so a softmax must run over them."""
+    data = g.nodes[out]
+    if data["op"] == "softmax" and data["attrs"]["axis"] != "channels":
+        raise ModelError(f"{shown(g, out)} is a softmax over the width, but `loss cross_entropy` (line "
+                         f"{g.graph['loss_loc'].line}) on its {show(shape)} output takes the classes along the "
+                         "channels", data["loc"], "write `softmax axis=channels` for a class per pixel, or end "
+                         "with `flatten` and `dense units=CLASSES` to classify whole images")
+    if shape[0] < 2:
+        raise ModelError(f"loss cross_entropy needs class scores, but the output {shown(g, out)} is {show(shape)}: "
+                         "a loss per pixel takes the classes along the channels, and it has one",
+                         g.graph["loss_loc"], "to classify whole images, end the network with `flatten` and "
+                         "`dense units=CLASSES` (or `globalavgpool` first); for a class per pixel, end it with "
+                         "`conv filters=CLASSES size=1`")
 
 
 def parameter_shapes(g: nx.DiGraph) -> dict[str, tuple]:

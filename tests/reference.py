@@ -73,7 +73,7 @@ def run_layer(op, attrs, data, xs, p, training):
     if op == "concat":
         return torch.cat(xs, dim=1)
     if op == "softmax":
-        return F.softmax(x, dim=-1)
+        return F.softmax(x, dim=1 if attrs.get("axis") == "channels" else -1)
     if op == "dropout":
         assert not training or attrs["rate"] == 0, "the reference cannot reproduce cnnc's dropout masks"
         return x

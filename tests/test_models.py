@@ -55,6 +55,22 @@ EVERY_OP = {
         dense units=5
         loss cross_entropy
     """,
+    "every_op_pixels": """
+        input 2x7x5
+        a: conv filters=4 size=3 padding=same activation=relu
+        b: conv(a) filters=3 size=3x1 padding=same bias=false batchnorm=true
+        m: maxpool(a) size=3 stride=1 padding=same
+        cat: concat(b, m)
+        conv filters=3 size=1
+        softmax axis=channels
+        loss cross_entropy
+    """,
+    "pixel_logits": """
+        input 1x5x6
+        conv filters=3 size=3 padding=1 activation=tanh
+        conv filters=4 size=1
+        loss cross_entropy
+    """,
 }
 
 
@@ -104,7 +120,7 @@ def random_step(net, seed: int, images: int = 13):
     randomize(net, rng)
     before = {n: v.copy() for n, v in net.params.items()}
     x = rng.standard_normal((images,) + net.input_shape).astype(np.float32)
-    y = rng.integers(0, net.lowered.output_shape[0], images)
+    y = rng.integers(0, net.lowered.output_shape[0], (images,) + net.label_shape)  # a class per image or pixel
     loss, grads = net.loss_and_grads(x, y)
     return before, x, y, loss, {n: g.copy() for n, g in grads.items()}
 

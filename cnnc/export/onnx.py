@@ -47,7 +47,8 @@ def layer_nodes(name: str, data: dict, srcs: list[str], params: dict, in_shape: 
     simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "dropout": "Identity",
               "globalavgpool": "GlobalAveragePool", "add": "Sum", "concat": "Concat",
               "softmax": "Softmax", "flatten": "Flatten"}
-    extra = {"concat": {"axis": 1}, "softmax": {"axis": -1}, "flatten": {"axis": 1}}.get(op, {})
+    softmax_axis = 1 if attrs.get("axis") == "channels" else -1  # NCHW: the channels of each pixel
+    extra = {"concat": {"axis": 1}, "softmax": {"axis": softmax_axis}, "flatten": {"axis": 1}}.get(op, {})
     return [helper.make_node(simple[op], srcs, [name], name=name, **extra)], []
 
 

@@ -1,4 +1,5 @@
-"""Softmax over the last axis, its backward, and the fused softmax + cross-entropy loss."""
+"""Softmax over the last axis, its backward, and the fused softmax + cross-entropy loss; the same
+over the channels of each pixel of a C x N x H x W image, for a loss per pixel (segmentation)."""
 import numpy as np
 from numba import njit
 
@@ -93,4 +94,101 @@ def cross_entropy_of_probabilities(probs, labels, dprobs, total):
         p = max(probs[n, y], 1e-30)
         loss -= np.log(p)
         dprobs[n, y] = -1.0 / (total * p)
+    return loss / total
+
+
+# Per pixel: the classes are the channels of a C x N x H x W activation, seen as (C, M) with
+# M = N*H*W pixels; labels are (N, H, W), seen as (M,). The loops run over contiguous pixels.
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _softmax_channels(x2, o2):
+    """o2[:, m] = softmax(x2[:, m]) for every pixel m of (C, M); returns the pixels' maxima and
+    float64 sums of exp (M,)."""
+    C, M = x2.shape
+    top = np.empty(M, x2.dtype)
+    sums = np.zeros(M)
+    for m in range(M):
+        top[m] = x2[0, m]
+    for c in range(1, C):
+        for m in range(M):
+            top[m] = max(top[m], x2[c, m])
+    for c in range(C):
+        for m in range(M):
+            e = np.exp(x2[c, m] - top[m])
+            o2[c, m] = e
+            sums[m] += e
+    for c in range(C):
+        for m in range(M):
+            o2[c, m] *= o2.dtype.type(1.0 / sums[m])
+    return top, sums
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def softmax_channels_forward(x, out):
+    """out = softmax(x) over the channels of each pixel, x and out C x N x H x W."""
+    C = x.shape[0]
+    _softmax_channels(x.reshape(C, -1), out.reshape(C, -1))
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def softmax_channels_backward(out, dout, dx):
+    """dx += out * (dout - sum over channels of dout * out), per pixel."""
+    C = out.shape[0]
+    o2, g2, dx2 = out.reshape(C, -1), dout.reshape(C, -1), dx.reshape(C, -1)
+    M = o2.shape[1]
+    s = np.zeros(M)
+    for c in range(C):
+        for m in range(M):
+            s[m] += g2[c, m] * o2[c, m]
+    for c in range(C):
+        for m in range(M):
+            dx2[c, m] += o2[c, m] * (g2[c, m] - o2.dtype.type(s[m]))
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def pixel_softmax_cross_entropy(logits, labels, probs, dlogits, total):
+    """Cross-entropy of the softmax over channels of logits (C,N,H,W) against int labels (N,H,W),
+    summed over the pixels in float64 and divided by `total`, the pixels of the whole step
+    (N*H*W for a step of one replica): PyTorch's F.cross_entropy on (N,C,H,W), reduction 'mean'.
+
+    Writes probs and dlogits = (probs - onehot(labels)) / total (overwritten)."""
+    C = logits.shape[0]
+    x2, p2, d2 = logits.reshape(C, -1), probs.reshape(C, -1), dlogits.reshape(C, -1)
+    y = labels.reshape(-1)
+    top, sums = _softmax_channels(x2, p2)
+    inv_n = probs.dtype.type(1.0 / total)
+    for c in range(C):
+        for m in range(x2.shape[1]):
+            d2[c, m] = p2[c, m] * inv_n
+    loss = 0.0
+    for m in range(x2.shape[1]):
+        k = y[m]
+        if k < 0 or k >= C:
+            raise ValueError("pixel_softmax_cross_entropy: label out of range")
+        d2[k, m] -= inv_n
+        loss += np.log(sums[m]) + top[m] - x2[k, m]
+    return loss / total
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def pixel_cross_entropy_of_probabilities(probs, labels, dprobs, total):
+    """cross_entropy_of_probabilities per pixel: probs (C,N,H,W) from a softmax over channels that
+    was not fused with its loss, labels (N,H,W), `total` the pixels of the whole step.
+
+    Writes dprobs = -onehot / (total * probs) (overwritten); probabilities clamped at 1e-30."""
+    C = probs.shape[0]
+    p2, d2 = probs.reshape(C, -1), dprobs.reshape(C, -1)
+    y = labels.reshape(-1)
+    for c in range(C):
+        for m in range(p2.shape[1]):
+            d2[c, m] = 0.0
+    loss = 0.0
+    for m in range(p2.shape[1]):
+        k = y[m]
+        if k < 0 or k >= C:
+            raise ValueError("pixel_cross_entropy_of_probabilities: label out of range")
+        p = max(p2[k, m], 1e-30)
+        loss -= np.log(p)
+        d2[k, m] = -1.0 / (total * p)
     return loss / total

@@ -140,13 +140,22 @@ def loss_lines(ctx: Context) -> list[str]:
     g = ctx.g
     out = g.graph["output"]
     logits = g.nodes[out]["op"] != "softmax"
-    lines = [f"# loss: {'softmax + cross-entropy, fused and stable' if logits else 'cross-entropy of probabilities'}",
+    shape = g.nodes[out]["shape"]
+    per_pixel = len(shape) == 3  # a class per pixel: the loss is the mean over every pixel of the step
+    kernel = ("pixel_" if per_pixel else "") + ("softmax_cross_entropy" if logits else "cross_entropy_of_probabilities")
+    count = f"total * {shape[1] * shape[2]}" if per_pixel else "total"
+    what = "softmax + cross-entropy, fused and stable" if logits else "cross-entropy of probabilities"
+    lines = [f"# loss: {what}" + (", per pixel over the channels" if per_pixel else ""),
              f"{ctx.grad(out)} = np.empty({ctx.shape(out)}, np.float32)"]
+    note = "  # the mean over the step's pixels" if per_pixel else ""
     if logits:
         lines += [f"probs = np.empty({ctx.shape(out)}, np.float32)",
-                  f"loss = softmax_cross_entropy({ctx.var(out)}, y, probs, {ctx.grad(out)}, total)"]
+                  f"loss = {kernel}({ctx.var(out)}, y, probs, {ctx.grad(out)}, {count}){note}"]
     else:
-        lines += [f"loss = cross_entropy_of_probabilities({ctx.var(out)}, y, {ctx.grad(out)}, total)"]
+        lines += [f"loss = {kernel}({ctx.var(out)}, y, {ctx.grad(out)}, {count}){note}"]
+    if per_pixel:  # CNHW: a pixel's classes are the first axis
+        return lines + [f"correct = int(np.count_nonzero({ctx.var(out)}.argmax(axis=0) == y))"
+                        "  # right pixels: training accuracy comes free with the loss"]
     return lines + [f"correct = int(np.count_nonzero({ctx.var(out)}.argmax(axis=1) == y))"
                     "  # training accuracy comes free with the loss"]
 
@@ -175,7 +184,9 @@ def loss_and_grads_function(ctx: Context) -> list[str]:
              "first = replicas is None or replicas.first  # the replica that updates running statistics"]
     lines += forward_lines(ctx, training=True) + [""] + loss_lines(ctx) + [""] + backward_lines(ctx)
     lines.append("return loss, correct")
-    doc = (f"Training step without the update: x float32 N x {show(in_shape)}, y int64 labels; "
+    out_shape = ctx.g.nodes[ctx.g.graph["output"]]["shape"]
+    labels = f"int64 masks N x {show(out_shape[1:])} (a class per pixel)" if len(out_shape) == 3 else "int64 labels"
+    doc = (f"Training step without the update: x float32 N x {show(in_shape)}, y {labels}; "
            "writes gradients into G, returns the mean loss and the number of right answers.\n\n"
            "    One of several replicas of a step (cnnc/replicas.py), it gets `total`, the images of the whole\n"
            "    step, `start`, the index of x's first image in it (which keys its dropout masks), and\n"

@@ -20,13 +20,15 @@ This module owns the three data layouts of the contract and every error a user's
      ``RGBA``/``CMYK`` and ``P`` with transparency (4), and 16/32-bit modes (``I;16``, ``I``,
      ``F``), which have no lossless 8-bit reading.
 
-   Nothing is resized. An animated GIF contributes its first frame.
+   Nothing is resized. An animated GIF contributes its first frame. For a model with a loss per
+   pixel each split holds ``images/`` and ``masks/`` in place of class folders (`_load_mask_folders`).
 2. An ``.npz`` file, or a folder holding exactly one, with ``x_train, y_train, x_test, y_test``
    as Keras's mnist.npz. Images are N x H x W (1-channel models only), N x C x H x W or
    N x H x W x C: a 4-d array is read as NCHW when its trailing dims equal the model's (C, H, W),
    else as NHWC when they equal (H, W, C); NCHW wins when both match (e.g. 3x3x3). uint8 is
    scaled to [0, 1], float16/32/64 is taken as is (it must be finite), other dtypes are errors.
-   Labels are integers (float labels only when all are whole numbers), shape N or N x 1.
+   Labels are integers (float labels only when all are whole numbers), shape N or N x 1; for a
+   model with a loss per pixel they are masks, N x H x W (or N x 1 x H x W), a class per pixel.
 3. A folder with the MNIST/Fashion-MNIST IDX files ``train-images-idx3-ubyte``,
    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
    optionally ``.gz`` (the uncompressed file wins when both exist). The IDX header is parsed here.
@@ -89,8 +91,12 @@ class Dataset:
 # Entry points
 
 
-def load_dataset(path, input_shape, num_classes=None, split=SPLITS, progress=None) -> Dataset:
+def load_dataset(path, input_shape, num_classes=None, split=SPLITS, progress=None, label_shape=()) -> Dataset:
     """Read DATA in whichever of the three layouts it has, checked against the model's (C, H, W).
+
+    `label_shape` is one image's label: () for a class per image, (H, W) for a mask, a class per
+    pixel (a model whose loss is per pixel): npz and IDX labels are then N x H x W arrays, and an
+    image folder holds ``images/`` and ``masks/`` per split (see `_load_mask_folders`).
 
     `split` names the splits to load ("train", "test"); the others are left None. Labels must
     lie in [0, num_classes) when num_classes is given. Decoding a folder of images takes a while
@@ -108,15 +114,17 @@ def load_dataset(path, input_shape, num_classes=None, split=SPLITS, progress=Non
         raise DataError(path, f"is neither a file nor a folder; {EXPECTED_LAYOUTS}")
     if path.is_file():
         if path.suffix.lower() == ".npz":
-            return _load_npz(path, input_shape, num_classes, split)
+            return _load_npz(path, input_shape, num_classes, split, label_shape)
         hint = "pass the folder that holds the IDX files" if "idx" in path.name else None
         raise DataError(path, f"not a data set: {EXPECTED_LAYOUTS}", hint=hint)
     layout = _detect_layout(path)
+    if layout == "images" and label_shape:
+        return _load_mask_folders(path, input_shape, num_classes, split, progress)
     if layout == "images":
         return _load_image_folders(path, input_shape, num_classes, split, progress)
     if layout == "idx":
-        return _load_idx_folder(path, input_shape, num_classes, split)
-    return _load_npz(layout, input_shape, num_classes, split)
+        return _load_idx_folder(path, input_shape, num_classes, split, label_shape)
+    return _load_npz(layout, input_shape, num_classes, split, label_shape)
 
 
 def load_images(paths, input_shape) -> np.ndarray:
@@ -370,10 +378,90 @@ def _gray_palette(im) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Layout 1 for a class per pixel: folders of images and their masks
+
+
+MASK_FOLDERS = ("images", "masks")
+
+
+def _load_mask_folders(root: Path, input_shape, num_classes, split, progress) -> Dataset:
+    """``DATA/train/images/NAME.png`` with its mask ``DATA/train/masks/NAME.png`` (any image
+    suffix; image and mask are paired by the name without it), and optionally the same under
+    ``test/``. A mask is a 1-channel image of the model's output H x W whose pixel values are the
+    class indices: mode ``L``, ``P`` (the palette indices; VOC's masks) or ``1`` (0 and 1)."""
+    _require_splits(root, split, {s: (root / s).is_dir() for s in SPLITS}, "folder")
+    listed = {s: _list_mask_split(root / s) for s in SPLITS if s in split and (root / s).is_dir()}
+    total = sum(len(images) for images, _ in listed.values())
+    per_image = math.prod(input_shape) * 5 + math.prod(input_shape[1:]) * 9  # uint8 + float32; uint8 + int64
+    _check_fits(root, total * per_image, f"{total:,} images of {_fmt(input_shape)} and their masks take "
+                "as bytes, float32 and int64")
+    counter = _Progress(progress, total)
+    out = {}
+    for s, (images, masks) in listed.items():
+        x = _to_float(_decode_all(images, input_shape, counter))
+        y = np.stack([_decode_mask(m, input_shape[1:]) for m in masks]).astype(np.int64) if masks else \
+            np.zeros((0, *input_shape[1:]), np.int64)
+        _check_labels(root / s / "masks", y, num_classes, "a mask")
+        out[s] = (x, y)
+    return _numbered_dataset(out, num_classes, f"image and mask folders in {root}")
+
+
+def _list_mask_split(split_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The images of a split and their masks, paired by name; a DataError for a missing folder, an
+    image without a mask or a mask without an image."""
+    folders = {}
+    for name in MASK_FOLDERS:
+        folder = split_dir / name
+        if not folder.is_dir():
+            raise DataError(split_dir, f"has no {name}/ folder; a model with a loss per pixel takes "
+                            f"{split_dir.name}/images/*.png and their masks {split_dir.name}/masks/*.png",
+                            hint="put each image in images/ and its mask, a class index per pixel, "
+                            "under the same name in masks/")
+        folders[name] = {}
+        for f in _image_files(folder):
+            if f.stem in folders[name]:
+                raise DataError(f, f"has the name of {folders[name][f.stem].name} without its suffix; "
+                                "images and masks are paired by that name")
+            folders[name][f.stem] = f
+    images, masks = folders["images"], folders["masks"]
+    if not images:
+        raise DataError(split_dir / "images", f"holds no images (files ending in {', '.join(IMAGE_SUFFIXES)})")
+    for stem, f in images.items():
+        if stem not in masks:
+            raise DataError(f, f"has no mask: expected {split_dir.name}/masks/{stem}.png")
+    for stem, f in masks.items():
+        if stem not in images:
+            raise DataError(f, f"is a mask without an image: expected {split_dir.name}/images/{stem}.png")
+    stems = sorted(images)
+    return [images[s] for s in stems], [masks[s] for s in stems]
+
+
+def _decode_mask(path: Path, label_shape) -> np.ndarray:
+    """One mask as an H x W array of class indices."""
+    from PIL import Image
+
+    h, w = label_shape
+    try:
+        with Image.open(path) as im:
+            if im.size != (w, h):
+                raise DataError(path, f"the model's output has {h}x{w} pixels but this mask is "
+                                f"{im.height}x{im.width}", hint="cnnc does not resize masks")
+            if im.mode not in ("L", "P", "1"):
+                raise DataError(path, f"a mask must be a 1-channel image of class indices (mode L, P or 1), "
+                                f"not {im.mode}", hint="save the mask as 8-bit gray with the class index as "
+                                "each pixel's value")
+            return np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for corrupt files
+        raise DataError(path, f"cannot read mask: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
 # Layout 2: npz
 
 
-def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
+def _load_npz(path: Path, input_shape, num_classes, split, label_shape=()) -> Dataset:
     """Only the x_/y_ arrays of the splits asked for are read, each after its header is checked."""
     with NpzReader(path, ".npz file (a zip of .npy arrays) holding x_train, y_train, x_test, y_test") as npz:
         keys = set(npz.names)
@@ -391,7 +479,7 @@ def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
             _check_fits(path, math.prod(shape) * (dtype.itemsize + 4), f"x_{s} ({_fmt(shape)} {dtype}) "
                         "takes as read and as float32")
             x = _images_from_array(npz.read(f"x_{s}"), input_shape, path, f"x_{s}")
-            y = _labels_from_array(npz.read(f"y_{s}"), path, f"y_{s}")
+            y = _labels_from_array(npz.read(f"y_{s}"), path, f"y_{s}", label_shape)
             _check_labels(path, y, num_classes, f"y_{s}")
             _check_lengths(path, x, y, f"x_{s}", f"y_{s}")
             out[s] = (x, y)
@@ -402,7 +490,7 @@ def _load_npz(path: Path, input_shape, num_classes, split) -> Dataset:
 # Layout 3: IDX files
 
 
-def _load_idx_folder(folder: Path, input_shape, num_classes, split) -> Dataset:
+def _load_idx_folder(folder: Path, input_shape, num_classes, split, label_shape=()) -> Dataset:
     found = {s: [_idx_file(folder, n) for n in IDX_FILES[s]] for s in SPLITS}
     _require_splits(folder, split, {s: any(found[s]) for s in SPLITS}, "idx")
     out = {}
@@ -414,7 +502,7 @@ def _load_idx_folder(folder: Path, input_shape, num_classes, split) -> Dataset:
                 raise DataError(folder / name, f"missing (the folder holds the other {s} file)")
         images_path, labels_path = found[s]
         x = _images_from_array(read_idx(images_path), input_shape, images_path)
-        y = _labels_from_array(read_idx(labels_path), labels_path)
+        y = _labels_from_array(read_idx(labels_path), labels_path, label_shape=label_shape)
         _check_labels(labels_path, y, num_classes)
         if len(x) != len(y):
             raise DataError(labels_path, f"holds {len(y)} labels but {images_path.name} "
@@ -507,13 +595,35 @@ def _to_float(u8: np.ndarray) -> np.ndarray:
     return x
 
 
-def _labels_from_array(y: np.ndarray, path, name: str = "the file") -> np.ndarray:
+def _labels_from_array(y: np.ndarray, path, name: str = "the file", label_shape=()) -> np.ndarray:
+    if label_shape:
+        return _masks_from_array(y, path, name, label_shape)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         hint = "store class indices, e.g. y.argmax(axis=1)" if y.ndim == 2 else None
+        if y.ndim == 3:
+            hint = ("a class per pixel needs a model that ends in a CxHxW output with `softmax axis=channels`"
+                    " (or logits) before `loss cross_entropy`")
         raise DataError(path, f"{name} has shape {_fmt(y.shape)}; expected one class index "
                         "per image", hint=hint)
+    return _integer_labels(y, path, name)
+
+
+def _masks_from_array(y: np.ndarray, path, name: str, label_shape) -> np.ndarray:
+    """Masks, a class per pixel: N x H x W (or N x 1 x H x W) for a model whose output is C x H x W."""
+    if y.ndim == 4 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 3 or y.shape[1:] != tuple(label_shape):
+        hint = ("a model with a loss per pixel takes a mask per image, not one class"
+                if y.ndim in (1, 2) else "cnnc does not resize masks")
+        raise DataError(path, f"{name} has shape {_fmt(y.shape)} but the model's output has "
+                        f"{_fmt(label_shape)} pixels: expected N x {_fmt(label_shape)} masks, "
+                        "a class index per pixel", hint=hint)
+    return _integer_labels(y, path, name)
+
+
+def _integer_labels(y: np.ndarray, path, name: str) -> np.ndarray:
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y) & (y == np.round(y))):
             raise DataError(path, f"{name} holds labels that are not whole numbers; "
@@ -541,8 +651,12 @@ def _check_labels(path, y: np.ndarray, num_classes, name: str = "the file"):
     if low < 0:
         raise DataError(path, f"{name} holds label {low}; class indices start at 0")
     if num_classes is not None and high >= num_classes:
+        hint = None
+        if y.ndim == 3:
+            hint = ("a mask's values are class indices; a 0/255 black-and-white mask means classes 0 and 255: "
+                    "store it as 0/1" if high == 255 else "a mask's values are class indices")
         raise DataError(path, f"{name} holds label {high} but the model has {num_classes} "
-                        f"classes (0-{num_classes - 1})")
+                        f"classes (0-{num_classes - 1})", hint=hint)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import signal
 import threading
 import time
@@ -87,8 +88,10 @@ def epoch_lr(r: Recipe, epoch: int) -> float:
 
 def loss_and_predictions(net: Network, x: np.ndarray, y: np.ndarray,
                          batch: int | None = None) -> tuple[float, np.ndarray]:
-    """Inference's cross-entropy summed over the images, and the class it predicts for each. A softmax
-    output is taken as probabilities (one below 1e-12 counts as 1e-12), any other output as logits."""
+    """Inference's cross-entropy summed over the labels, and the class it predicts for each label: one
+    per image, or one per pixel (N x H x W) for a model with a class per pixel, whose classes run
+    along axis 1 as well. A softmax output is taken as probabilities (one below 1e-12 counts as
+    1e-12), any other output as logits."""
     batch = batch or net.inference_batch
     softmax = net.parsed.nodes[net.parsed.graph["output"]]["op"] == "softmax"
     total, predicted = 0.0, [np.zeros(0, np.int64)]
@@ -99,18 +102,19 @@ def loss_and_predictions(net: Network, x: np.ndarray, y: np.ndarray,
         else:
             shifted = out - out.max(axis=1, keepdims=True)
             log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        total -= float(log_p[np.arange(len(labels)), labels].sum())
+        total -= float(np.take_along_axis(log_p, labels[:, None], axis=1).sum())
         predicted.append(out.argmax(axis=1))
     return total, np.concatenate(predicted)
 
 
 def shared_evaluation(net: Network, x: np.ndarray, y: np.ndarray, world) -> tuple[float, float]:
-    """Mean loss and accuracy over a split whose images the ranks share out, each running its own."""
+    """Mean loss and accuracy over a split whose images the ranks share out, each running its own:
+    per image, or per pixel for a model with a class per pixel."""
     part = rank_share(len(x), world.rank, world.size)
     loss, predicted = loss_and_predictions(net, x[part], y[part])
     both = np.array([loss, np.count_nonzero(predicted == y[part])], np.float64)
     world.sum(both, "the test loss and accuracy")
-    return float(both[0]) / len(x), float(both[1]) / len(x)
+    return float(both[0]) / y.size, float(both[1]) / y.size
 
 
 LARGE_PIXEL = 1e3  # pixel values beyond this are a data set's scaling mistake, not a learning rate's
@@ -251,7 +255,8 @@ class Trainer:
         if self.data.x_test is not None and len(self.data.x_test):
             test_loss, test_accuracy = shared_evaluation(net, self.data.x_test, self.data.y_test, world)
         self.epoch += 1
-        report = EpochReport(epoch=self.epoch, loss=total_loss / seen, train_accuracy=correct / seen,
+        labels = seen * math.prod(net.label_shape)  # images, or pixels for a class per pixel
+        report = EpochReport(epoch=self.epoch, loss=total_loss / seen, train_accuracy=correct / labels,
                              test_loss=test_loss, test_accuracy=test_accuracy, seconds=seconds,
                              images_per_second=seen / seconds)
         self.history.append(metrics_row(report, lr))
