@@ -272,7 +272,7 @@ def test_eval_reports_pixel_accuracy_and_iou(data, trained):
 
 def test_mean_iou_leaves_out_classes_in_neither_labels_nor_predictions():
     confusion = np.array([[6, 2, 0], [1, 3, 0], [0, 0, 0]])
-    ev = Evaluation(9 / 12, ["a", "b", "c"], confusion, per_pixel=True)
+    ev = Evaluation(loss=0.5, accuracy=9 / 12, classes=["a", "b", "c"], confusion=confusion, per_pixel=True)
     assert ev.iou()[:2] == pytest.approx([6 / 9, 3 / 6]) and np.isnan(ev.iou()[2])
     assert ev.mean_iou() == pytest.approx((6 / 9 + 3 / 6) / 2)
 

@@ -94,7 +94,7 @@ def loss_and_predictions(net: Network, x: np.ndarray, y: np.ndarray,
     1e-12), any other output as logits."""
     batch = batch or net.inference_batch
     softmax = net.parsed.nodes[net.parsed.graph["output"]]["op"] == "softmax"
-    total, predicted = 0.0, [np.zeros(0, np.int64)]
+    total, predicted = 0.0, [np.zeros((0, *y.shape[1:]), np.int64)]
     for i in range(0, len(x), batch):
         out, labels = net.forward(x[i:i + batch]).astype(np.float64), y[i:i + batch]
         if softmax:
