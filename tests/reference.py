@@ -30,7 +30,8 @@ def _avgpool(x, attrs, pads):
 def run_layer(op, attrs, data, xs, p, training):
     x = xs[0] if xs else None
     if op == "conv":
-        return F.conv2d(_pad(x, data["pads"]), p["weight"], p.get("bias"), stride=attrs["stride"])
+        return F.conv2d(_pad(x, data["pads"]), p["weight"], p.get("bias"), stride=attrs["stride"],
+                        dilation=attrs["dilation"], groups=attrs["groups"])
     if op == "maxpool":
         return F.max_pool2d(_pad(x, data["pads"], float("-inf")), attrs["size"], attrs["stride"])
     if op == "avgpool":

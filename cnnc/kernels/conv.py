@@ -120,21 +120,23 @@ def _unpad_add(dxp, n0, pt, pl, kh, kw, sh, sw, dx):
 
 
 @njit(cache=True, fastmath=True)
-def _im2col(xp, kh, kw, sh, sw, oh, cols):
-    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, (i%sh)*sw + j%sw, p + i//sh, q + j//sw]:
-    one contiguous run per tap and image (the extra zero row keeps the last run inside)."""
+def _im2col(xp, kh, kw, sh, sw, dh, dw, oh, cols):
+    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, (u%sh)*sw + v%sw, p + u//sh, q + v//sw] with
+    (u, v) = (i*dh, j*dw), the tap's offset: one contiguous run per tap and image (the extra
+    zero row keeps the last run inside)."""
     C, m, WP = xp.shape[0], xp.shape[1], xp.shape[4]
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
-                start = (i // sh) * WP + j // sw
+                u, v = i * dh, j * dw
+                start = (u // sh) * WP + v // sw
                 for n in range(m):
-                    _copy(row[n * oh * WP:], xp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], oh * WP)
+                    _copy(row[n * oh * WP:], xp[c, n, (u % sh) * sw + v % sw].reshape(-1)[start:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
-def _col2im_add(cols, kh, kw, sh, sw, oh, dxp):
+def _col2im_add(cols, kh, kw, sh, sw, dh, dw, oh, dxp):
     """The adjoint of _im2col: each tap's run added back into its phase. The discarded columns
     are added too: they are exactly zero (W.T times zero columns of g), so where they land does
     not matter."""
@@ -143,9 +145,10 @@ def _col2im_add(cols, kh, kw, sh, sw, oh, dxp):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
-                start = (i // sh) * WP + j // sw
+                u, v = i * dh, j * dw
+                start = (u // sh) * WP + v // sw
                 for n in range(m):
-                    _add(dxp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], row[n * oh * WP:], oh * WP)
+                    _add(dxp[c, n, (u % sh) * sw + v % sw].reshape(-1)[start:], row[n * oh * WP:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
@@ -199,15 +202,24 @@ def _add_transposed(dst, src):
             dst[f, r] += src[r, f]
 
 
+@njit(cache=True, fastmath=True)
+def _block(buf, index, rows, columns):
+    """The index-th (rows, columns) matrix of a flat buffer of them: one group's rows."""
+    return buf[index * rows * columns:(index + 1) * rows * columns].reshape(rows, columns)
+
+
 @njit(cache=True, nogil=True, fastmath=True)
-def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, relu):
-    """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it is empty."""
-    F, C, KH, KW = w.shape
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HPh, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, relu):
+    """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it
+    is empty. Taps are dil_h x dil_w apart; with groups > 1 each group of F/groups filters sees
+    its C/groups channels (w is (F, C/groups, KH, KW)): one product per group."""
+    F, Cg, KH, KW = w.shape
+    C, N, OH, OW = x.shape[0], x.shape[1], out.shape[2], out.shape[3]
+    EKH, EKW = (KH - 1) * dil_h + 1, (KW - 1) * dil_w + 1  # the extent of the dilated kernel
+    HPh, ld = _layout(EKH, EKW, OH, OW, stride_h, stride_w)
     phases = stride_h * stride_w
-    rows = C * KH * KW
-    wmat = w.reshape(F, rows)
+    rows, group_rows, group_filters = C * KH * KW, Cg * KH * KW, F // groups
+    wflat = w.reshape(-1)
     nb = _chunk(rows, N, OH * ld)
     xp_buf = np.empty(C * nb * phases * (HPh + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
@@ -217,28 +229,32 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
         xp = xp_buf[:C * m * phases * (HPh + 1) * ld].reshape(C, m, phases, HPh + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
-        _pad_chunk(x, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
-        np.dot(wmat, cols, prod)
+        _pad_chunk(x, n0, pad_top, pad_left, EKH, EKW, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, cols)
+        L = m * OH * ld
+        for k in range(groups):
+            np.dot(_block(wflat, k, group_filters, group_rows), _block(cols_buf, k, group_rows, L),
+                   _block(prod_buf, k, group_filters, L))
         _bias_relu_store(prod, b, residual, relu, n0, ld, out)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, relu, need_dx):
-    """dw and db are overwritten; dx (when need_dx) is added into."""
-    F, C, KH, KW = w.shape
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HPh, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups,
+                    relu, need_dx):
+    """dw and db are overwritten; dx (when need_dx) is added into. Dilation and groups as in conv2d_forward."""
+    F, Cg, KH, KW = w.shape
+    C, N, OH, OW = x.shape[0], x.shape[1], out.shape[2], out.shape[3]
+    EKH, EKW = (KH - 1) * dil_h + 1, (KW - 1) * dil_w + 1
+    HPh, ld = _layout(EKH, EKW, OH, OW, stride_h, stride_w)
     phases = stride_h * stride_w
-    rows = C * KH * KW
-    wmat = w.reshape(F, rows)
-    dw2 = dw.reshape(F, rows)
+    rows, group_rows, group_filters = C * KH * KW, Cg * KH * KW, F // groups
+    wflat, dwflat = w.reshape(-1), dw.reshape(-1)
     nb = _chunk(rows, N, OH * ld)
     xp_buf = np.empty(C * nb * phases * (HPh + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     g_buf = np.empty(F * nb * OH * ld, x.dtype)
-    dw_part = np.empty((rows, F), x.dtype)  # dw transposed: see _add_transposed
-    dw2[:] = 0
+    dw_part = np.empty((group_rows, group_filters), x.dtype)  # one group's dw transposed: see _add_transposed
+    dwflat[:] = 0
     db[:] = 0
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
@@ -246,15 +262,19 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)
-        _pad_chunk(x, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
-        np.dot(cols, g.T, dw_part)
-        _add_transposed(dw2, dw_part)
+        _pad_chunk(x, n0, pad_top, pad_left, EKH, EKW, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, cols)
+        L = m * OH * ld
+        for k in range(groups):
+            np.dot(_block(cols_buf, k, group_rows, L), _block(g_buf, k, group_filters, L).T, dw_part)
+            _add_transposed(_block(dwflat, k, group_filters, group_rows), dw_part)
         if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
-            np.dot(wmat.T, g, cols)
+            for k in range(groups):
+                np.dot(_block(wflat, k, group_filters, group_rows).T, _block(g_buf, k, group_filters, L),
+                       _block(cols_buf, k, group_rows, L))
             xp[:] = 0
-            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, xp)
-            _unpad_add(xp, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, dx)
+            _col2im_add(cols, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, xp)
+            _unpad_add(xp, n0, pad_top, pad_left, EKH, EKW, stride_h, stride_w, dx)
 
 
 # ---- 3x3, stride 1: Winograd F(2x2, 3x3) ----------------------------------------------------

@@ -25,7 +25,7 @@ EMITTERS = {
     "relu": elementwise, "sigmoid": elementwise, "tanh": elementwise, "dropout": elementwise,
     "add": join, "concat": join,
 }
-KERNEL_MODULES = ("conv", "pool", "dense", "elementwise", "norm", "loss", "layout")
+KERNEL_MODULES = ("conv", "depthwise", "pool", "dense", "elementwise", "norm", "loss", "layout")
 
 
 @dataclass(frozen=True)
