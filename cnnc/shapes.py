@@ -84,7 +84,7 @@ def window(layer: Layer, kind: str) -> tuple[int, int]:
         raise layer.error(
             f"{layer.name}: the {kind} {kh}x{kw}{dilated} is larger than its input {layer.sources[0]}'s{padded} "
             f"{h + top + bottom}x{w + left + right} (input {show((c, h, w))})",
-            "use padding=same, a smaller size, or remove a pooling layer before it")
+            f"use padding=same, a smaller size{' or dilation' if dilated else ''}, or remove a pooling layer before it")
     if kind == "window" and (max(top, bottom) >= kh or max(left, right) >= kw):
         raise layer.error(f"{layer.name}: padding {max(top, bottom)}x{max(left, right)} leaves windows "
                           f"with no real element for size {kh}x{kw}", "use a padding smaller than the size")
