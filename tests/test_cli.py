@@ -131,6 +131,17 @@ def test_dot_labels_show_op_keys_shape_and_what_fused(capsys):
     assert "filters=6 size=5 padding=same" in out and "6x28x28" in out and "fused relu1" in out
 
 
+def test_dot_labels_and_summary_show_groups_and_dilation(capsys):
+    _, out, _ = run(capsys, "dot", ROOT / "examples" / "mobilenet_v1.cnn")
+    assert "filters=64 size=3 stride=2 padding=1 groups=64" in out and "64x16x16" in out
+    parsed = check_file(ROOT / "examples" / "mobilenet_v1.cnn")
+    text = render_summary(parsed, *optimized(parsed))
+    assert "parameters: 3,239,114 (3,217,226 trainable, 21,888 running statistics)" in text.splitlines()
+    g = check_file(ROOT / "examples" / "padding_modes.cnn")
+    assert "dilation" not in ops.describe("conv", g.nodes["conv1"]["attrs"])  # defaults are left out
+    assert ops.describe("conv", {**g.nodes["conv1"]["attrs"], "dilation": (2, 1)}).endswith("dilation=2x1")
+
+
 def test_dot_to_a_file(tmp_path, capsys):
     target = tmp_path / "g.dot"
     code, out, _ = run(capsys, "dot", LENET, "--stage", "parsed", "-o", target)
