@@ -19,6 +19,11 @@ run of one phase, the phase (i % sh, j % sw) from row i // sh, column j // sw on
 long block copies at every stride (10x faster than gathering rows of 16 at stride 1, 3x at
 stride 2). The price is WPh - OW discarded columns per output row, e.g. 2 for 16 at stride 1
 and 1 for 16 at stride 2 with 3x3 filters: 6-12% more product work.
+
+Dilation: tap (i, j) starts at offset (i*dh, j*dw) instead of (i, j), and the padded area is the
+dilated kernel's extent; the runs stay contiguous. Groups: the column matrix holds every channel's
+rows, group by group, and each group's filters are one product against their rows.
+(Depthwise layers, one group per channel, run in kernels/depthwise.py instead.)
 """
 import numpy as np
 from numba import njit
