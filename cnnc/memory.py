@@ -152,7 +152,8 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         nb = max(1, min(n, WINOGRAD_TILES // max(th * tw, xh * xw)))
         return FLOAT * (16 * (2 * c * f + (c + f) * nb * (th * tw + xh * xw)) + f * nb * oh * ow + c * f * 10)
 
-    forward = winograd if winograd_applies(c, data["attrs"]) else im2col
+    pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and (oh, ow) == (h, w)  # one product straight into the output
+    forward = winograd if winograd_applies(c, data["attrs"]) else (lambda n: 0) if pointwise else im2col
     if not training:
         return forward
     backward = winograd_backward if winograd_backward_applies(c, data) else im2col
