@@ -24,7 +24,8 @@ def backward(layer, out, dx, need_dx=True):
     return dw, db
 
 
-# (C, multiplier, N, H, W, K, stride, padding mode, dilation)
+# (C, multiplier, N, H, W, K, stride, padding mode, dilation). At stride 1, outputs 8 or more wide
+# run as whole-plane runs (_forward_stride1), narrower ones row by row: both are here.
 GEOMETRIES = [
     (3, 1, 2, 9, 7, 3, (1, 1), "same", (1, 1)),
     (4, 1, 3, 8, 8, 3, (1, 1), "valid", (1, 1)),

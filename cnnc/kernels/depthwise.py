@@ -12,25 +12,89 @@ The kernels are serial, as the other kernels: the runtime runs slices of the bat
 import numpy as np
 from numba import njit
 
+# _forward_stride1's whole-plane runs pay from this output width on: at batch 64 they took
+# mobilenet_v1's 32-, 16- and 8-wide layers from 10.7, 11.9 and 7.2 ms to 7.2, 7.7 and 5.1 ms,
+# but its 4- and 2-wide ones from 4.0 and 2.2 to 4.5 and 5.2 (a loaded machine: rough figures).
+WIDE_MIN_WIDTH = 8
+
 
 @njit(cache=True, fastmath=True)
-def _tap_columns(offset, stride, width, out_width):
-    """[q0, q1): the output columns q whose input column q*stride + offset is inside [0, width)."""
-    q0 = (-offset + stride - 1) // stride if offset < 0 else 0
-    last = width - 1 - offset
-    q1 = last // stride + 1 if last >= 0 else 0
-    return q0, max(q0, min(q1, out_width))
+def _tap_columns(KW, dil_w, pad_left, stride, width, out_width):
+    """cols[j] = [q0, q1): the output columns q whose input column q*stride + j*dil_w - pad_left
+    is inside [0, width), for each tap column j. Computed once per call: the divisions cost more
+    than a short row's work when done per row (mobilenet's last planes are 2x2 and 4x4)."""
+    cols = np.empty((KW, 2), np.int64)
+    for j in range(KW):
+        offset = j * dil_w - pad_left
+        q0 = (-offset + stride - 1) // stride if offset < 0 else 0
+        last = width - 1 - offset
+        q1 = last // stride + 1 if last >= 0 else 0
+        cols[j, 0], cols[j, 1] = q0, max(q0, min(q1, out_width))
+    return cols
+
+
+@njit(cache=True, fastmath=True)
+def _pad_plane(src, pad_top, pad_left, xp, WP):
+    """Copies the plane src into xp (flat, rows WP apart) at (pad_top, pad_left), what fits; the
+    rest of xp is left as it is: zero, as the caller made it, at the same places for every plane."""
+    HP = xp.size // WP - 1
+    for h in range(min(src.shape[0], HP - pad_top)):
+        row, base = src[h], (h + pad_top) * WP + pad_left
+        for q in range(min(src.shape[1], WP - pad_left)):
+            xp[base + q] = row[q]
+
+
+@njit(cache=True, fastmath=True)
+def _forward_stride1(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu):
+    """depthwise_forward at stride 1, plane by plane over a zero-padded copy xp of the input plane,
+    HP x WP (what the windows cover, one zero row more). Output (p, q) is computed at p*WP + q of a
+    "wide" plane, so each tap is one contiguous run over the whole plane: wide[o] += w * xp[o + tap
+    offset], vectorized and long (per row, the loop set-up of 9 short runs cost more than their
+    work on 32-wide planes); columns q >= OW are discarded."""
+    C, N = x.shape[0], x.shape[1]
+    F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
+    OH, OW = out.shape[2], out.shape[3]
+    mult, add = F // C, residual.size != 0
+    WP = OW + (KW - 1) * dil_w
+    HP = OH + (KH - 1) * dil_h
+    run = OH * WP
+    xp = np.zeros((HP + 1) * WP, x.dtype)  # the last taps' runs reach into the extra row
+    wide = np.empty(run, x.dtype)
+    for c in range(C):
+        for n in range(N):
+            _pad_plane(x[c, n], pad_top, pad_left, xp, WP)
+            for f in range(c * mult, (c + 1) * mult):
+                for o in range(run):
+                    wide[o] = 0
+                for i in range(KH):
+                    for j in range(KW):
+                        wij, offset = w[f, 0, i, j], i * dil_h * WP + j * dil_w
+                        for o in range(run):
+                            wide[o] += wij * xp[offset + o]
+                bf = b[f]
+                for p in range(OH):
+                    dst = out[f, n, p]
+                    res = residual[f, n, p] if add else dst
+                    for q in range(OW):
+                        v = wide[p * WP + q] + bf
+                        if add:
+                            v += res[q]
+                        dst[q] = max(v, 0) if relu else v
 
 
 @njit(cache=True, nogil=True, fastmath=True)
 def depthwise_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, relu):
     """out = relu?(depthwise conv(x, w) + b + residual), the residual (a fused add's other input)
     unless it is empty. Padding is zeros: taps that fall on it are skipped."""
+    if stride_h == 1 and stride_w == 1 and out.shape[3] >= WIDE_MIN_WIDTH:
+        _forward_stride1(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu)
+        return
     C, N, H, W = x.shape
     F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
     OH, OW = out.shape[2], out.shape[3]
     mult = F // C
     add = residual.size != 0
+    cols = _tap_columns(KW, dil_w, pad_left, stride_w, W, OW)
     for f in range(F):
         c, bf = f // mult, b[f]
         for n in range(N):
@@ -46,9 +110,12 @@ def depthwise_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_l
                     srow = src[h]
                     for j in range(KW):
                         wij, offset = w[f, 0, i, j], j * dil_w - pad_left
-                        q0, q1 = _tap_columns(offset, stride_w, W, OW)
-                        for q in range(q0, q1):
-                            row[q] += wij * srow[q * stride_w + offset]
+                        if stride_w == 1:  # a contiguous run: vectorized (a strided one is not)
+                            for q in range(cols[j, 0], cols[j, 1]):
+                                row[q] += wij * srow[q + offset]
+                        else:
+                            for q in range(cols[j, 0], cols[j, 1]):
+                                row[q] += wij * srow[q * stride_w + offset]
                 res = residual[f, n, p] if add else row
                 for q in range(OW):  # the loop-invariant branches are hoisted out of the loop
                     v = row[q]
@@ -67,6 +134,7 @@ def depthwise_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top,
     OH, OW = out.shape[2], out.shape[3]
     mult = F // C
     g = np.empty(OW, x.dtype)  # one row of the output gradient, masked
+    cols = _tap_columns(KW, dil_w, pad_left, stride_w, W, OW)
     acc = np.empty((KH, KW), np.float64)
     for f in range(F):
         c = f // mult
@@ -84,18 +152,25 @@ def depthwise_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top,
                     h = p * stride_h + i * dil_h - pad_top
                     if h < 0 or h >= H:
                         continue
-                    xrow = xs[h]
+                    xrow, dxrow = xs[h], dx[c, n, h] if need_dx else xs[h]
                     for j in range(KW):
-                        offset = j * dil_w - pad_left
-                        q0, q1 = _tap_columns(offset, stride_w, W, OW)
+                        offset, q0, q1 = j * dil_w - pad_left, cols[j, 0], cols[j, 1]
                         s = 0.0
-                        for q in range(q0, q1):
-                            s += g[q] * xrow[q * stride_w + offset]
+                        if stride_w == 1:  # contiguous runs, as in the forward
+                            for q in range(q0, q1):
+                                s += g[q] * xrow[q + offset]
+                        else:
+                            for q in range(q0, q1):
+                                s += g[q] * xrow[q * stride_w + offset]
                         acc[i, j] += s
                         if need_dx:
-                            wij, dxrow = w[f, 0, i, j], dx[c, n, h]
-                            for q in range(q0, q1):
-                                dxrow[q * stride_w + offset] += wij * g[q]
+                            wij = w[f, 0, i, j]
+                            if stride_w == 1:
+                                for q in range(q0, q1):
+                                    dxrow[q + offset] += wij * g[q]
+                            else:
+                                for q in range(q0, q1):
+                                    dxrow[q * stride_w + offset] += wij * g[q]
         db[f] = sb
         for i in range(KH):
             for j in range(KW):
