@@ -12,11 +12,6 @@ The kernels are serial, as the other kernels: the runtime runs slices of the bat
 import numpy as np
 from numba import njit
 
-# _forward_stride1's whole-plane runs pay from this output width on: at batch 64 they took
-# mobilenet_v1's 32-, 16- and 8-wide layers from 10.7, 11.9 and 7.2 ms to 7.2, 7.7 and 5.1 ms,
-# but its 4- and 2-wide ones from 4.0 and 2.2 to 4.5 and 5.2 (a loaded machine: rough figures).
-WIDE_MIN_WIDTH = 8
-
 
 @njit(cache=True, fastmath=True)
 def _tap_columns(KW, dil_w, pad_left, stride, width, out_width):
@@ -39,9 +34,9 @@ def _pad_plane(src, pad_top, pad_left, xp, WP):
     rest of xp is left as it is: zero, as the caller made it, at the same places for every plane."""
     HP = xp.size // WP - 1
     for h in range(min(src.shape[0], HP - pad_top)):
-        row, base = src[h], (h + pad_top) * WP + pad_left
+        row, dst = src[h], xp[(h + pad_top) * WP + pad_left:]
         for q in range(min(src.shape[1], WP - pad_left)):
-            xp[base + q] = row[q]
+            dst[q] = row[q]
 
 
 @njit(cache=True, fastmath=True)
@@ -50,7 +45,10 @@ def _forward_stride1(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, re
     HP x WP (what the windows cover, one zero row more). Output (p, q) is computed at p*WP + q of a
     "wide" plane, so each tap is one contiguous run over the whole plane: wide[o] += w * xp[o + tap
     offset], vectorized and long (per row, the loop set-up of 9 short runs cost more than their
-    work on 32-wide planes); columns q >= OW are discarded."""
+    work on 32-wide planes); columns q >= OW are discarded. Its loops index views from 0, so
+    that Numba drops its negative-index checks and vectorizes them (indexed as xp[o + offset],
+    they compiled to scalar code): at batch 64, mobilenet_v1's stride-1 layers took 1.1-4.6 ms
+    this way, 7-27 ms row by row."""
     C, N = x.shape[0], x.shape[1]
     F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
     OH, OW = out.shape[2], out.shape[3]
@@ -68,15 +66,15 @@ def _forward_stride1(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, re
                     wide[o] = 0
                 for i in range(KH):
                     for j in range(KW):
-                        wij, offset = w[f, 0, i, j], i * dil_h * WP + j * dil_w
+                        wij, tap = w[f, 0, i, j], xp[i * dil_h * WP + j * dil_w:]
                         for o in range(run):
-                            wide[o] += wij * xp[offset + o]
+                            wide[o] += wij * tap[o]
                 bf = b[f]
                 for p in range(OH):
-                    dst = out[f, n, p]
+                    dst, src = out[f, n, p], wide[p * WP:]
                     res = residual[f, n, p] if add else dst
                     for q in range(OW):
-                        v = wide[p * WP + q] + bf
+                        v = src[q] + bf
                         if add:
                             v += res[q]
                         dst[q] = max(v, 0) if relu else v
@@ -86,7 +84,7 @@ def _forward_stride1(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, re
 def depthwise_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, relu):
     """out = relu?(depthwise conv(x, w) + b + residual), the residual (a fused add's other input)
     unless it is empty. Padding is zeros: taps that fall on it are skipped."""
-    if stride_h == 1 and stride_w == 1 and out.shape[3] >= WIDE_MIN_WIDTH:
+    if stride_h == 1 and stride_w == 1:
         _forward_stride1(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu)
         return
     C, N, H, W = x.shape
@@ -110,12 +108,8 @@ def depthwise_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_l
                     srow = src[h]
                     for j in range(KW):
                         wij, offset = w[f, 0, i, j], j * dil_w - pad_left
-                        if stride_w == 1:  # a contiguous run: vectorized (a strided one is not)
-                            for q in range(cols[j, 0], cols[j, 1]):
-                                row[q] += wij * srow[q + offset]
-                        else:
-                            for q in range(cols[j, 0], cols[j, 1]):
-                                row[q] += wij * srow[q * stride_w + offset]
+                        for q in range(cols[j, 0], cols[j, 1]):
+                            row[q] += wij * srow[q * stride_w + offset]
                 res = residual[f, n, p] if add else row
                 for q in range(OW):  # the loop-invariant branches are hoisted out of the loop
                     v = row[q]
@@ -124,11 +118,76 @@ def depthwise_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_l
                     row[q] = max(v, 0) if relu else v
 
 
+@njit(cache=True, fastmath=True)
+def _unpad_plane_add(xp, WP, pad_top, pad_left, dst):
+    """dst += the part of xp that _pad_plane filled from a plane of dst's shape."""
+    HP = xp.size // WP - 1
+    for h in range(min(dst.shape[0], HP - pad_top)):
+        row, src = dst[h], xp[(h + pad_top) * WP + pad_left:]
+        for q in range(min(dst.shape[1], WP - pad_left)):
+            row[q] += src[q]
+
+
+@njit(cache=True, fastmath=True)
+def _backward_stride1(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w, relu, need_dx):
+    """depthwise_backward at stride 1, on the wide planes of _forward_stride1: the masked gradient
+    gw (OH x WP, zero in the discarded columns), then per tap dw += gw . xp[tap:] and
+    dxp[tap:] += w * gw, each one contiguous run; dxp goes back into dx without its padding."""
+    C, N = x.shape[0], x.shape[1]
+    F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
+    OH, OW = out.shape[2], out.shape[3]
+    mult = F // C
+    WP = OW + (KW - 1) * dil_w
+    HP = OH + (KH - 1) * dil_h
+    run = OH * WP
+    xp = np.zeros((HP + 1) * WP, x.dtype)
+    dxp = np.empty((HP + 1) * WP, x.dtype)
+    gw = np.zeros(run, x.dtype)  # columns OW.. stay zero
+    acc = np.zeros((F, KH * KW), np.float64)
+    sums = np.zeros(F, np.float64)
+    for c in range(C):
+        for n in range(N):
+            _pad_plane(x[c, n], pad_top, pad_left, xp, WP)
+            if need_dx:
+                for o in range(dxp.size):
+                    dxp[o] = 0
+            for f in range(c * mult, (c + 1) * mult):
+                s = 0.0
+                for p in range(OH):
+                    src, o_, dst = dout[f, n, p], out[f, n, p], gw[p * WP:]
+                    for q in range(OW):
+                        v = src[q] if not relu or o_[q] > 0 else 0
+                        dst[q] = v
+                        s += v
+                sums[f] += s
+                for i in range(KH):
+                    for j in range(KW):
+                        offset = i * dil_h * WP + j * dil_w
+                        tap, t = xp[offset:], 0.0
+                        for o in range(run):
+                            t += gw[o] * tap[o]
+                        acc[f, i * KW + j] += t
+                        if need_dx:
+                            wij, dtap = w[f, 0, i, j], dxp[offset:]
+                            for o in range(run):
+                                dtap[o] += wij * gw[o]
+            if need_dx:
+                _unpad_plane_add(dxp, WP, pad_top, pad_left, dx[c, n])
+    for f in range(F):
+        db[f] = sums[f]
+        for i in range(KH):
+            for j in range(KW):
+                dw[f, 0, i, j] = acc[f, i * KW + j]
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def depthwise_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                        relu, need_dx):
     """dw and db are overwritten; dx (when need_dx) is added into. With relu, the gradient is
     dout where out > 0 (out is the fused ReLU's output)."""
+    if stride_h == 1 and stride_w == 1:
+        _backward_stride1(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w, relu, need_dx)
+        return
     C, N, H, W = x.shape
     F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
     OH, OW = out.shape[2], out.shape[3]
@@ -156,21 +215,13 @@ def depthwise_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top,
                     for j in range(KW):
                         offset, q0, q1 = j * dil_w - pad_left, cols[j, 0], cols[j, 1]
                         s = 0.0
-                        if stride_w == 1:  # contiguous runs, as in the forward
-                            for q in range(q0, q1):
-                                s += g[q] * xrow[q + offset]
-                        else:
-                            for q in range(q0, q1):
-                                s += g[q] * xrow[q * stride_w + offset]
+                        for q in range(q0, q1):
+                            s += g[q] * xrow[q * stride_w + offset]
                         acc[i, j] += s
                         if need_dx:
                             wij = w[f, 0, i, j]
-                            if stride_w == 1:
-                                for q in range(q0, q1):
-                                    dxrow[q + offset] += wij * g[q]
-                            else:
-                                for q in range(q0, q1):
-                                    dxrow[q * stride_w + offset] += wij * g[q]
+                            for q in range(q0, q1):
+                                dxrow[q * stride_w + offset] += wij * g[q]
         db[f] = sb
         for i in range(KH):
             for j in range(KW):
