@@ -125,14 +125,15 @@ def gradient_tensors(g: nx.DiGraph, layout) -> list[Tensor]:
 def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     """bytes(slice size) of the largest buffers a kernel of this convolution allocates:
     conv2d_forward/backward (im2col), conv3x3_forward/backward (Winograd) or depthwise_forward/backward
-    (a row), as lower/conv.py picks."""
+    (a plane), as lower/conv.py picks."""
     data = g.nodes[node]
     c, h, w = g.nodes[inputs(g, node)[0]]["shape"]  # a second input is a residual fused in
     f, oh, ow = data["shape"]
     kh, kw = data["attrs"]["size"]
-    if depthwise_applies(c, data["attrs"]):
-        return lambda n: FLOAT * ow + 8 * kh * kw  # a gradient row, the filter's float64 sums
     ekh, ekw = effective_size(data["attrs"])
+    if depthwise_applies(c, data["attrs"]):  # padded and wide planes (stride 1), the float64 sums
+        planes = FLOAT * (2 * (oh + ekh) * (ow + ekw - 1) + oh * (ow + ekw - 1) + ow)
+        return lambda n: planes + 8 * f * (kh * kw + 1)
     sh, sw = data["attrs"]["stride"]
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw

@@ -3,9 +3,11 @@ forward with bias, residual and ReLU fused, and backward.
 
 Filter f reads input channel f // M alone, M = F / C the depth multiplier. There is little
 arithmetic per byte (9 multiply-adds per output for 3x3), so these kernels are about memory:
-plane by plane, one output row at a time, the row stays in L1 while every tap adds its shifted
-input row into it, and each input and output element passes through memory once. No im2col,
-no BLAS. At stride 1 every tap's inner loop runs over contiguous rows and vectorizes.
+plane by plane, each input and output element passes through memory once, with no im2col and
+no BLAS. At stride 1 (most layers) a plane is copied into a small zero-padded buffer that stays
+in L1, and each tap is one long vectorized run over it (_forward_stride1, _backward_stride1).
+At other strides the kernels go one output row at a time, every tap adding its input row
+(strided, so not vectorized) into the row.
 
 The kernels are serial, as the other kernels: the runtime runs slices of the batch side by side.
 """
