@@ -1,6 +1,6 @@
-"""cnnc beside PyTorch (CPU, eager) and ONNX Runtime on the examples, in one run, with the goals of issue 10.
+"""cnnc beside PyTorch (CPU, eager) and ONNX Runtime on the examples, in one run, with the goals of issues 10 and 12.
 
-    python benchmarks/bench.py [--models lenet5 vgg_small resnet_tiny resnet20] [--quick] [--write]
+    python benchmarks/bench.py [--models lenet5 vgg_small resnet_tiny resnet20 mobilenet_v1] [--quick] [--write]
 
 For each model, with the same thread count (2) on every side, cnnc in this process, PyTorch in
 a worker process of its own (benchmarks/torch_worker.py) and, for inference, ONNX Runtime in
@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- bench:begin: rewritten by `python benchmarks/bench.py --write`; edit outside the markers -->"
 END = "<!-- bench:end -->"
-MODELS = ("lenet5", "vgg_small", "resnet_tiny", "resnet20")
+MODELS = ("lenet5", "vgg_small", "resnet_tiny", "resnet20", "mobilenet_v1")
 LR, MOMENTUM = 0.001, 0.9  # small, so that random data cannot drive the weights to inf/NaN
 MEMORY_STEPS, MEMORY_BATCH = 20, 64
 
@@ -399,6 +399,7 @@ SPEED_GOALS = (  # (model, case key, minimum cnnc/PyTorch ratio)
     ("vgg_small", "train_step", 1.0), ("vgg_small", "inference", 1.2), ("vgg_small", "latency", 1.0),
     ("resnet_tiny", "train_step", 1.0),
     ("lenet5", "latency", 3.0), ("lenet5", "train_step", 1.2),
+    ("mobilenet_v1", "train_step", 1.0), ("mobilenet_v1", "inference", 1.5),  # issue 12: depthwise convolutions
 )
 ONNX_GOALS = (  # (model, case key, minimum cnnc/ONNX Runtime ratio)
     ("vgg_small", "inference", 0.8), ("resnet20", "inference", 0.8),
@@ -426,7 +427,7 @@ def goal_rows(timings: list[Timing], compiles: list[CompileTime]) -> list[tuple[
 
 def goals_table(rows) -> list[str]:
     verdict = {True: "met", False: "**not met**", None: "not measured"}
-    return ["| goal (issue 10) | measured | |", "|---|---:|---|",
+    return ["| goal (issues 10, 12) | measured | |", "|---|---:|---|",
             *(f"| {goal} | {measured} | {verdict[met]} |" for goal, measured, met in rows)]
 
 

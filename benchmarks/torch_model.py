@@ -72,7 +72,7 @@ def conv_module(data, in_channels: int) -> nn.Module:
     attrs = data["attrs"]
     padding = _symmetric(data["pads"])
     conv = nn.Conv2d(in_channels, attrs["filters"], attrs["size"], attrs["stride"],
-                     padding=padding or 0, bias=attrs["bias"])
+                     padding=padding or 0, dilation=attrs["dilation"], groups=attrs["groups"], bias=attrs["bias"])
     if padding is not None:
         return conv
     top, bottom, left, right = data["pads"]

@@ -20,8 +20,9 @@ from . import lanes
 from .diagnostics import ModelError
 from .graph import inputs
 from .kernels.conv import COLS_ELEMS, MIN_COLUMNS, WINOGRAD_TILES  # the chunk sizes the workspaces follow
-from .lower.conv import winograd_applies, winograd_backward_applies
+from .lower.conv import depthwise_applies, winograd_applies, winograd_backward_applies
 from .lower.program import needs_grad
+from .ops import effective_size
 from .shapes import show
 
 FLOAT = 4  # bytes of a float32 (int32 for max pooling's argmax too)
@@ -124,19 +125,26 @@ def gradient_tensors(g: nx.DiGraph, layout) -> list[Tensor]:
 
 def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     """bytes(slice size) of the largest buffers a kernel of this convolution allocates:
-    conv2d_forward/backward (im2col) or conv3x3_forward/backward (Winograd), as lower/conv.py picks."""
+    conv2d_forward/backward (im2col), conv3x3_forward/backward (Winograd) or depthwise_forward/backward
+    (a plane), as lower/conv.py picks."""
     data = g.nodes[node]
     c, h, w = g.nodes[inputs(g, node)[0]]["shape"]  # a second input is a residual fused in
     f, oh, ow = data["shape"]
     kh, kw = data["attrs"]["size"]
+    ekh, ekw = effective_size(data["attrs"])
+    if depthwise_applies(c, data["attrs"]):  # padded and wide planes (stride 1), the float64 sums
+        planes = FLOAT * (2 * (oh + ekh) * (ow + ekw - 1) + oh * (ow + ekw - 1) + ow)
+        return lambda n: planes + 8 * f * (kh * kw + 1)
     sh, sw = data["attrs"]["stride"]
-    hp, ld = -(-((oh - 1) * sh + kh) // sh), -(-((ow - 1) * sw + kw) // sw)  # a stride phase of the input
+    hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw
+    groups = data["attrs"]["groups"]
     th, tw, xh, xw = (oh + 1) // 2, (ow + 1) // 2, (h + 1) // 2, (w + 1) // 2
 
     def im2col(n: int) -> int:
         nb = max(1, min(n, max(COLS_ELEMS // max(1, rows * oh * ld), -(-MIN_COLUMNS // max(1, oh * ld)))))
-        return FLOAT * (c * nb * sh * sw * (hp + 1) * ld + rows * nb * oh * ld + f * nb * oh * ld + rows * f)
+        return FLOAT * (c * nb * sh * sw * (hp + 1) * ld + rows * nb * oh * ld + f * nb * oh * ld
+                        + rows * f // groups ** 2)
 
     def winograd(n: int) -> int:
         nb = max(1, min(n, WINOGRAD_TILES // (th * tw)))
@@ -146,7 +154,8 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         nb = max(1, min(n, WINOGRAD_TILES // max(th * tw, xh * xw)))
         return FLOAT * (16 * (2 * c * f + (c + f) * nb * (th * tw + xh * xw)) + f * nb * oh * ow + c * f * 10)
 
-    forward = winograd if winograd_applies(c, data["attrs"]) else im2col
+    pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and (oh, ow) == (h, w)  # one product straight into the output
+    forward = winograd if winograd_applies(c, data["attrs"]) else (lambda n: 0) if pointwise else im2col
     if not training:
         return forward
     backward = winograd_backward if winograd_backward_applies(c, data) else im2col

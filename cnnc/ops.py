@@ -53,7 +53,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "bias": Key("bool", True, "add a learned bias"),
         "batchnorm": Key("bool", False, "batch normalization after it (before the activation)"),
         "activation": Key("activation", "none", "none or relu, sigmoid, tanh after it"),
-    }, shown=("filters", "size", "stride", "padding")),
+        "groups": Key("count", 1, "channel groups G: each filter sees C/G input channels (G = C: depthwise)"),
+        "dilation": Key("pair", (1, 1), "spacing D or DhxDw between kernel taps"),
+    }, shown=("filters", "size", "stride", "padding", "groups", "dilation")),
     Op("maxpool", "max pooling; padding never wins", dict(_WINDOW), shown=("size", "stride", "padding", "rounding")),
     Op("avgpool", "average pooling over the real (not padded) elements, or all with count_pad=true",
        dict(_WINDOW) | {"count_pad": Key("bool", False, "divide by the whole window, padding included")},
@@ -119,7 +121,7 @@ def param_shapes(op: str, attrs: dict, in_shape: tuple) -> dict[str, tuple]:
     """The parameters a layer owns, kind -> shape, in PyTorch layout."""
     if op == "conv":
         kh, kw = attrs["size"]
-        shapes = {"weight": (attrs["filters"], in_shape[0], kh, kw)}
+        shapes = {"weight": (attrs["filters"], in_shape[0] // attrs["groups"], kh, kw)}
         return shapes | ({"bias": (attrs["filters"],)} if attrs["bias"] else {})
     if op == "convtranspose":
         kh, kw = attrs["size"]
@@ -137,12 +139,19 @@ def param_shapes(op: str, attrs: dict, in_shape: tuple) -> dict[str, tuple]:
 BUFFER_KINDS = ("running_mean", "running_var")  # saved with the weights, not trained
 
 
+def effective_size(attrs: dict) -> tuple[int, int]:
+    """The extent a dilated kernel covers, (K - 1) * D + 1 per axis (the size itself for windows)."""
+    dh, dw = attrs.get("dilation", (1, 1))
+    kh, kw = attrs["size"]
+    return (kh - 1) * dh + 1, (kw - 1) * dw + 1
+
+
 def flops(op: str, attrs: dict, in_shapes: list[tuple], out_shape: tuple) -> int:
     """Floating-point operations of one forward pass per image (a multiply-add counts as 2)."""
     out = math.prod(out_shape)
     if op == "conv":
         kh, kw = attrs["size"]
-        return 2 * out * in_shapes[0][0] * kh * kw
+        return 2 * out * (in_shapes[0][0] // attrs["groups"]) * kh * kw
     if op == "convtranspose":  # each input value times each weight of its channel
         kh, kw = attrs["size"]
         return 2 * math.prod(in_shapes[0]) * attrs["filters"] * kh * kw
@@ -174,7 +183,7 @@ def show_value(value) -> str:
 
 
 # Keys a label leaves out at their default.
-QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad", "axis")
+QUIET_DEFAULTS = ("padding", "output_padding", "mode", "rounding", "count_pad", "axis", "groups", "dilation")
 
 
 def describe(op: str, attrs: dict) -> str:

@@ -71,7 +71,7 @@ def axis_padding(mode, axis: int, n: int, k: int, s: int) -> tuple[int, int]:
 def window(layer: Layer, kind: str) -> tuple[int, int]:
     """Output H x W of a sliding window (conv or pooling); sets the node's `pads`."""
     c, h, w = layer.image()
-    kh, kw = layer.attrs["size"]
+    kh, kw = ops.effective_size(layer.attrs)
     sh, sw = layer.attrs["stride"]
     mode = layer.attrs["padding"]
     top, bottom = axis_padding(mode, 0, h, kh, sh)
@@ -79,10 +79,12 @@ def window(layer: Layer, kind: str) -> tuple[int, int]:
     layer.data["pads"] = (top, bottom, left, right)
     if h + top + bottom < kh or w + left + right < kw:
         padded = "" if (top, bottom, left, right) == (0, 0, 0, 0) else " padded"
+        size = "x".join(map(str, layer.attrs["size"]))
+        dilated = "" if (kh, kw) == tuple(layer.attrs["size"]) else f" (size {size}, dilated)"
         raise layer.error(
-            f"{layer.name}: the {kind} {kh}x{kw} is larger than its input {layer.sources[0]}'s{padded} "
+            f"{layer.name}: the {kind} {kh}x{kw}{dilated} is larger than its input {layer.sources[0]}'s{padded} "
             f"{h + top + bottom}x{w + left + right} (input {show((c, h, w))})",
-            "use padding=same, a smaller size, or remove a pooling layer before it")
+            f"use padding=same, a smaller size{' or dilation' if dilated else ''}, or remove a pooling layer before it")
     if kind == "window" and (max(top, bottom) >= kh or max(left, right) >= kw):
         raise layer.error(f"{layer.name}: padding {max(top, bottom)}x{max(left, right)} leaves windows "
                           f"with no real element for size {kh}x{kw}", "use a padding smaller than the size")
@@ -99,8 +101,26 @@ def ceil_windows(n: int, k: int, s: int, before: int, after: int) -> int:
 
 
 def conv_shape(layer: Layer):
+    check_groups(layer)
     oh, ow = window(layer, "kernel")
     return (layer.attrs["filters"], oh, ow)
+
+
+def check_groups(layer: Layer) -> None:
+    """groups=G needs the input channels and the filters both divisible by G."""
+    groups, filters = layer.attrs["groups"], layer.attrs["filters"]
+    channels = layer.image()[0]
+    if groups == 1:
+        return
+    valid = [g for g in range(2, channels + 1) if channels % g == 0 and filters % g == 0]
+    hint = ("valid groups here: " + ", ".join(map(str, valid[:8])) + (", ..." if len(valid) > 8 else "")
+            if valid else "the input channels and the filters have no common divisor above 1: use groups=1")
+    if channels % groups:
+        raise layer.error(f"{layer.name}: groups={groups} does not divide its {channels} input channels "
+                          f"(input {layer.sources[0]} is {show(layer.in_shapes[0])})", hint)
+    if filters % groups:
+        raise layer.error(f"{layer.name}: groups={groups} does not divide its {filters} filters",
+                          f"{hint}; for a depthwise conv, filters must be a multiple of the {channels} channels")
 
 
 def pool_shape(layer: Layer):

@@ -48,7 +48,8 @@ def _maxpool(x, attrs, pads, out_shape):
 def run_layer(op, attrs, data, xs, p, training):
     x = xs[0] if xs else None
     if op == "conv":
-        return F.conv2d(_pad(x, data["pads"]), p["weight"], p.get("bias"), stride=attrs["stride"])
+        return F.conv2d(_pad(x, data["pads"]), p["weight"], p.get("bias"), stride=attrs["stride"],
+                        dilation=attrs["dilation"], groups=attrs["groups"])
     if op == "maxpool":
         return _maxpool(x, attrs, data["pads"], data["shape"])
     if op == "avgpool":

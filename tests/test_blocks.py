@@ -53,7 +53,8 @@ def trainable(g) -> int:
 # -- the examples -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, count", [("resnet20", 272_474), ("resnet18", 11_173_962), ("densenet_bc40", 176_122)])
+@pytest.mark.parametrize("name, count", [("resnet20", 272_474), ("resnet18", 11_173_962), ("densenet_bc40", 176_122),
+                                         ("mobilenet_v1", 3_217_226)])
 def test_examples_are_short_and_count_the_papers_parameters(name, count):
     path = EXAMPLES / f"{name}.cnn"
     assert layer_lines(path) <= 30

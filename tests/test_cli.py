@@ -144,6 +144,15 @@ def test_dot_labels_show_the_resizing_keys_that_are_not_defaults():
     assert "factor=1x3 mode=bilinear" in labels["w"]
     assert "size=2 rounding=ceil" in labels["x"] and "rounding" not in labels["z"]
     assert "size=3 padding=1 count_pad=true" in labels["y"]
+def test_dot_labels_and_summary_show_groups_and_dilation(capsys):
+    _, out, _ = run(capsys, "dot", ROOT / "examples" / "mobilenet_v1.cnn")
+    assert "filters=64 size=3 stride=2 padding=1 groups=64" in out and "64x16x16" in out
+    parsed = check_file(ROOT / "examples" / "mobilenet_v1.cnn")
+    text = render_summary(parsed, *optimized(parsed))
+    assert "parameters: 3,239,114 (3,217,226 trainable, 21,888 running statistics)" in text.splitlines()
+    g = check_file(ROOT / "examples" / "padding_modes.cnn")
+    assert "dilation" not in ops.describe("conv", g.nodes["conv1"]["attrs"])  # defaults are left out
+    assert ops.describe("conv", {**g.nodes["conv1"]["attrs"], "dilation": (2, 1)}).endswith("dilation=2x1")
 
 
 def test_dot_to_a_file(tmp_path, capsys):

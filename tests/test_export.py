@@ -131,3 +131,38 @@ def test_winograd_backward_only_where_the_input_gradient_can_be_one(padding, ker
                               "loss cross_entropy\n")
     backward = net.source.split("def loss_and_grads")[1]
     assert f"{kernel}(" in backward and "conv3x3_forward(" in backward
+
+
+GROUPED_DILATED = """
+input 16x9x8
+a: conv filters=32 size=3 stride=2 padding=same groups=16 activation=relu
+b: conv filters=16 size=3 padding=same dilation=2 groups=4 bias=false
+batchnorm
+c: conv filters=16 size=3 padding=full dilation=1x2 groups=16
+flatten
+dense units=3
+"""
+
+
+def test_onnx_export_of_groups_and_dilation():
+    net = randomize_buffers(cnnc.compile_source(GROUPED_DILATED, seed=17), 17)
+    model = to_onnx(net.parsed, dict(net.params))
+    attrs = {node.name: {a.name: list(a.ints) or a.i for a in node.attribute} for node in model.graph.node
+             if node.op_type == "Conv"}
+    assert attrs["a"]["group"] == 16 and attrs["b"]["group"] == 4 and attrs["c"]["group"] == 16
+    assert attrs["b"]["dilations"] == [2, 2] and attrs["c"]["dilations"] == [1, 2] and attrs["a"]["dilations"] == [1, 1]
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(18).standard_normal((3,) + net.input_shape).astype(np.float32)
+    (onnx_out,) = session.run(None, {"input": x})
+    assert np.abs(onnx_out - net.forward(x)).max() < 1e-4
+
+
+def test_kernels_of_groups_and_dilation():
+    """groups = channels runs the depthwise kernel; grouped or dilated 3x3 layers never Winograd."""
+    net = cnnc.compile_source(GROUPED_DILATED + "loss cross_entropy\n")
+    forward, training = net.source.split("def loss_and_grads")
+    for part, kernel in ((forward, "forward"), (training, "backward")):
+        assert part.count(f"    depthwise_{kernel}(") == 2 and part.count(f"    conv2d_{kernel}(") == 1
+    assert "conv3x3_" not in net.source
+    assert "# a + a.relu: conv+relu filters=32 size=3 stride=2 padding=same groups=16 -> 32x5x4" in forward
+    assert "# b + batchnorm1: conv+batchnorm filters=16 size=3 padding=same groups=4 dilation=2 -> 16x5x4" in forward

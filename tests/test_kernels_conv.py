@@ -17,14 +17,18 @@ def randn(rng, *shape, dtype=np.float32):
 class Layer:
     """One random conv layer and its PyTorch reference; builds the kernels' arguments."""
 
-    def __init__(self, C, Fo, N, H, W, KH, KW, stride, mode_h, mode_w, bias, relu, seed=0, residual=False):
+    def __init__(self, C, Fo, N, H, W, KH, KW, stride, mode_h, mode_w, bias, relu, seed=0, residual=False,
+                 dilation=(1, 1), groups=1):
         rng = np.random.default_rng(seed)
         self.sh, self.sw = stride
+        self.dh, self.dw = dilation
+        self.groups = groups
+        KH, KW = (KH - 1) * self.dh + 1, (KW - 1) * self.dw + 1  # the dilated kernel's extent
         self.pt, self.OH = pads_1d(mode_h, H, KH, self.sh)
         self.pl, self.OW = pads_1d(mode_w, W, KW, self.sw)
         self.relu = relu
         self.x = randn(rng, C, N, H, W)
-        self.w = randn(rng, Fo, C, KH, KW)
+        self.w = randn(rng, Fo, C // groups, (KH - 1) // self.dh + 1, (KW - 1) // self.dw + 1)
         self.b = randn(rng, Fo) if bias else np.zeros(Fo, np.float32)
         self.dout = randn(rng, Fo, N, self.OH, self.OW)
         # a fused add's other input, added before the ReLU
@@ -35,7 +39,8 @@ class Layer:
         self.xt = nchw(self.x).requires_grad_()
         self.wt = torch.from_numpy(self.w.copy()).requires_grad_()
         self.bt = torch.from_numpy(self.b.copy()).requires_grad_()
-        y = F.conv2d(F.pad(self.xt, (self.pl, pr, self.pt, pb)), self.wt, self.bt, stride=stride)
+        y = F.conv2d(F.pad(self.xt, (self.pl, pr, self.pt, pb)), self.wt, self.bt, stride=stride,
+                     dilation=dilation, groups=groups)
         y = y + nchw(self.residual) if residual else y
         y = F.relu(y) if relu else y
         y.backward(nchw(self.dout))
@@ -44,14 +49,15 @@ class Layer:
 
     def forward(self):
         out = np.empty((self.w.shape[0], self.x.shape[1], self.OH, self.OW), self.x.dtype)
-        conv2d_forward(self.x, self.w, self.b, self.residual, out, self.sh, self.sw, self.pt, self.pl, self.relu)
+        conv2d_forward(self.x, self.w, self.b, self.residual, out, self.sh, self.sw, self.pt, self.pl,
+                       self.dh, self.dw, self.groups, self.relu)
         return out
 
     def backward(self, out, dx, need_dx=True):
         dw = np.full_like(self.w, np.nan)  # overwritten, never read
         db = np.full_like(self.b, np.nan)
         conv2d_backward(self.x, self.w, out, self.dout, dx, dw, db, self.sh, self.sw, self.pt,
-                        self.pl, self.relu, need_dx)
+                        self.pl, self.dh, self.dw, self.groups, self.relu, need_dx)
         return dw, db
 
 
@@ -224,12 +230,12 @@ def test_finite_differences_float64():
 
     def loss():
         out = np.empty((3, 2, OH, OW))
-        conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, False)
+        conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, 1, 1, 1, False)
         return (out * dout).sum(), out
 
     _, out = loss()
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
-    conv2d_backward(x, w, out, dout, dx, dw, db, sh, sw, pt, pl, False, True)
+    conv2d_backward(x, w, out, dout, dx, dw, db, sh, sw, pt, pl, 1, 1, 1, False, True)
     for param, grad in ((x, dx), (w, dw), (b, db)):
         numeric = np.empty_like(param)
         flat = param.reshape(-1)
@@ -242,3 +248,60 @@ def test_finite_differences_float64():
             flat[k] = keep
             numeric.reshape(-1)[k] = (up - down) / 2e-6
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7)
+
+
+# Dilated and grouped convolutions (im2col, one product per group). (C, F, N, H, W, K, stride,
+# padding mode, dilation, groups)
+DILATED_GROUPED = [
+    (3, 4, 2, 9, 10, 3, (1, 1), "same", (2, 2), 1),
+    (3, 4, 2, 11, 9, 3, (2, 2), "same", (2, 3), 1),     # odd sizes, stride 2, unequal dilation
+    (2, 3, 2, 8, 9, 2, (1, 1), "same", (3, 2), 1),      # even kernel: the odd zero after
+    (2, 3, 1, 9, 9, 3, (1, 2), "full", (2, 1), 1),
+    (2, 2, 2, 10, 9, 3, (2, 1), 2, (2, 2), 1),
+    (2, 3, 2, 12, 11, 3, (1, 1), "valid", (4, 3), 1),
+    (4, 6, 2, 9, 7, 3, (1, 1), "same", (1, 1), 2),
+    (6, 9, 2, 9, 8, 3, (2, 2), "same", (1, 1), 3),
+    (4, 8, 3, 7, 9, 1, (1, 1), "valid", (1, 1), 4),     # pointwise in groups
+    (6, 4, 2, 11, 10, 3, (2, 2), 1, (2, 2), 2),         # groups and dilation together
+    (4, 4, 2, 8, 8, 5, (1, 1), "full", (1, 1), 2),
+    (5, 7, 3, 6, 5, 1, (1, 1), "valid", (1, 1), 1),     # 1x1 at stride 1: one product over the batch
+    (64, 48, 9, 8, 8, 1, (1, 1), "valid", (1, 1), 1),   # ... larger than a chunk
+    (3, 4, 2, 5, 6, 1, (1, 1), 1, (1, 1), 1),           # padded 1x1: im2col
+]
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("C, Fo, N, H, W, K, stride, mode, dilation, groups", DILATED_GROUPED)
+def test_dilated_and_grouped_match_torch(C, Fo, N, H, W, K, stride, mode, dilation, groups, relu, residual):
+    layer = Layer(C, Fo, N, H, W, K, K, stride, mode, mode, bias=True, relu=relu, seed=H + W,
+                  residual=residual, dilation=dilation, groups=groups)
+    out = layer.forward()
+    assert rel_err(out, layer.ref_out) < RTOL
+    prefill = randn(np.random.default_rng(1), *layer.x.shape)
+    dx = prefill.copy()
+    dw, db = layer.backward(out, dx)
+    assert rel_err(dw, layer.ref_dw) < RTOL
+    assert rel_err(db, layer.ref_db) < RTOL
+    assert rel_err(dx - prefill, layer.ref_dx) < RTOL
+
+
+def test_dilated_grouped_finite_differences_float64():
+    """The backward of a dilated, grouped, strided conv is the adjoint of its forward."""
+    rng = np.random.default_rng(7)
+    sh, sw, pt, pl, dh, dw_, groups, OH, OW = 2, 1, 2, 1, 2, 2, 2, 3, 4
+    x, w, b = (randn(rng, 4, 2, 6, 5, dtype=np.float64), randn(rng, 6, 2, 3, 2, dtype=np.float64),
+               randn(rng, 6, dtype=np.float64))
+    dout = randn(rng, 6, 2, OH, OW, dtype=np.float64)
+
+    def loss():
+        out = np.empty((6, 2, OH, OW))
+        conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dh, dw_, groups, False)
+        return (out * dout).sum()
+
+    out = np.empty((6, 2, OH, OW))
+    conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dh, dw_, groups, False)
+    dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
+    conv2d_backward(x, w, out, dout, dx, dw, db, sh, sw, pt, pl, dh, dw_, groups, False, True)
+    for param, grad in ((x, dx), (w, dw), (b, db)):
+        np.testing.assert_allclose(grad, numeric_gradient(loss, param), rtol=1e-6, atol=1e-7)

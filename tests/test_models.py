@@ -42,6 +42,22 @@ EVERY_OP = {
         softmax
         loss cross_entropy
     """,
+    "conv_variants": """
+        input 4x9x8
+        a: conv filters=8 size=3 stride=2 padding=same groups=4 activation=relu
+        b: conv filters=6 size=3 padding=same dilation=2 groups=2 bias=false
+        batchnorm
+        r: relu
+        d: conv filters=6 size=3 padding=same dilation=2x1 groups=6
+        add(r, d)
+        e: conv filters=6 size=3 padding=full groups=6
+        batchnorm
+        f: conv filters=4 size=2 stride=2 padding=1 dilation=2 groups=2 activation=relu
+        globalavgpool
+        flatten
+        dense units=3
+        loss cross_entropy
+    """,
     "every_op_vector": """
         input 2x6x6
         conv filters=3 size=3 stride=2 padding=2x1
@@ -110,7 +126,16 @@ FULL_SIZE_ONLY = {"resnet18"}
 # PyTorch's float32 run that strays: 5e-3 from float64 on batchnorm gradients, where ours is 1e-6
 # off): these are held to a float64 reference instead, all gradients together within twice the
 # error of PyTorch's own float32 run, each within five times (or 1e-4).
-DEEP = {"densenet_bc40", "resnet20"}
+DEEP = {"densenet_bc40", "mobilenet_v1", "resnet20"}
+# At full width, mobilenet_v1's float32 gradients at random parameters are chaotic: PyTorch's own
+# float32 run strays 0.2-17% from float64 depending on the seed (ReLUs of values near zero flip,
+# and the last batchnorms see 2x2 planes). Its gradients are checked at an eighth of the width:
+# the same blocks, strides and kernels (the depthwise ones included).
+NARROWED = {"mobilenet_v1"}
+
+
+def narrow(source: str) -> str:
+    return re.sub(r"\b(channels|filters)=(\d+)", lambda m: f"{m.group(1)}={int(m.group(2)) // 8}", source)
 
 
 def random_step(net, seed: int, images: int = 13):
@@ -168,6 +193,7 @@ def test_forward_matches_pytorch(case, optimize):
 @pytest.mark.parametrize("optimize", [True, False], ids=["optimized", "parsed"])
 def test_loss_and_grads_match_pytorch(case, optimize):
     name, source = case
+    source = narrow(source) if name in NARROWED else source
     net = cnnc.compile_source(source, optimize=optimize, file=f"{name}.cnn")
     if not net.parsed.graph["loss"]:
         pytest.skip("no loss")
@@ -264,3 +290,19 @@ def test_dropout_is_seeded_and_active_only_in_training():
     assert losses_a == losses_b  # same seed, same masks
     assert len(set(losses_a)) == 3  # a new mask every step
 
+
+
+def test_mobilenet_v1_learns_a_batch():
+    """A few SGD steps of the full-width model on one random batch lower its loss."""
+    net = cnnc.compile(EXAMPLES / "mobilenet_v1.cnn", seed=0)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((8,) + net.input_shape).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    losses = []
+    for _ in range(6):
+        loss, grads = net.loss_and_grads(x, y)
+        losses.append(loss)
+        for name, grad in grads.items():
+            net.params[name][...] -= 0.05 * grad
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.75 * losses[0], losses

@@ -305,3 +305,56 @@ def test_resizing_parameters_use_pytorch_layouts():
 def test_resizing_flops(line, flops):
     g = check_source(f"input 3x6x6\n{line}\n")
     assert layer_flops(g, g.graph["output"]) == flops
+
+
+# -- groups and dilation ----------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_dilated_conv_output_size_matches_torch(padding):
+    """Padding and output size use the dilated extent (K - 1) * D + 1, as PyTorch's dilation does."""
+    for (n, k, s), d in itertools.product(cases(padding, pooling=False), [(2, 2), (3, 1)]):
+        extent = ((k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1)
+        pads = expected_pads(padding, n, extent, s)
+        if n[0] + pads[0] + pads[1] < extent[0] or n[1] + pads[2] + pads[3] < extent[1]:
+            continue
+        case = f"input {n} kernel {k} stride {s} dilation {d}"
+        g = check_source(f"input 2x{n[0]}x{n[1]}\nconv filters=3 size={text(k)} stride={text(s)} padding={padding} "
+                         f"dilation={text(d)}\n")
+        assert g.nodes["conv1"]["pads"] == pads, case
+        top, bottom, left, right = pads
+        x, w = torch.zeros(1, 2, *n), torch.zeros(3, 2, *k)
+        assert tuple(F.conv2d(F.pad(x, (left, right, top, bottom)), w, stride=s, dilation=d).shape[1:]) == \
+            g.nodes["conv1"]["shape"], case
+        if padding == "same" and s == (1, 1):
+            assert tuple(F.conv2d(x, w, padding="same", dilation=d).shape[1:]) == g.nodes["conv1"]["shape"], case
+
+
+def test_same_padding_of_a_dilated_kernel_keeps_the_size():
+    g = check_source("input 1x9x8\nconv filters=1 size=3 dilation=2 padding=same\n"
+                     "conv filters=1 size=3 dilation=4x1 stride=2 padding=same\n")
+    assert g.nodes["conv1"]["pads"] == (2, 2, 2, 2) and g.nodes["conv1"]["shape"] == (1, 9, 8)
+    assert g.nodes["conv2"]["pads"] == (4, 4, 0, 1) and g.nodes["conv2"]["shape"] == (1, 5, 4)
+
+
+def test_grouped_and_depthwise_parameters_and_flops():
+    g = check_source("input 6x5x5\nd: conv filters=12 size=3 padding=same groups=6\n"
+                     "p: conv filters=4 size=1 groups=2 bias=false\ndl: conv filters=4 size=3 dilation=2\n")
+    shapes = parameter_shapes(g)
+    assert shapes["d.weight"] == (12, 1, 3, 3) and shapes["d.bias"] == (12,)
+    assert shapes["p.weight"] == (4, 6, 1, 1)
+    assert shapes["dl.weight"] == (4, 4, 3, 3)  # dilation adds no parameters
+    assert layer_flops(g, "d") == 2 * (12 * 5 * 5) * 1 * 3 * 3
+    assert layer_flops(g, "p") == 2 * (4 * 5 * 5) * 6
+    assert layer_flops(g, "dl") == 2 * (4 * 1 * 1) * 4 * 3 * 3
+
+
+@pytest.mark.parametrize("channels, filters, groups, message", [
+    (6, 8, 4, "groups=4 does not divide its 6 input channels"),
+    (8, 6, 4, "groups=4 does not divide its 6 filters"),
+    (4, 4, 8, "groups=8 does not divide its 4 input channels"),
+])
+def test_groups_must_divide_channels_and_filters(channels, filters, groups, message):
+    with pytest.raises(ModelError, match=message):
+        check_source(f"input {channels}x6x6\nconv filters={filters} size=3 groups={groups}\n")

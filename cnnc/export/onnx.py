@@ -27,7 +27,8 @@ def layer_nodes(name: str, data: dict, srcs: list[str], params: dict, in_shape: 
     if op == "conv":
         weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
         return [helper.make_node("Conv", srcs + weights, [name], name=name, kernel_shape=list(attrs["size"]),
-                                 strides=list(attrs["stride"]), pads=pads_of(data))], weights
+                                 strides=list(attrs["stride"]), pads=pads_of(data), group=attrs["groups"],
+                                 dilations=list(attrs["dilation"]))], weights
     if op == "convtranspose":
         weights = [f"{name}.weight"] + ([f"{name}.bias"] if f"{name}.bias" in params else [])
         return [helper.make_node("ConvTranspose", srcs + weights, [name], name=name,

@@ -19,6 +19,11 @@ run of one phase, the phase (i % sh, j % sw) from row i // sh, column j // sw on
 long block copies at every stride (10x faster than gathering rows of 16 at stride 1, 3x at
 stride 2). The price is WPh - OW discarded columns per output row, e.g. 2 for 16 at stride 1
 and 1 for 16 at stride 2 with 3x3 filters: 6-12% more product work.
+
+Dilation: tap (i, j) starts at offset (i*dh, j*dw) instead of (i, j), and the padded area is the
+dilated kernel's extent; the runs stay contiguous. Groups: the column matrix holds every channel's
+rows, group by group, and each group's filters are one product against their rows.
+(Depthwise layers, one group per channel, run in kernels/depthwise.py instead.)
 """
 import numpy as np
 from numba import njit
@@ -120,21 +125,23 @@ def _unpad_add(dxp, n0, pt, pl, kh, kw, sh, sw, dx):
 
 
 @njit(cache=True, fastmath=True)
-def _im2col(xp, kh, kw, sh, sw, oh, cols):
-    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, (i%sh)*sw + j%sw, p + i//sh, q + j//sw]:
-    one contiguous run per tap and image (the extra zero row keeps the last run inside)."""
+def _im2col(xp, kh, kw, sh, sw, dh, dw, oh, cols):
+    """cols[(c,i,j), (n*oh + p)*ld + q] = xp[c, n, (u%sh)*sw + v%sw, p + u//sh, q + v//sw] with
+    (u, v) = (i*dh, j*dw), the tap's offset: one contiguous run per tap and image (the extra
+    zero row keeps the last run inside)."""
     C, m, WP = xp.shape[0], xp.shape[1], xp.shape[4]
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
-                start = (i // sh) * WP + j // sw
+                u, v = i * dh, j * dw
+                start = (u // sh) * WP + v // sw
                 for n in range(m):
-                    _copy(row[n * oh * WP:], xp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], oh * WP)
+                    _copy(row[n * oh * WP:], xp[c, n, (u % sh) * sw + v % sw].reshape(-1)[start:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
-def _col2im_add(cols, kh, kw, sh, sw, oh, dxp):
+def _col2im_add(cols, kh, kw, sh, sw, dh, dw, oh, dxp):
     """The adjoint of _im2col: each tap's run added back into its phase. The discarded columns
     are added too: they are exactly zero (W.T times zero columns of g), so where they land does
     not matter."""
@@ -143,9 +150,10 @@ def _col2im_add(cols, kh, kw, sh, sw, oh, dxp):
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
-                start = (i // sh) * WP + j // sw
+                u, v = i * dh, j * dw
+                start = (u // sh) * WP + v // sw
                 for n in range(m):
-                    _add(dxp[c, n, (i % sh) * sw + j % sw].reshape(-1)[start:], row[n * oh * WP:], oh * WP)
+                    _add(dxp[c, n, (u % sh) * sw + v % sw].reshape(-1)[start:], row[n * oh * WP:], oh * WP)
 
 
 @njit(cache=True, fastmath=True)
@@ -199,15 +207,41 @@ def _add_transposed(dst, src):
             dst[f, r] += src[r, f]
 
 
+@njit(cache=True, fastmath=True)
+def _block(buf, index, rows, columns):
+    """The index-th (rows, columns) matrix of a flat buffer of them: one group's rows."""
+    return buf[index * rows * columns:(index + 1) * rows * columns].reshape(rows, columns)
+
+
+@njit(cache=True, fastmath=True)
+def _pointwise_forward(x, w, b, residual, out, groups, relu):
+    """A 1x1, stride-1, unpadded conv: in CNHW, x is already the column matrix (C, N*H*W) and out
+    the product's (F, N*H*W), so it is one product per group straight into out over the whole
+    batch (no copies: 1x1 layers are most of a MobileNet's work), then the epilogue in place."""
+    F, Cg = w.shape[0], w.shape[1]
+    cols, group_filters = x.shape[1] * x.shape[2] * x.shape[3], F // groups
+    wflat, xflat, oflat = w.reshape(-1), x.reshape(-1), out.reshape(-1)
+    for k in range(groups):
+        np.dot(_block(wflat, k, group_filters, Cg), _block(xflat, k, Cg, cols), _block(oflat, k, group_filters, cols))
+    _bias_relu_store(out.reshape(F, cols), b, residual, relu, 0, out.shape[3], out)
+
+
 @njit(cache=True, nogil=True, fastmath=True)
-def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, relu):
-    """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it is empty."""
-    F, C, KH, KW = w.shape
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HPh, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, relu):
+    """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it
+    is empty. Taps are dil_h x dil_w apart; with groups > 1 each group of F/groups filters sees
+    its C/groups channels (w is (F, C/groups, KH, KW)): one product per group."""
+    F, Cg, KH, KW = w.shape
+    C, N, OH, OW = x.shape[0], x.shape[1], out.shape[2], out.shape[3]
+    in_place = residual.size != 0 and residual.ctypes.data == out.ctypes.data  # out += conv(x, w), as a transposed conv's backward asks
+    if KH * KW * stride_h * stride_w == 1 and (OH, OW) == (x.shape[2], x.shape[3]) and not in_place:
+        _pointwise_forward(x, w, b, residual, out, groups, relu)
+        return
+    EKH, EKW = (KH - 1) * dil_h + 1, (KW - 1) * dil_w + 1  # the extent of the dilated kernel
+    HPh, ld = _layout(EKH, EKW, OH, OW, stride_h, stride_w)
     phases = stride_h * stride_w
-    rows = C * KH * KW
-    wmat = w.reshape(F, rows)
+    rows, group_rows, group_filters = C * KH * KW, Cg * KH * KW, F // groups
+    wflat = w.reshape(-1)
     nb = _chunk(rows, N, OH * ld)
     xp_buf = np.empty(C * nb * phases * (HPh + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
@@ -217,28 +251,32 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
         xp = xp_buf[:C * m * phases * (HPh + 1) * ld].reshape(C, m, phases, HPh + 1, ld)
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         prod = prod_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
-        _pad_chunk(x, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
-        np.dot(wmat, cols, prod)
+        _pad_chunk(x, n0, pad_top, pad_left, EKH, EKW, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, cols)
+        L = m * OH * ld
+        for k in range(groups):
+            np.dot(_block(wflat, k, group_filters, group_rows), _block(cols_buf, k, group_rows, L),
+                   _block(prod_buf, k, group_filters, L))
         _bias_relu_store(prod, b, residual, relu, n0, ld, out)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, relu, need_dx):
-    """dw and db are overwritten; dx (when need_dx) is added into."""
-    F, C, KH, KW = w.shape
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    HPh, ld = _layout(KH, KW, OH, OW, stride_h, stride_w)
+def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups,
+                    relu, need_dx):
+    """dw and db are overwritten; dx (when need_dx) is added into. Dilation and groups as in conv2d_forward."""
+    F, Cg, KH, KW = w.shape
+    C, N, OH, OW = x.shape[0], x.shape[1], out.shape[2], out.shape[3]
+    EKH, EKW = (KH - 1) * dil_h + 1, (KW - 1) * dil_w + 1
+    HPh, ld = _layout(EKH, EKW, OH, OW, stride_h, stride_w)
     phases = stride_h * stride_w
-    rows = C * KH * KW
-    wmat = w.reshape(F, rows)
-    dw2 = dw.reshape(F, rows)
+    rows, group_rows, group_filters = C * KH * KW, Cg * KH * KW, F // groups
+    wflat, dwflat = w.reshape(-1), dw.reshape(-1)
     nb = _chunk(rows, N, OH * ld)
     xp_buf = np.empty(C * nb * phases * (HPh + 1) * ld, x.dtype)
     cols_buf = np.empty(rows * nb * OH * ld, x.dtype)
     g_buf = np.empty(F * nb * OH * ld, x.dtype)
-    dw_part = np.empty((rows, F), x.dtype)  # dw transposed: see _add_transposed
-    dw2[:] = 0
+    dw_part = np.empty((group_rows, group_filters), x.dtype)  # one group's dw transposed: see _add_transposed
+    dwflat[:] = 0
     db[:] = 0
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
@@ -246,15 +284,19 @@ def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
         cols = cols_buf[:rows * m * OH * ld].reshape(rows, m * OH * ld)
         g = g_buf[:F * m * OH * ld].reshape(F, m * OH * ld)
         _masked_grad(out, dout, relu, n0, ld, g, db)
-        _pad_chunk(x, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, xp)
-        _im2col(xp, KH, KW, stride_h, stride_w, OH, cols)
-        np.dot(cols, g.T, dw_part)
-        _add_transposed(dw2, dw_part)
+        _pad_chunk(x, n0, pad_top, pad_left, EKH, EKW, stride_h, stride_w, xp)
+        _im2col(xp, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, cols)
+        L = m * OH * ld
+        for k in range(groups):
+            np.dot(_block(cols_buf, k, group_rows, L), _block(g_buf, k, group_filters, L).T, dw_part)
+            _add_transposed(_block(dwflat, k, group_filters, group_rows), dw_part)
         if need_dx:  # cols and xp are used up: reuse them for the column and input gradients
-            np.dot(wmat.T, g, cols)
+            for k in range(groups):
+                np.dot(_block(wflat, k, group_filters, group_rows).T, _block(g_buf, k, group_filters, L),
+                       _block(cols_buf, k, group_rows, L))
             xp[:] = 0
-            _col2im_add(cols, KH, KW, stride_h, stride_w, OH, xp)
-            _unpad_add(xp, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, dx)
+            _col2im_add(cols, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, xp)
+            _unpad_add(xp, n0, pad_top, pad_left, EKH, EKW, stride_h, stride_w, dx)
 
 
 # ---- 3x3, stride 1: Winograd F(2x2, 3x3) ----------------------------------------------------
@@ -602,7 +644,7 @@ def convtranspose_forward(x, w, b, out, stride_h, stride_w, pad_top, pad_left, r
         _wide_rows(x, n0, ld, g)
         np.dot(wmat.T, g, cols)
         _zero(xp.reshape(-1), xp.size)
-        _col2im_add(cols, KH, KW, stride_h, stride_w, H, xp)
+        _col2im_add(cols, KH, KW, stride_h, stride_w, 1, 1, H, xp)
         _unpad_add(xp, n0, pad_top, pad_left, KH, KW, stride_h, stride_w, out)
     _add_bias_relu(out, b, relu)
 
@@ -628,6 +670,6 @@ def convtranspose_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_
     g = _output_grad(out, dout, relu, db)
     unused_db = np.empty(x.shape[0], x.dtype)
     off = relu and not relu  # False, typed bool: a literal False would compile the callees once more
-    conv2d_backward(g, w, x, x, dx, dw, unused_db, stride_h, stride_w, pad_top, pad_left, off, off)
+    conv2d_backward(g, w, x, x, dx, dw, unused_db, stride_h, stride_w, pad_top, pad_left, 1, 1, 1, off, off)
     if need_dx:  # dx += conv(g, w): the residual of conv2d_forward is dx itself
-        conv2d_forward(g, w, np.zeros(x.shape[0], x.dtype), dx, dx, stride_h, stride_w, pad_top, pad_left, off)
+        conv2d_forward(g, w, np.zeros(x.shape[0], x.dtype), dx, dx, stride_h, stride_w, pad_top, pad_left, 1, 1, 1, off)

@@ -1,4 +1,7 @@
-"""Emitters for convolution, forward and backward side by side (bias, ReLU, batchnorm and residual add fused)."""
+"""Emitters for convolution, forward and backward side by side (bias, ReLU, batchnorm and residual add fused).
+
+Three kernels: depthwise (groups = input channels, kernels/depthwise.py), Winograd (3x3, stride 1,
+enough channels, kernels/conv.py) and im2col + BLAS for the rest (dilation and groups too)."""
 from __future__ import annotations
 
 from .context import Context, scalars
@@ -18,6 +21,21 @@ def geometry(ctx: Context, node: str) -> tuple[int, ...]:
     sh, sw = data["attrs"]["stride"]
     top, _, left, _ = data["pads"]
     return sh, sw, top, left
+
+
+def spacing(ctx: Context, node: str) -> tuple[int, ...]:
+    """The dilation, and the groups unless the kernel is the depthwise one (whose groups are its channels)."""
+    attrs = ctx.node(node)["attrs"]
+    return tuple(attrs["dilation"]) + (() if depthwise(ctx, node) else (attrs["groups"],))
+
+
+def depthwise(ctx: Context, node: str) -> bool:
+    return depthwise_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node)["attrs"])
+
+
+def depthwise_applies(src_channels: int, attrs: dict) -> bool:
+    """One group per input channel: the depthwise kernel, plane by plane."""
+    return attrs["groups"] > 1 and attrs["groups"] == src_channels
 
 
 def bias(ctx: Context, node: str) -> str:
@@ -48,7 +66,9 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
     if winograd(ctx, node):
         call = f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(top, left, relu)})"
     else:
-        call = f"conv2d_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(sh, sw, top, left, relu)})"
+        kernel = "depthwise_forward" if depthwise(ctx, node) else "conv2d_forward"
+        call = (f"{kernel}({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
+                f"{scalars(sh, sw, top, left, *spacing(ctx, node), relu)})")
     return lines + [ctx.empty(node), call]
 
 
@@ -59,6 +79,7 @@ def winograd(ctx: Context, node: str) -> bool:
 
 def winograd_applies(src_channels: int, attrs: dict) -> bool:
     return (tuple(attrs["size"]) == (3, 3) and tuple(attrs["stride"]) == (1, 1)
+            and tuple(attrs["dilation"]) == (1, 1) and attrs["groups"] == 1
             and src_channels >= WINOGRAD_MIN_CHANNELS)
 
 
@@ -82,8 +103,11 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     db = ctx.param_grad(node, "bias") if ctx.has_param(node, "bias") else f"np.empty({filters}, np.float32)"
     dx_arg = dx[0] or "EMPTY4"
     sh, sw, top, left = geometry(ctx, node)
-    kernel, geometry_args = ("conv3x3_backward", (top, left)) if winograd_backward(ctx, node) else \
-        ("conv2d_backward", (sh, sw, top, left))
+    if winograd_backward(ctx, node):
+        kernel, geometry_args = "conv3x3_backward", (top, left)
+    else:
+        kernel = "depthwise_backward" if depthwise(ctx, node) else "conv2d_backward"
+        geometry_args = (sh, sw, top, left, *spacing(ctx, node))
     indent = " " * (len(kernel) + 1)
     return [f"{kernel}({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
             f"{indent}{dx_arg}, {ctx.param_grad(node, 'weight')}, {db},"
