@@ -16,6 +16,7 @@ GEOMETRIES = [
     (4, 3, 2, 5, 4, (3, 2), (1, 1), (1, 0), (0, 0)),   # stride 1: a "full" convolution, nonsquare
     (3, 2, 5, 3, 5, (2, 3), (3, 2), (2, 1), (1, 0)),   # nonsquare everything, padding >= size on one axis
     (1, 1, 1, 1, 1, (3, 3), (2, 2), (0, 0), (1, 1)),   # a 1x1 input
+    (5, 3, 2, 4, 3, (1, 1), (1, 1), (0, 0), (0, 0)),   # 1x1: the input gradient is a pointwise conv adding into dx
 ]
 
 
