@@ -93,6 +93,19 @@ def check_train(s: Statement, values: dict) -> None:
     if values.get("nesterov") and not values.get("momentum"):
         nesterov = next(a for a in s.args if a.key == "nesterov")
         raise ModelError("nesterov=true needs a momentum above 0", nesterov.loc, "add momentum=0.9, for example")
+    check_normalization(s, values)
+
+
+def check_normalization(s: Statement, values: dict) -> None:
+    """`normalize=auto` computes mean and std; `mean=` and `std=` give them, both or neither."""
+    args = {a.key: a for a in s.args}
+    for one, other in (("mean", "std"), ("std", "mean")):
+        if one in values and other not in values:
+            raise ModelError(f"`{one}` needs `{other}` too", args[one].loc,
+                             f"add {other}=..., or write normalize=auto to compute both from the training images")
+    if "mean" in values and "normalize" in values:
+        raise ModelError("give `normalize` or `mean` and `std`, not both", args["normalize"].loc,
+                         "normalize=auto computes mean and std; mean= and std= give them")
 
 
 def single_bare(s: Statement, kind: str, usage: str) -> Value:
@@ -274,6 +287,8 @@ def check_value(arg: Arg, spec: ops.Key):
         raise wrong("a number >= 0")
     if kind == "fraction" and (number is None or not 0 <= number < 1):
         raise wrong("a number from 0 up to (not including) 1")
+    if kind == "number" and number is None:
+        raise wrong("a number")
     assert number is not None, kind
     return number
 

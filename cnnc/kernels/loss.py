@@ -50,15 +50,18 @@ def softmax_backward(out, dout, dx):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def softmax_cross_entropy(logits, labels, probs, dlogits, total):
+def softmax_cross_entropy(logits, labels, probs, dlogits, total, smoothing=0.0):
     """Cross-entropy of softmax(logits) (N,K) against int labels (N,), summed in float64 and
     divided by `total`, the images of the whole step (N for a step of one replica).
 
-    Writes probs = softmax(logits) and dlogits = (probs - onehot(labels)) / total (overwritten).
+    With label smoothing s the target is q = (1 - s) onehot(label) + s / K, as PyTorch's
+    F.cross_entropy(label_smoothing=s): the loss of an image is logsumexp - sum_k q_k logits_k.
+    Writes probs = softmax(logits) and dlogits = (probs - q) / total (overwritten).
     """
     N, K = logits.shape
     sums = _softmax_rows(logits, probs)
     inv_n = probs.dtype.type(1.0 / total)
+    spread = smoothing / K  # the target's share of every class
     loss = 0.0
     for n in range(N):
         y = labels[n]
@@ -67,30 +70,38 @@ def softmax_cross_entropy(logits, labels, probs, dlogits, total):
         m = logits[n, 0]
         for k in range(1, K):
             m = max(m, logits[n, k])
+        mixed = 0.0  # sum_k q_k logits_k
         for k in range(K):
-            dlogits[n, k] = probs[n, k] * inv_n
-        dlogits[n, y] -= inv_n
-        loss += np.log(sums[n]) + m - logits[n, y]
+            dlogits[n, k] = (probs[n, k] - spread) * inv_n
+            mixed += spread * logits[n, k]
+        dlogits[n, y] -= (1.0 - smoothing) * inv_n
+        mixed += (1.0 - smoothing) * logits[n, y]
+        loss += np.log(sums[n]) + m - mixed
     return loss / total
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def cross_entropy_of_probabilities(probs, labels, dprobs, total):
-    """The sum of -log(probs[n, label]) over `total`, the images of the whole step, for a softmax
-    output that was not fused with its loss.
+def cross_entropy_of_probabilities(probs, labels, dprobs, total, smoothing=0.0):
+    """The sum of -sum_k q_k log(probs[n, k]) over `total`, the images of the whole step, for a
+    softmax output that was not fused with its loss; q = (1 - s) onehot(label) + s / K with the
+    label smoothing s (q is the one-hot label without it).
 
-    Writes dprobs = -onehot / (total * probs) (overwritten). Probabilities are clamped at 1e-30
+    Writes dprobs = -q / (total * probs) (overwritten). Probabilities are clamped at 1e-30
     so that a probability rounded to zero gives a large, finite loss.
     """
     N, K = probs.shape
+    spread = smoothing / K
     loss = 0.0
     for n in range(N):
         y = labels[n]
         if y < 0 or y >= K:
             raise ValueError("cross_entropy_of_probabilities: label out of range")
         for k in range(K):
-            dprobs[n, k] = 0.0
-        p = max(probs[n, y], 1e-30)
-        loss -= np.log(p)
-        dprobs[n, y] = -1.0 / (total * p)
+            q = spread + (1.0 - smoothing if k == y else 0.0)
+            if q == 0.0:
+                dprobs[n, k] = 0.0
+                continue
+            p = max(probs[n, k], 1e-30)
+            loss -= q * np.log(p)
+            dprobs[n, k] = -q / (total * p)
     return loss / total

@@ -143,9 +143,9 @@ def loss_lines(ctx: Context) -> list[str]:
              f"{ctx.grad(out)} = np.empty({ctx.shape(out)}, np.float32)"]
     if logits:
         lines += [f"probs = np.empty({ctx.shape(out)}, np.float32)",
-                  f"loss = softmax_cross_entropy({ctx.var(out)}, y, probs, {ctx.grad(out)}, total)"]
+                  f"loss = softmax_cross_entropy({ctx.var(out)}, y, probs, {ctx.grad(out)}, total, smoothing)"]
     else:
-        lines += [f"loss = cross_entropy_of_probabilities({ctx.var(out)}, y, {ctx.grad(out)}, total)"]
+        lines += [f"loss = cross_entropy_of_probabilities({ctx.var(out)}, y, {ctx.grad(out)}, total, smoothing)"]
     return lines + [f"correct = int(np.count_nonzero({ctx.var(out)}.argmax(axis=1) == y))"
                     "  # training accuracy comes free with the loss"]
 
@@ -179,5 +179,6 @@ def loss_and_grads_function(ctx: Context) -> list[str]:
            "    One of several replicas of a step (cnnc/replicas.py), it gets `total`, the images of the whole\n"
            "    step, `start`, the index of x's first image in it (which keys its dropout masks), and\n"
            "    `replicas`, whose sum() adds a buffer up over them; its loss and gradients are then its share\n"
-           "    of the step's (sum the replicas' to get the step's).")
-    return function("loss_and_grads", "x, y, P, G, seed, total=None, start=0, replicas=None", doc, lines)
+           "    of the step's (sum the replicas' to get the step's). `smoothing` is the label smoothing.")
+    return function("loss_and_grads", "x, y, P, G, seed, total=None, start=0, smoothing=0.0, replicas=None",
+                    doc, lines)
