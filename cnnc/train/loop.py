@@ -23,7 +23,7 @@ from ..distributed import SAVE_TIMEOUT, Single
 from ..runtime import Network
 from . import augment, checkpoint
 from .data import Dataset, batches, rank_share
-from .optim import decay_vector, learning_rate, make_optimizer, step_rate
+from .optim import decay_vector, make_optimizer, step_rate
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ def norm_and_bias(net: Network) -> list[slice]:
 
 
 def epoch_lr(r: Recipe, epoch: int) -> float:
-    """The learning rate of an epoch's first step."""
+    """The learning rate of an epoch counted as one step: the epoch's rate under constant, step
+    and cosine without warmup (which change it once an epoch); see step_lr for the others."""
     return step_lr(r, epoch, 0, 1)
 
 
@@ -374,7 +375,8 @@ class Trainer:
     def diverged(self, what: str, lr: float):
         """Stop: training diverged in the current epoch. Nothing of this epoch is saved."""
         if self.saved_epoch is not None:
-            kept = f"; the weights of epoch {self.saved_epoch} are kept in {self.out}"
+            best = self.recipe.keep == "best" and self.best_epoch is not None
+            kept = f"; the weights of epoch {self.best_epoch if best else self.saved_epoch} are kept in {self.out}"
         elif self.resumed_from is not None:
             kept = f"; nothing was saved, {self.resumed_from} is unchanged"
         else:
