@@ -186,3 +186,17 @@ def test_an_impossible_recipe_exits_1_before_training(recipe, flags, message, da
     assert code == 1 and out == "" and "Traceback" not in err
     assert message in err and "hint:" in err
     assert not Path("w.npz").exists()
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion_resnet.cnn"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs the dataset-fashion-mnist package")
+def test_fashion_resnet_reaches_its_accuracy():
+    """The example's recipe on Fashion-MNIST: 0.935 test accuracy at least (about 20 minutes of two
+    idle cores; benchmarks/train_fashion_mnist.py runs it beside PyTorch)."""
+    code, out, err = cnnc_cli("train", EXAMPLE, FASHION, "--out", "fashion.npz", "-q")
+    assert code == 0, err
+    assert epochs_of(out)[-1]["test"] >= 0.935, out
