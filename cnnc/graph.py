@@ -84,8 +84,19 @@ def read_statement(g: nx.DiGraph, s: Statement, statements) -> None:
     elif s.op == "train":
         if g.graph["train"]:
             raise ModelError("a second `train` statement", s.loc, "keep one")
-        g.graph["train"] = keyed_values(s, ops.TRAIN_KEYS, "train", fill_defaults=False)
+        g.graph["train"] = train_values(s)
         check_train(s, g.graph["train"])
+
+
+def train_values(s: Statement) -> dict:
+    """The train line's values; a wrong value's error says what its key does, when it says nothing else."""
+    try:
+        return keyed_values(s, ops.TRAIN_KEYS, "train", fill_defaults=False)
+    except ModelError as e:
+        key = next((a.key for a in s.args if a.key in ops.TRAIN_KEYS and e.loc in (a.loc, a.value.loc)), None)
+        if e.hint is None and key is not None:
+            e.hint = f"`{key}`: {ops.TRAIN_KEYS[key].doc} (docs/language.md, section 7)"
+        raise
 
 
 def check_train(s: Statement, values: dict) -> None:
