@@ -232,6 +232,6 @@ def probabilities(model: GraphNet, x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(out, dim=1) if model.ends_in_softmax else out
 
 
-def loss(model: GraphNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def loss(model: GraphNet, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """cnnc's cross_entropy: on the logits when the graph ends in softmax, else on its output."""
-    return F.cross_entropy(model(x), y)
+    return F.cross_entropy(model(x), y, label_smoothing=label_smoothing)

@@ -1,14 +1,21 @@
 """Trains a model (examples/lenet5.cnn) on Fashion-MNIST with cnnc and with PyTorch, side by side.
 
-    python benchmarks/train_fashion_mnist.py [--epochs N] [--model M.cnn] [--data DIR]
+    python benchmarks/train_fashion_mnist.py [--epochs N] [--model M.cnn] [--data DIR] [--limit N]
+    python benchmarks/train_fashion_mnist.py --model examples/fashion_resnet.cnn --epochs 1 --limit 2000
 
 Both runs start from the same parameters (cnnc's initialization, copied into the PyTorch
 module built from the same parsed graph by benchmarks/torch_model.py), follow the model's own
-`train` line (optimizer, lr, momentum, batch, epochs, seed, schedule), and see the same batches
-in the same order: both draw each epoch's permutation with `cnnc.train.data.batches` from
-`numpy.random.default_rng(seed)`, as `cnnc train` does. cnnc trains with its own
-`cnnc.train.loop.Trainer`; PyTorch with torch.optim and `F.cross_entropy` on the logits. After
-each epoch both report test accuracy; the end prints the final difference. Both use 2 threads.
+`train` line (optimizer, lr, momentum, batch, epochs, seed, schedule, warmup, weight decay and
+decay_norm_bias, label smoothing, crop, flip, normalization, validation split), and see the same
+batches in the same order, augmented alike: both draw each epoch's crops, flips and permutation
+with `cnnc.train.loop.epoch_batches` from `numpy.random.default_rng(seed)`, as `cnnc train` does,
+and normalize with the statistics cnnc's Trainer measured. cnnc trains with its own
+`cnnc.train.loop.Trainer`; PyTorch with torch.optim (SGD, Adam, AdamW; a second parameter group
+without decay for the 1-d parameters with decay_norm_bias=false), the learning rate of every step
+from `cnnc.train.loop.step_lr`, and `F.cross_entropy(label_smoothing=)` on the logits. After each
+epoch both report test accuracy; the end prints both final accuracies and both training times.
+Both use 2 threads. `--limit N` trains on the first N training images and tests on the first N
+test images (a quick check that the script runs).
 """
 from __future__ import annotations
 
@@ -24,8 +31,9 @@ import torch
 
 from cnnc.frontend import check_file
 from cnnc.runtime import Network
-from cnnc.train.data import batches, load_dataset
-from cnnc.train.loop import Recipe, Trainer, epoch_lr, recipe
+from cnnc.train.data import load_dataset
+from cnnc.train.run import recipe_extras
+from cnnc.train.loop import Recipe, Trainer, epoch_batches, recipe, step_lr
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch_model  # noqa: E402
@@ -44,22 +52,31 @@ class Epoch:
 class TorchRun:
     """The PyTorch side: the recipe applied to a module, epoch by epoch, like cnnc's Trainer."""
 
-    def __init__(self, model: torch_model.GraphNet, data, r: Recipe):
-        self.model, self.data, self.recipe = model, data, r
-        self.optimizer = torch_optimizer(model, r)
-        self.rng = np.random.default_rng(r.seed)  # the same stream as Trainer.rng
+    def __init__(self, model: torch_model.GraphNet, trainer: Trainer):
+        self.model, self.data, self.recipe = model, trainer.data, trainer.recipe
+        self.x_train, self.y_train = trainer.x_train, trainer.y_train  # after the validation split
+        self.normalization = trainer.net.normalization  # measured by the Trainer
+        self.optimizer = torch_optimizer(model, self.recipe)
+        self.rng = np.random.default_rng(self.recipe.seed)  # the same stream as Trainer.rng
         self.epoch = 0
+
+    def inputs(self, x: np.ndarray) -> torch.Tensor:
+        if self.normalization is not None:
+            mean, std = self.normalization
+            x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
     def run_epoch(self) -> Epoch:
         r, model = self.recipe, self.model
-        for group in self.optimizer.param_groups:
-            group["lr"] = epoch_lr(r, self.epoch)
         model.train()
         total, seen = 0.0, 0
         started = time.perf_counter()
-        for xb, yb in batches(self.data.x_train, self.data.y_train, r.batch, self.rng):
+        steps = epoch_batches(self.x_train, self.y_train, r, self.rng)  # cnnc's crops, flips and order
+        for i, (xb, yb) in enumerate(steps):
+            for group in self.optimizer.param_groups:
+                group["lr"] = step_lr(r, self.epoch, i, len(steps))
             self.optimizer.zero_grad(set_to_none=True)
-            loss = torch_model.loss(model, torch.from_numpy(xb), torch.from_numpy(yb))
+            loss = torch_model.loss(model, self.inputs(xb), torch.from_numpy(yb), r.label_smoothing)
             loss.backward()
             self.optimizer.step()
             total += float(loss.detach()) * len(yb)
@@ -72,16 +89,21 @@ class TorchRun:
     def test_accuracy(self, batch: int = 256) -> float:
         self.model.eval()
         x, y = self.data.x_test, self.data.y_test
-        right = sum(int((self.model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
+        right = sum(int((self.model(self.inputs(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
                     for i in range(0, len(x), batch))
         return right / len(x)
 
 
 def torch_optimizer(model: torch.nn.Module, r: Recipe) -> torch.optim.Optimizer:
-    if r.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
-                           weight_decay=r.weight_decay)
+    params = list(model.parameters())
+    groups = [{"params": params}]
+    if not r.decay_norm_bias:  # cnnc's bias, gamma and beta are the 1-d parameters
+        groups = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    if r.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if r.optimizer == "adam" else torch.optim.AdamW
+        return cls(groups, lr=r.lr, weight_decay=r.weight_decay)
+    return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay)
 
 
 def cnnc_epoch(trainer: Trainer) -> Epoch:
@@ -91,8 +113,8 @@ def cnnc_epoch(trainer: Trainer) -> Epoch:
 
 def describe(r: Recipe, data, model: Path) -> str:
     return (f"{model.name}: {r.optimizer} lr={r.lr:g} momentum={r.momentum:g} batch={r.batch} "
-            f"epochs={r.epochs} seed={r.seed} schedule={r.schedule}; {len(data.x_train):,} training and "
-            f"{len(data.x_test):,} test images from {data.source}")
+            f"epochs={r.epochs} seed={r.seed} schedule={r.schedule}{recipe_extras(r)}; {len(data.x_train):,} "
+            f"training and {len(data.x_test):,} test images from {data.source}")
 
 
 def epoch_line(epoch: int, epochs: int, ours: Epoch, theirs: Epoch) -> str:
@@ -106,6 +128,7 @@ def parse_args(argv=None):
     p.add_argument("--model", type=Path, default=ROOT / "examples" / "lenet5.cnn")
     p.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     p.add_argument("--epochs", type=int, help="fewer epochs than the model's train line (a quick check)")
+    p.add_argument("--limit", type=int, help="the first N training and N test images only (a quick check)")
     return p.parse_args(argv)
 
 
@@ -118,17 +141,23 @@ def main(argv=None) -> int:
     net.compile()
     model = torch_model.build(net.parsed, net.params)  # the same initial parameters
     data = load_dataset(args.data, net.input_shape, net.lowered.output_shape[0])
+    if args.limit:
+        data.x_train, data.y_train = data.x_train[:args.limit], data.y_train[:args.limit]
+        data.x_test, data.y_test = data.x_test[:args.limit], data.y_test[:args.limit]
     print(describe(r, data, args.model), flush=True)
     started = time.perf_counter()
+    ours_seconds = theirs_seconds = 0.0
     with tempfile.TemporaryDirectory() as tmp:  # Trainer wants a weights path; nothing is saved
         trainer = Trainer(net, data, r, Path(tmp) / "weights.npz", args.model.read_text())
-        torch_run = TorchRun(model, data, r)
+        torch_run = TorchRun(model, trainer)
         for epoch in range(1, r.epochs + 1):
             ours, theirs = cnnc_epoch(trainer), torch_run.run_epoch()
+            ours_seconds, theirs_seconds = ours_seconds + ours.seconds, theirs_seconds + theirs.seconds
             print(epoch_line(epoch, r.epochs, ours, theirs), flush=True)
     print(f"final test accuracy after {r.epochs} epoch{'s' if r.epochs != 1 else ''}: cnnc {ours.test_accuracy:.4f}, "
           f"PyTorch {theirs.test_accuracy:.4f}, difference (cnnc - PyTorch) "
-          f"{ours.test_accuracy - theirs.test_accuracy:+.4f}; took {time.perf_counter() - started:.0f} s")
+          f"{ours.test_accuracy - theirs.test_accuracy:+.4f}; training took cnnc {ours_seconds:.0f} s, "
+          f"PyTorch {theirs_seconds:.0f} s; {time.perf_counter() - started:.0f} s in all")
     return 0
 
 

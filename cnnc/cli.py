@@ -84,10 +84,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=positive(int))
     t.add_argument("--lr", type=positive(float))
     t.add_argument("--seed", type=nonnegative_int)
-    t.add_argument("--optimizer", choices=("sgd", "adam"))
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
     t.add_argument("--momentum", type=fraction, help="SGD momentum, in [0, 1)")
     t.add_argument("--weight-decay", type=nonnegative(float))
-    t.add_argument("--schedule", choices=("constant", "step", "cosine"))
+    t.add_argument("--schedule", choices=("constant", "step", "cosine", "onecycle"))
+    t.add_argument("--warmup", type=nonnegative_int, help="epochs of linear learning-rate warmup")
+    t.add_argument("--label-smoothing", type=fraction, help="label smoothing of the loss, in [0, 1)")
+    t.add_argument("--val", type=fraction, help="fraction of the training images held out for validation")
+    t.add_argument("--keep", choices=("last", "best"), help="weights to keep: the last epoch's or the best "
+                   "validation accuracy's")
+    t.add_argument("--patience", type=nonnegative_int, help="stop after N epochs without validation improvement")
     t.add_argument("--limit", type=positive(int), help="train on the first N training images only")
     t.add_argument("--out", type=Path, help="weights file (default: MODEL.npz in the current folder)")
     t.add_argument("--resume", type=Path, help="a checkpoint (WEIGHTS.ckpt.npz) to continue from")
@@ -269,7 +275,7 @@ def load_network(path: Path, weights: Path | None = None, seed: int = 0, limit: 
     from .frontend import check_file
     from .memory import Budget, inference_batch
     from .runtime import Network
-    from .train.checkpoint import load_weights
+    from .train.checkpoint import load_normalization, load_weights
 
     graph = check_file(path)
     net = Network(graph, seed=seed, budget=Budget(limit, stated=stated))
@@ -277,11 +283,12 @@ def load_network(path: Path, weights: Path | None = None, seed: int = 0, limit: 
     if weights is not None:
         for name, value in load_weights(weights, {n: v.shape for n, v in net.params.items()}).items():
             net.params[name] = value
+        net.normalization = load_normalization(weights, net.input_shape[0])
     return net
 
 
 TRAIN_FLAGS = ("epochs", "batch", "lr", "seed", "optimizer", "momentum", "weight_decay", "schedule", "limit",
-               "max_memory")
+               "max_memory", "warmup", "label_smoothing", "val", "keep", "patience")
 
 
 def run_train(args) -> int:
@@ -304,7 +311,8 @@ def run_train(args) -> int:
                              hint="add `loss cross_entropy` after the last layer")
         r = recipe(graph.graph["train"], epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                    optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-                   schedule=args.schedule)
+                   schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing,
+                   val=args.val, keep=args.keep, patience=args.patience)
         optimizer_for(r)  # an impossible recipe fails now, before the data is read
         out = args.out or Path(args.model.stem + ".npz")
         if args.resume is not None:

@@ -84,8 +84,19 @@ def read_statement(g: nx.DiGraph, s: Statement, statements) -> None:
     elif s.op == "train":
         if g.graph["train"]:
             raise ModelError("a second `train` statement", s.loc, "keep one")
-        g.graph["train"] = keyed_values(s, ops.TRAIN_KEYS, "train", fill_defaults=False)
+        g.graph["train"] = train_values(s)
         check_train(s, g.graph["train"])
+
+
+def train_values(s: Statement) -> dict:
+    """The train line's values; a wrong value's error says what its key does, when it says nothing else."""
+    try:
+        return keyed_values(s, ops.TRAIN_KEYS, "train", fill_defaults=False)
+    except ModelError as e:
+        key = next((a.key for a in s.args if a.key in ops.TRAIN_KEYS and e.loc in (a.loc, a.value.loc)), None)
+        if e.hint is None and key is not None:
+            e.hint = f"`{key}`: {ops.TRAIN_KEYS[key].doc} (docs/language.md, section 7)"
+        raise
 
 
 def check_train(s: Statement, values: dict) -> None:
@@ -93,6 +104,19 @@ def check_train(s: Statement, values: dict) -> None:
     if values.get("nesterov") and not values.get("momentum"):
         nesterov = next(a for a in s.args if a.key == "nesterov")
         raise ModelError("nesterov=true needs a momentum above 0", nesterov.loc, "add momentum=0.9, for example")
+    check_normalization(s, values)
+
+
+def check_normalization(s: Statement, values: dict) -> None:
+    """`normalize=auto` computes mean and std; `mean=` and `std=` give them, both or neither."""
+    args = {a.key: a for a in s.args}
+    for one, other in (("mean", "std"), ("std", "mean")):
+        if one in values and other not in values:
+            raise ModelError(f"`{one}` needs `{other}` too", args[one].loc,
+                             f"add {other}=..., or write normalize=auto to compute both from the training images")
+    if "mean" in values and "normalize" in values:
+        raise ModelError("give `normalize` or `mean` and `std`, not both", args["normalize"].loc,
+                         "normalize=auto computes mean and std; mean= and std= give them")
 
 
 def single_bare(s: Statement, kind: str, usage: str) -> Value:
@@ -285,6 +309,8 @@ def check_value(arg: Arg, spec: ops.Key):
         raise wrong("a number >= 0")
     if kind == "fraction" and (number is None or not 0 <= number < 1):
         raise wrong("a number from 0 up to (not including) 1")
+    if kind == "number" and number is None:
+        raise wrong("a number")
     assert number is not None, kind
     return number
 

@@ -88,7 +88,7 @@ def estimate(g: nx.DiGraph, layout, mode: str, optimizer: str = "sgd") -> Estima
     fixed = layout.size * FLOAT
     if training:
         tensors += gradient_tensors(g, layout)
-        copies = {"sgd": 3, "adam": 4}[optimizer]  # gradients, state and a scratch vector
+        copies = {"sgd": 3, "adam": 4, "adamw": 5}[optimizer]  # gradients, state and scratch vectors
         fixed += layout.trainable * FLOAT * (copies + lanes.lane_count() - 1)
     return Estimate(mode, tensors, fixed, workspaces, {n: d.get("loc") for n, d in g.nodes(data=True)})
 

@@ -99,20 +99,32 @@ OPS: dict[str, Op] = {op.name: op for op in [
 
 # Statements that are not layers: `model NAME`, `loss KIND`, `train KEY=VALUE ...`.
 LOSSES = ("cross_entropy",)
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 TRAIN_KEYS: dict[str, Key] = {
-    "optimizer": Key("choice:sgd,adam", "sgd", "sgd or adam"),
+    "optimizer": Key("choice:sgd,adam,adamw", "sgd", "sgd, adam or adamw"),
     "lr": Key("positive", 0.01, "learning rate"),
     "momentum": Key("fraction", 0.0, "SGD momentum"),
     "nesterov": Key("bool", False, "Nesterov momentum (SGD)"),
-    "weight_decay": Key("nonnegative", 0.0, "L2 penalty added to the gradient"),
+    "weight_decay": Key("nonnegative", 0.0, "L2 penalty added to the gradient (decoupled with adamw)"),
     "batch": Key("count", 32, "batch size"),
     "epochs": Key("count", 1, "number of epochs"),
     "seed": Key("nonnegative_int", 0, "seed of initialization, shuffling and dropout"),
-    "schedule": Key("choice:constant,step,cosine", "constant", "learning-rate schedule"),
+    "schedule": Key("choice:constant,step,cosine,onecycle", "constant", "learning-rate schedule"),
     "step_size": Key("count", 1, "epochs between decays (step schedule)"),
     "gamma": Key("positive", 0.1, "decay factor (step schedule)"),
+    # The recipe pieces of docs/language.md section 7 (cnnc/train/augment.py, optim.py, loop.py).
+    "warmup": Key("nonnegative_int", 0, "epochs of linear learning-rate warmup, per step"),
+    "label_smoothing": Key("fraction", 0.0, "weight of the uniform distribution mixed into the labels"),
+    "decay_norm_bias": Key("bool", True, "weight decay on batchnorm and bias parameters too"),
+    "crop": Key("nonnegative_int", 0, "random crop after zero padding this many pixels per side"),
+    "flip": Key("bool", False, "random horizontal flip of half the training images"),
+    "normalize": Key("choice:none,auto", "none", "auto: per-channel mean and std of the training images"),
+    "mean": Key("number", None, "the mean subtracted from every channel (with std)"),
+    "std": Key("positive", None, "the std every channel is divided by (with mean)"),
+    "val": Key("fraction", 0.0, "fraction of the training images held out for validation"),
+    "keep": Key("choice:last,best", "last", "best: the weights of the best validation accuracy"),
+    "patience": Key("nonnegative_int", 0, "stop after this many epochs without validation improvement (0: never)"),
 }
 STATEMENTS = ("model", "loss", "train")
 

@@ -174,6 +174,9 @@ class Network:
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
         self.inference_batch = memory.EVAL_BATCH  # the batch whole data sets are run through forward at
+        # Per-channel (mean, std) float32 arrays subtracted from and dividing every input image, in
+        # training and inference alike; set by the trainer or loaded with the weights (train/augment.py).
+        self.normalization: tuple[np.ndarray, np.ndarray] | None = None
         self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ...
         keep_freed_memory()
         started = time.perf_counter()
@@ -240,7 +243,16 @@ class Network:
             x = x.astype(np.float32)
         if x.shape[0] == 0:
             raise InputError(f"{self.name} needs at least one image")
-        return np.ascontiguousarray(x)
+        return self.normalized(np.ascontiguousarray(x))
+
+    def normalized(self, x: np.ndarray) -> np.ndarray:
+        """x itself without a normalization, else (x - mean) / std per channel in a new array."""
+        if self.normalization is None:
+            return x
+        mean, std = self.normalization
+        out = x - mean[None, :, None, None]
+        out /= std[None, :, None, None]
+        return out
 
     def forward(self, x) -> np.ndarray:
         """Inference: batchnorm uses running statistics, dropout passes values through."""
@@ -260,17 +272,17 @@ class Network:
         return loss, self.grads
 
     def loss_grads_correct(self, x, y, total: int | None = None, start: int = 0,
-                           across=None) -> tuple[float, int]:
+                           across=None, smoothing: float = 0.0) -> tuple[float, int]:
         """loss_and_grads for the training loop: the loss and how many images it got right.
 
         For a step shared by several processes, x is this process's slice of it: `total` is the
         images of the whole step, `start` the index of x's first image in it, and `across` the
         Replicas of the processes (cnnc/distributed.py), over which batchnorm statistics, the
         gradient vector, the loss and the count are summed; every process ends with the step's.
-        A process's slice may then be empty."""
+        A process's slice may then be empty. `smoothing` is the loss's label smoothing, in [0, 1)."""
         if not self.parsed.graph["loss"]:
             raise InputError(f"{self.name} has no `loss` statement; add `loss cross_entropy` to train it")
-        x = self.check_input(x) if across is None or len(x) else np.ascontiguousarray(x, np.float32)
+        x = self.check_input(x) if across is None or len(x) else self.normalized(np.ascontiguousarray(x, np.float32))
         y = np.ascontiguousarray(np.asarray(y), dtype=np.int64)
         classes = self.lowered.output_shape[0]
         if y.shape != (x.shape[0],) + self.label_shape:
@@ -289,7 +301,8 @@ class Network:
         # One seed for the whole step: each image's dropout mask is keyed by its index in the step,
         # so the masks do not depend on how many lanes or processes share the step.
         seed = int(self.dropout_rng.integers(0, 2**31 - 1))
-        calls = [(x[part], y[part], self.vector, g, seed, total, start + part.start) for part, g in zip(parts, grads)]
+        calls = [(x[part], y[part], self.vector, g, seed, total, start + part.start, float(smoothing))
+                 for part, g in zip(parts, grads)]
         results = lanes.run(self.module.loss_and_grads, calls, threads, replicas=True, across=across)
         for g in grads[1:]:  # each lane's loss and gradients are its share of the step's
             self.grad_vector += g

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnc.kernels.loss import (pixel_cross_entropy_of_probabilities, pixel_softmax_cross_entropy,
-                               softmax_backward, softmax_channels_backward, softmax_channels_forward,
-                               softmax_cross_entropy, softmax_forward)
+from cnnc.kernels.loss import (cross_entropy_of_probabilities, pixel_cross_entropy_of_probabilities,
+                               pixel_softmax_cross_entropy, softmax_backward, softmax_channels_backward,
+                               softmax_channels_forward, softmax_cross_entropy, softmax_forward)
 from checks import check_backward_adds, cnhw, nchw, numeric_gradient, rel_err
 
 
@@ -149,3 +149,75 @@ def test_pixel_softmax_cross_entropy_rejects_bad_labels():
     labels = np.array([[[0, 1], [2, 0]]], np.int64)
     with pytest.raises(ValueError):
         pixel_softmax_cross_entropy(logits, labels, np.empty_like(logits), np.empty_like(logits), 4)
+
+
+@pytest.mark.parametrize("n,k,smoothing", [(7, 10, 0.1), (5, 3, 0.3), (1, 4, 0.9)])
+def test_label_smoothing_against_torch(n, k, smoothing):
+    rng = np.random.default_rng(n + k)
+    logits = (3 * rng.standard_normal((n, k)) + 20).astype(np.float32)
+    labels = rng.integers(0, k, n).astype(np.int64)
+    probs, dlogits = np.empty_like(logits), rng.standard_normal((n, k)).astype(np.float32)
+    total = n + 2  # the images of a whole step, of which these are a share
+    loss = softmax_cross_entropy(logits, labels, probs, dlogits, total, smoothing)
+
+    lt = torch.tensor(logits, requires_grad=True)
+    ref = F.cross_entropy(lt, torch.tensor(labels), label_smoothing=smoothing, reduction="sum") / total
+    ref.backward()
+    assert abs(loss - ref.item()) / abs(ref.item()) < 1e-5
+    assert rel_err(dlogits, lt.grad.numpy()) < 1e-5
+
+
+def test_label_smoothing_finite_differences():
+    rng = np.random.default_rng(12)
+    logits = rng.standard_normal((3, 5))
+    labels = np.array([4, 0, 2], np.int64)
+    probs, dlogits = np.empty_like(logits), np.empty_like(logits)
+    softmax_cross_entropy(logits, labels, probs, dlogits, 3, 0.2)
+    numeric = numeric_gradient(
+        lambda: softmax_cross_entropy(logits, labels, probs, np.empty_like(logits), 3, 0.2), logits)
+    assert rel_err(dlogits, numeric) < 1e-6
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.15])
+def test_cross_entropy_of_probabilities_against_torch(smoothing):
+    """The unfused loss (a softmax output trained without the fusing pass) smooths the same way."""
+    rng = np.random.default_rng(13)
+    n, k = 6, 4
+    probs = F.softmax(torch.tensor(rng.standard_normal((n, k)).astype(np.float32)), dim=-1).numpy().copy()
+    labels = rng.integers(0, k, n).astype(np.int64)
+    dprobs = rng.standard_normal((n, k)).astype(np.float32)
+    loss = cross_entropy_of_probabilities(probs, labels, dprobs, n, smoothing)
+
+    pt = torch.tensor(probs, requires_grad=True)
+    target = (1 - smoothing) * F.one_hot(torch.tensor(labels), k) + smoothing / k  # torch's smoothed target
+    ref = -(target * torch.log(pt)).sum(dim=1).mean()
+    ref.backward()
+    assert abs(loss - ref.item()) / abs(ref.item()) < 1e-5
+    assert rel_err(dprobs, pt.grad.numpy()) < 1e-5
+    p64 = probs.astype(np.float64)
+    numeric = numeric_gradient(lambda: cross_entropy_of_probabilities(p64, labels, np.empty((n, k)), n, smoothing), p64)
+    assert rel_err(dprobs, numeric) < 1e-4
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.4])
+def test_pixel_label_smoothing_against_torch_and_finite_differences(smoothing):
+    rng = np.random.default_rng(21)
+    n, c, h, w = 2, 3, 4, 5
+    lt = torch.tensor(rng.standard_normal((n, c, h, w)).astype(np.float32), requires_grad=True)
+    labels = rng.integers(0, c, (n, h, w)).astype(np.int64)
+    logits = cnhw(lt)
+    probs, dlogits = np.empty_like(logits), np.empty_like(logits)
+    loss = pixel_softmax_cross_entropy(logits, labels, probs, dlogits, labels.size, smoothing)
+    ref = F.cross_entropy(lt, torch.tensor(labels), label_smoothing=smoothing)
+    ref.backward()
+    assert abs(loss - ref.item()) / abs(ref.item()) < 1e-5
+    assert rel_err(dlogits, cnhw(lt.grad)) < 1e-5
+
+    p = rng.uniform(0.1, 1.0, (c, n, h, w))
+    dp = np.empty_like(p)
+    loss = pixel_cross_entropy_of_probabilities(p, labels, dp, labels.size, smoothing)
+    q = (1 - smoothing) * (np.arange(c)[:, None, None, None] == labels[None]) + smoothing / c
+    assert loss == pytest.approx(-(q * np.log(p)).sum() / labels.size, rel=1e-12)
+    numeric = numeric_gradient(
+        lambda: pixel_cross_entropy_of_probabilities(p, labels, np.empty_like(p), labels.size, smoothing), p)
+    assert rel_err(dp, numeric) < 1e-6

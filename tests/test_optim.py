@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from cnnc.train.optim import SGD, Adam, learning_rate, make_optimizer
+from cnnc.train.optim import SGD, Adam, AdamW, decay_vector, learning_rate, make_optimizer, one_cycle, step_rate
 
 torch = pytest.importorskip("torch")
 
@@ -29,8 +29,14 @@ ADAM_OPTIONS = [
     dict(lr=1e-2, weight_decay=1e-2),
     dict(lr=3e-3, betas=(0.95, 0.9999), eps=1e-6, weight_decay=0.1),
 ]
-CASES = [("sgd", kw) for kw in SGD_OPTIONS] + [("adam", kw) for kw in ADAM_OPTIONS]
-TORCH = {"sgd": lambda: torch.optim.SGD, "adam": lambda: torch.optim.Adam}
+ADAMW_OPTIONS = [
+    dict(lr=1e-3),  # torch's default decay, 0.01
+    dict(lr=1e-2, weight_decay=0.05),
+    dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.3),
+]
+CASES = ([("sgd", kw) for kw in SGD_OPTIONS] + [("adam", kw) for kw in ADAM_OPTIONS]
+         + [("adamw", kw) for kw in ADAMW_OPTIONS])
+TORCH = {"sgd": lambda: torch.optim.SGD, "adam": lambda: torch.optim.Adam, "adamw": lambda: torch.optim.AdamW}
 
 
 def assert_close(ours: np.ndarray, theirs: np.ndarray) -> None:
@@ -211,3 +217,67 @@ def test_schedule_errors():
         learning_rate("step", 0.1, 0, 10)
     with pytest.raises(ValueError, match="no option gamma"):
         learning_rate("cosine", 0.1, 0, 10, gamma=0.5)
+
+
+@pytest.mark.parametrize("epochs, steps, warmup", [(5, 7, 0), (4, 10, 1), (3, 1, 0), (10, 3, 2)])
+def test_onecycle_matches_one_cycle_lr(epochs, steps, warmup):
+    """Per step, as OneCycleLR without momentum cycling; warmup=N epochs sets pct_start=N/epochs."""
+    pct = warmup / epochs if warmup else 0.3
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=epochs * steps, pct_start=pct,
+                                                    cycle_momentum=False)
+    theirs = []
+    for _ in range(epochs * steps):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    ours = [step_rate("onecycle", 0.2, e, epochs, s, steps, warmup) for e in range(epochs) for s in range(steps)]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    assert 0.19 < max(ours) <= 0.2
+    if epochs * steps * pct >= 2:  # a warmup of a step at least: it starts at max_lr / div_factor
+        assert ours[0] == pytest.approx(0.2 / 25)
+
+
+def test_warmup_is_linear_per_step_then_the_schedule():
+    steps, epochs = 4, 6
+    rates = [step_rate("cosine", 0.1, e, epochs, s, steps, warmup=2) for e in range(epochs) for s in range(steps)]
+    cosine = [learning_rate("cosine", 0.1, e, epochs) for e in range(epochs)]
+    for i, rate in enumerate(rates[:8]):  # two epochs of 4 steps: (i + 1) / 8 of the epoch's rate
+        assert rate == pytest.approx(cosine[i // steps] * (i + 1) / 8)
+    assert rates[8:] == [cosine[e] for e in range(2, epochs) for _ in range(steps)]
+    assert [step_rate("constant", 0.1, e, 3, s, 5) for e in range(3) for s in range(5)] == [0.1] * 15
+
+
+def test_one_cycle_ends_near_zero():
+    assert one_cycle(0.1, 99, 100) == pytest.approx(0.1 / 25 / 1e4)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_decay_vector_matches_torch_parameter_groups(name):
+    """A per-element weight decay of 0 on some ranges is torch's second parameter group without decay."""
+    kw = {"sgd": dict(lr=0.05, momentum=0.9, nesterov=True), "adam": dict(lr=1e-2), "adamw": dict(lr=1e-2)}[name]
+    params, undecayed = start(7), [slice(0, 100), slice(500, 520)]
+    mask = np.zeros(N, bool)
+    for part in undecayed:
+        mask[part] = True
+    ours = make_optimizer(name, weight_decay=decay_vector(0.05, N, undecayed), **kw)
+    decayed_t = torch.nn.Parameter(torch.from_numpy(params[~mask].copy()))
+    plain_t = torch.nn.Parameter(torch.from_numpy(params[mask].copy()))
+    twin = TORCH[name]()([{"params": [decayed_t], "weight_decay": 0.05}, {"params": [plain_t], "weight_decay": 0.0}],
+                         **kw)
+    for g in gradients(8):
+        ours.step(params, g)
+        decayed_t.grad, plain_t.grad = torch.from_numpy(g[~mask].copy()), torch.from_numpy(g[mask].copy())
+        twin.step()
+    assert_close(params[~mask], decayed_t.detach().numpy())
+    assert_close(params[mask], plain_t.detach().numpy())
+
+
+def test_adamw_decay_is_decoupled():
+    """With a zero gradient Adam's L2 decay gives no step at all (m/sqrt(v) is 0/eps...); AdamW shrinks
+    the weights by lr * weight_decay exactly."""
+    params = start(9)
+    before = params.copy()
+    AdamW(0.1, weight_decay=0.5).step(params, np.zeros(N, np.float32))
+    np.testing.assert_allclose(params, before * np.float32(1 - 0.05), rtol=1e-6)
+    assert isinstance(make_optimizer("AdamW", lr=0.1), AdamW)

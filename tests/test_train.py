@@ -167,9 +167,11 @@ def assert_same_bits(a: dict, b: dict) -> None:
 
 
 def assert_same_checkpoint(path_a, path_b) -> None:
-    """Everything a checkpoint holds (weights, optimizer state, both RNGs, epoch, classes) agrees."""
+    """Everything a checkpoint holds (weights, optimizer state, both RNGs, epoch, classes, validation
+    split) agrees."""
     a, b = load_checkpoint(path_a), load_checkpoint(path_b)
     assert_same_bits(a.pop("params"), b.pop("params"))
+    assert a.pop("val_rows").tobytes() == b.pop("val_rows").tobytes()
     oa, ob = a.pop("optimizer"), b.pop("optimizer")
     assert oa.keys() == ob.keys()
     for k in oa:

@@ -1,7 +1,9 @@
 """The network and its weights as an ONNX model (opset 17), one ONNX node per layer of the parsed graph.
 
 The parsed graph is exported, not the optimized one: ONNX runtimes do their own fusion, and an
-unfused file maps one to one onto the model file a person wrote.
+unfused file maps one to one onto the model file a person wrote. A network trained with an input
+normalization (`normalize=auto`, `mean=`/`std=`) gets it baked in as the first nodes, Sub and Div
+by per-channel `input.mean` and `input.std`, so the ONNX model takes the images as cnnc does.
 """
 from __future__ import annotations
 
@@ -105,14 +107,27 @@ def resize_nodes(name: str, attrs: dict, srcs: list[str]) -> list:
             helper.make_node("Resize", [srcs[0], "", f"{name}.scales"], [name], name=name, **modes)]
 
 
-def to_onnx(g: nx.DiGraph, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """An ONNX model of a shape-checked (parsed) graph with these parameter values."""
-    nodes, used = [], []
+def normalization_nodes(normalization, params: dict) -> tuple[list, list[str], str]:
+    """(input - mean) / std per channel: its nodes, initializers (added to params) and output name."""
+    if normalization is None:
+        return [], [], "input"
+    mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in normalization)
+    params["input.mean"], params["input.std"] = mean, std
+    nodes = [helper.make_node("Sub", ["input", "input.mean"], ["input.centered"], name="input.centered"),
+             helper.make_node("Div", ["input.centered", "input.std"], ["input.normalized"], name="input.normalized")]
+    return nodes, ["input.mean", "input.std"], "input.normalized"
+
+
+def to_onnx(g: nx.DiGraph, params: dict[str, np.ndarray], normalization=None) -> onnx.ModelProto:
+    """An ONNX model of a shape-checked (parsed) graph with these parameter values, taking its
+    input normalized by `normalization` ((mean, std) per channel) when given."""
+    params = dict(params)
+    nodes, used, first = normalization_nodes(normalization, params)
     for node in nx.topological_sort(g):
         data = g.nodes[node]
         if data["op"] == "input":
             continue
-        srcs = ["input" if g.nodes[s]["op"] == "input" else s for s in inputs(g, node)]
+        srcs = [first if g.nodes[s]["op"] == "input" else s for s in inputs(g, node)]
         made, weights = layer_nodes(node, data, srcs, params, g.nodes[inputs(g, node)[0]]["shape"])
         nodes += made
         used += weights
@@ -133,5 +148,5 @@ def to_onnx(g: nx.DiGraph, params: dict[str, np.ndarray]) -> onnx.ModelProto:
 def export_onnx(net, path) -> None:
     """Writes the network with its current parameters to an .onnx file, atomically: a kill or a
 full disk keeps the previous file whole."""
-    model = to_onnx(net.parsed, {name: view for name, view in net.params.items()})
+    model = to_onnx(net.parsed, {name: view for name, view in net.params.items()}, net.normalization)
     atomic_write_bytes(path, model.SerializeToString())

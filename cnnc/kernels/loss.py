@@ -51,15 +51,18 @@ def softmax_backward(out, dout, dx):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def softmax_cross_entropy(logits, labels, probs, dlogits, total):
+def softmax_cross_entropy(logits, labels, probs, dlogits, total, smoothing=0.0):
     """Cross-entropy of softmax(logits) (N,K) against int labels (N,), summed in float64 and
     divided by `total`, the images of the whole step (N for a step of one replica).
 
-    Writes probs = softmax(logits) and dlogits = (probs - onehot(labels)) / total (overwritten).
+    With label smoothing s the target is q = (1 - s) onehot(label) + s / K, as PyTorch's
+    F.cross_entropy(label_smoothing=s): the loss of an image is logsumexp - sum_k q_k logits_k.
+    Writes probs = softmax(logits) and dlogits = (probs - q) / total (overwritten).
     """
     N, K = logits.shape
     sums = _softmax_rows(logits, probs)
     inv_n = probs.dtype.type(1.0 / total)
+    spread = smoothing / K  # the target's share of every class
     loss = 0.0
     for n in range(N):
         y = labels[n]
@@ -68,32 +71,40 @@ def softmax_cross_entropy(logits, labels, probs, dlogits, total):
         m = logits[n, 0]
         for k in range(1, K):
             m = max(m, logits[n, k])
+        mixed = 0.0  # sum_k q_k logits_k
         for k in range(K):
-            dlogits[n, k] = probs[n, k] * inv_n
-        dlogits[n, y] -= inv_n
-        loss += np.log(sums[n]) + m - logits[n, y]
+            dlogits[n, k] = (probs[n, k] - spread) * inv_n
+            mixed += spread * logits[n, k]
+        dlogits[n, y] -= (1.0 - smoothing) * inv_n
+        mixed += (1.0 - smoothing) * logits[n, y]
+        loss += np.log(sums[n]) + m - mixed
     return loss / total
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def cross_entropy_of_probabilities(probs, labels, dprobs, total):
-    """The sum of -log(probs[n, label]) over `total`, the images of the whole step, for a softmax
-    output that was not fused with its loss.
+def cross_entropy_of_probabilities(probs, labels, dprobs, total, smoothing=0.0):
+    """The sum of -sum_k q_k log(probs[n, k]) over `total`, the images of the whole step, for a
+    softmax output that was not fused with its loss; q = (1 - s) onehot(label) + s / K with the
+    label smoothing s (q is the one-hot label without it).
 
-    Writes dprobs = -onehot / (total * probs) (overwritten). Probabilities are clamped at 1e-30
+    Writes dprobs = -q / (total * probs) (overwritten). Probabilities are clamped at 1e-30
     so that a probability rounded to zero gives a large, finite loss.
     """
     N, K = probs.shape
+    spread = smoothing / K
     loss = 0.0
     for n in range(N):
         y = labels[n]
         if y < 0 or y >= K:
             raise ValueError("cross_entropy_of_probabilities: label out of range")
         for k in range(K):
-            dprobs[n, k] = 0.0
-        p = max(probs[n, y], 1e-30)
-        loss -= np.log(p)
-        dprobs[n, y] = -1.0 / (total * p)
+            q = spread + (1.0 - smoothing if k == y else 0.0)
+            if q == 0.0:
+                dprobs[n, k] = 0.0
+                continue
+            p = max(probs[n, k], 1e-30)
+            loss -= q * np.log(p)
+            dprobs[n, k] = -q / (total * p)
     return loss / total
 
 
@@ -147,48 +158,61 @@ def softmax_channels_backward(out, dout, dx):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def pixel_softmax_cross_entropy(logits, labels, probs, dlogits, total):
+def pixel_softmax_cross_entropy(logits, labels, probs, dlogits, total, smoothing=0.0):
     """Cross-entropy of the softmax over channels of logits (C,N,H,W) against int labels (N,H,W),
     summed over the pixels in float64 and divided by `total`, the pixels of the whole step
     (N*H*W for a step of one replica): PyTorch's F.cross_entropy on (N,C,H,W), reduction 'mean'.
+    With label smoothing s each pixel's target is q = (1 - s) onehot(label) + s / C, as
+    F.cross_entropy(label_smoothing=s).
 
-    Writes probs and dlogits = (probs - onehot(labels)) / total (overwritten)."""
+    Writes probs and dlogits = (probs - q) / total (overwritten)."""
     C = logits.shape[0]
     x2, p2, d2 = logits.reshape(C, -1), probs.reshape(C, -1), dlogits.reshape(C, -1)
     y = labels.reshape(-1)
+    M = x2.shape[1]
     top, sums = _softmax_channels(x2, p2)
     inv_n = probs.dtype.type(1.0 / total)
+    spread = smoothing / C  # the target's share of every class
+    mixed = np.zeros(M)  # sum_c q_c logits_c of each pixel, but for the label's (1 - s) share
     for c in range(C):
-        for m in range(x2.shape[1]):
-            d2[c, m] = p2[c, m] * inv_n
+        for m in range(M):
+            d2[c, m] = (p2[c, m] - spread) * inv_n
+            mixed[m] += spread * x2[c, m]
     loss = 0.0
-    for m in range(x2.shape[1]):
+    for m in range(M):
         k = y[m]
         if k < 0 or k >= C:
             raise ValueError("pixel_softmax_cross_entropy: label out of range")
-        d2[k, m] -= inv_n
-        loss += np.log(sums[m]) + top[m] - x2[k, m]
+        d2[k, m] -= (1.0 - smoothing) * inv_n
+        loss += np.log(sums[m]) + top[m] - mixed[m] - (1.0 - smoothing) * x2[k, m]
     return loss / total
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def pixel_cross_entropy_of_probabilities(probs, labels, dprobs, total):
+def pixel_cross_entropy_of_probabilities(probs, labels, dprobs, total, smoothing=0.0):
     """cross_entropy_of_probabilities per pixel: probs (C,N,H,W) from a softmax over channels that
-    was not fused with its loss, labels (N,H,W), `total` the pixels of the whole step.
+    was not fused with its loss, labels (N,H,W), `total` the pixels of the whole step, q as in
+    pixel_softmax_cross_entropy.
 
-    Writes dprobs = -onehot / (total * probs) (overwritten); probabilities clamped at 1e-30."""
+    Writes dprobs = -q / (total * probs) (overwritten); probabilities clamped at 1e-30."""
     C = probs.shape[0]
     p2, d2 = probs.reshape(C, -1), dprobs.reshape(C, -1)
     y = labels.reshape(-1)
+    spread = smoothing / C
+    loss = 0.0
     for c in range(C):
         for m in range(p2.shape[1]):
-            d2[c, m] = 0.0
-    loss = 0.0
+            if spread == 0.0:
+                d2[c, m] = 0.0
+            else:
+                p = max(p2[c, m], 1e-30)
+                d2[c, m] = -spread / (total * p)
+                loss -= spread * np.log(p)
     for m in range(p2.shape[1]):
         k = y[m]
         if k < 0 or k >= C:
             raise ValueError("pixel_cross_entropy_of_probabilities: label out of range")
         p = max(p2[k, m], 1e-30)
-        loss -= np.log(p)
-        d2[k, m] = -1.0 / (total * p)
+        loss -= (1.0 - smoothing) * np.log(p)
+        d2[k, m] -= (1.0 - smoothing) / (total * p)
     return loss / total

@@ -150,9 +150,9 @@ def loss_lines(ctx: Context) -> list[str]:
     note = "  # the mean over the step's pixels" if per_pixel else ""
     if logits:
         lines += [f"probs = np.empty({ctx.shape(out)}, np.float32)",
-                  f"loss = {kernel}({ctx.var(out)}, y, probs, {ctx.grad(out)}, {count}){note}"]
+                  f"loss = {kernel}({ctx.var(out)}, y, probs, {ctx.grad(out)}, {count}, smoothing){note}"]
     else:
-        lines += [f"loss = {kernel}({ctx.var(out)}, y, {ctx.grad(out)}, {count}){note}"]
+        lines += [f"loss = {kernel}({ctx.var(out)}, y, {ctx.grad(out)}, {count}, smoothing){note}"]
     if per_pixel:  # CNHW: a pixel's classes are the first axis
         return lines + [f"correct = int(np.count_nonzero({ctx.var(out)}.argmax(axis=0) == y))"
                         "  # right pixels: training accuracy comes free with the loss"]
@@ -191,5 +191,6 @@ def loss_and_grads_function(ctx: Context) -> list[str]:
            "    One of several replicas of a step (cnnc/replicas.py), it gets `total`, the images of the whole\n"
            "    step, `start`, the index of x's first image in it (which keys its dropout masks), and\n"
            "    `replicas`, whose sum() adds a buffer up over them; its loss and gradients are then its share\n"
-           "    of the step's (sum the replicas' to get the step's).")
-    return function("loss_and_grads", "x, y, P, G, seed, total=None, start=0, replicas=None", doc, lines)
+           "    of the step's (sum the replicas' to get the step's). `smoothing` is the label smoothing.")
+    return function("loss_and_grads", "x, y, P, G, seed, total=None, start=0, smoothing=0.0, replicas=None",
+                    doc, lines)

@@ -2,7 +2,10 @@
 
 - A weights file (``--out WEIGHTS.npz``, ``--weights``) is a plain ``.npz`` keyed by parameter name
   (``conv1.weight``, ``bn1.running_mean``, ...), float32 arrays in PyTorch layouts, so
-  ``{k: torch.from_numpy(v) for k, v in np.load(path).items()}`` is a PyTorch state_dict.
+  ``{k: torch.from_numpy(v) for k, v in np.load(path).items()}`` is a PyTorch state_dict. A run
+  that normalized its input (``normalize=auto``, ``mean=``/``std=``) adds the per-channel
+  ``input.mean`` and ``input.std`` (NORMALIZATION_NAMES; drop them for PyTorch), which
+  ``load_normalization`` reads and ``load_weights`` leaves aside.
 - The checkpoint that ``--resume`` continues from is kept beside it as ``WEIGHTS.ckpt.npz``
   (``checkpoint_path``): ``runs/lenet.npz`` -> ``runs/lenet.ckpt.npz``, ``w`` -> ``w.ckpt.npz``.
   It is an .npz too: every numpy array of the state is an entry named by its path in the state
@@ -13,7 +16,9 @@
   The trainer's state holds, by convention: ``params`` (dict name -> array), ``optimizer``
   (the optimizer's state_dict), ``epoch`` (epochs completed), ``rng`` (``rng_state(rng)``),
   ``classes`` (list of str), ``model`` (model name) and ``model_hash`` (``source_hash(text)``);
-  ``check_resume`` compares the last two with the model being trained.
+  ``check_resume`` compares the last two with the model being trained. A recipe with a
+  validation split adds ``val_rows`` (the held-out training images) and ``best`` (the best
+  validation accuracy and its epoch); the normalization is in ``params`` as in the weights.
 
 Every file is written atomically: into a temporary file in the destination folder, flushed and
 fsynced, then moved over the destination with os.replace. A crash or Ctrl-C mid-write leaves the
@@ -36,6 +41,7 @@ from cnnc.npz import NpzReader
 FORMAT_KEY = "__cnnc_checkpoint__"
 FORMAT_VERSION = 1
 CHECKPOINT_SUFFIX = ".ckpt.npz"
+NORMALIZATION_NAMES = ("input.mean", "input.std")  # no parameter's kind is `mean` or `std`
 
 
 def checkpoint_path(weights_path) -> Path:
@@ -74,7 +80,7 @@ def load_weights(path, expected: dict) -> dict[str, np.ndarray]:
         members = {name: name for name in npz.names}
         if FORMAT_KEY in npz.names:
             members = _parameter_members(path, _read_header(path, npz))
-        _check_names(path, shapes, members)
+        _check_names(path, shapes, {n: m for n, m in members.items() if n not in NORMALIZATION_NAMES})
         out = {}
         for name, shape in shapes.items():
             stored, dtype = npz.header(members[name])
@@ -86,6 +92,27 @@ def load_weights(path, expected: dict) -> dict[str, np.ndarray]:
             with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused below
                 out[name] = _finite(path, name, npz.read(members[name]).astype(np.float32))
     return out
+
+
+def load_normalization(path, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The input normalization (mean, std), C float32 values each, saved in a weights file or
+    checkpoint; None when the run that wrote it did not normalize."""
+    with NpzReader(path) as npz:
+        members = {name: name for name in npz.names}
+        if FORMAT_KEY in npz.names:
+            members = _parameter_members(path, _read_header(path, npz))
+        if not all(n in members for n in NORMALIZATION_NAMES):
+            return None
+        values = []
+        for name in NORMALIZATION_NAMES:
+            stored, dtype = npz.header(members[name])
+            if stored != (channels,) or dtype.kind != "f":
+                raise DataError(path, f"{name} is {_shape(stored)} {dtype}; expected {channels} float values, "
+                                "one per input channel")
+            values.append(_finite(path, name, npz.read(members[name]).astype(np.float32)))
+    if not np.all(values[1] > 0):
+        raise DataError(path, "input.std holds values <= 0; these weights cannot be used")
+    return values[0], values[1]
 
 
 def _finite(path, name: str, array: np.ndarray) -> np.ndarray:

@@ -141,16 +141,18 @@ class Batches:
 
     With a numpy Generator the order is a permutation drawn once, here, so the batches of an
     epoch are fixed by the generator's state when they are made; without one the order is kept
-    (evaluation). `len()` is the number of batches, for progress bars.
+    (evaluation). `len()` is the number of batches, for progress bars. `transform(x, rows)`, if
+    given, returns the images x of training rows `rows` as a step sees them (augmented).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, rng=None):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, rng=None, transform=None):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
         if int(batch_size) < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.x, self.y, self.batch_size = x, y, int(batch_size)
         self.order = rng.permutation(len(x)) if rng is not None else None
+        self.transform = transform
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -158,7 +160,7 @@ class Batches:
     def __iter__(self):
         for start in range(0, len(self.x), self.batch_size):
             rows = self._rows(start)
-            yield self.x[rows], self.y[rows]
+            yield self._images(rows), self.y[rows]
 
     def shares(self, rank: int, ranks: int):
         """Process `rank`'s share of each batch when `ranks` processes share every step:
@@ -169,7 +171,12 @@ class Batches:
             total = len(range(len(self.x))[rows]) if isinstance(rows, slice) else len(rows)
             part = rank_share(total, rank, ranks)
             mine = np.arange(len(self.x))[rows][part] if isinstance(rows, slice) else rows[part]
-            yield self.x[mine], self.y[mine], total, part.start
+            yield self._images(mine), self.y[mine], total, part.start
+
+    def _images(self, rows):
+        if self.transform is None:
+            return self.x[rows]
+        return self.transform(self.x[rows], np.arange(len(self.x))[rows] if isinstance(rows, slice) else rows)
 
     def _rows(self, start: int):
         if self.order is None:
@@ -182,9 +189,9 @@ def rank_share(n: int, rank: int, ranks: int) -> slice:
     return slice(rank * n // ranks, (rank + 1) * n // ranks)
 
 
-def batches(x, y, batch_size, rng=None) -> Batches:
+def batches(x, y, batch_size, rng=None, transform=None) -> Batches:
     """Shuffled (with `rng`) mini-batches of (x, y); see `Batches`."""
-    return Batches(x, y, batch_size, rng)
+    return Batches(x, y, batch_size, rng, transform)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The training loop: recipe, epochs of batches, progress, evaluation and a checkpoint after each epoch.
 
-A run is reproducible: the seed fixes initialization, shuffling and dropout, and a checkpoint
-holds all of that state, so a resumed run ends with the same weights as one never interrupted.
+A run is reproducible: the seed fixes initialization, shuffling, augmentation, the validation
+split and dropout, and a checkpoint holds all of that state (with the best validation accuracy
+so far, for keep=best and patience), so a resumed run ends with the same weights as one never
+interrupted. The learning rate changes every step (optim.step_rate).
 """
 from __future__ import annotations
 
@@ -20,10 +22,10 @@ from .. import __version__, ops
 from ..diagnostics import CnncError, DataError
 from ..distributed import SAVE_TIMEOUT, Single
 from ..runtime import Network
-from . import checkpoint
+from . import augment, checkpoint
 from .data import Dataset, batches, rank_share
 from .metrics import metrics_path, metrics_row, resumed_rows, write_metrics
-from .optim import learning_rate, make_optimizer
+from .optim import decay_vector, make_optimizer, step_rate
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,17 @@ class Recipe:
     schedule: str = "constant"
     step_size: int = 1
     gamma: float = 0.1
+    warmup: int = 0
+    label_smoothing: float = 0.0
+    decay_norm_bias: bool = True
+    crop: int = 0
+    flip: bool = False
+    normalize: str = "none"
+    mean: float | None = None
+    std: float | None = None
+    val: float = 0.0
+    keep: str = "last"
+    patience: int = 0
 
 
 assert {f.name for f in fields(Recipe)} == set(ops.TRAIN_KEYS), "Recipe and ops.TRAIN_KEYS must agree"
@@ -68,22 +81,55 @@ class TrainingError(CnncError):
         return self.render()
 
 
-def optimizer_for(r: Recipe):
+def optimizer_for(r: Recipe, net: Network | None = None):
     """The recipe's optimizer; a TrainingError (not a traceback) for impossible settings, such as
-    a negative --momentum or nesterov=true with --momentum 0."""
+    a negative --momentum or nesterov=true with --momentum 0. With decay_norm_bias=false and the
+    network, its batchnorm and bias parameters get no weight decay."""
+    check_recipe(r)
+    decay = r.weight_decay
+    if net is not None and not r.decay_norm_bias and r.weight_decay:
+        decay = decay_vector(r.weight_decay, net.layout.trainable, norm_and_bias(net))
     try:
-        if r.optimizer == "adam":
-            return make_optimizer("adam", lr=r.lr, weight_decay=r.weight_decay)
-        return make_optimizer("sgd", lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
-                              weight_decay=r.weight_decay)
+        if r.optimizer in ("adam", "adamw"):
+            return make_optimizer(r.optimizer, lr=r.lr, weight_decay=decay)
+        return make_optimizer("sgd", lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, weight_decay=decay)
     except ValueError as e:
         raise TrainingError(f"cannot train with {r.optimizer} lr={r.lr:g} momentum={r.momentum:g} "
                             f"weight_decay={r.weight_decay:g}: {e}") from None
 
 
+def check_recipe(r: Recipe) -> None:
+    """Settings that only work together, whichever of the model file and the command line gave them."""
+    if r.keep == "best" and not r.val:
+        raise TrainingError("keep=best needs a validation split to tell the best epoch",
+                            hint="add val=0.1 to the train line (or --val 0.1)")
+    if r.patience and not r.val:
+        raise TrainingError(f"patience={r.patience} needs a validation split to see progress",
+                            hint="add val=0.1 to the train line (or --val 0.1)")
+    if r.warmup and r.warmup >= r.epochs and r.schedule == "onecycle":
+        raise TrainingError(f"the onecycle schedule needs its warmup ({r.warmup} epochs) shorter than "
+                            f"the run ({r.epochs} epochs)", hint="lower warmup, or raise epochs")
+
+
+NORM_AND_BIAS = ("bias", "gamma", "beta")  # parameter kinds that decay_norm_bias=false leaves undecayed
+
+
+def norm_and_bias(net: Network) -> list[slice]:
+    """Where the batchnorm and bias parameters lie in the trainable vector."""
+    return [slice(offset, offset + int(np.prod(shape))) for name, (offset, shape) in net.layout.slots.items()
+            if name.rsplit(".", 1)[1] in NORM_AND_BIAS]
+
+
 def epoch_lr(r: Recipe, epoch: int) -> float:
+    """The learning rate of an epoch counted as one step: the epoch's rate under constant, step
+    and cosine without warmup (which change it once an epoch); see step_lr for the others."""
+    return step_lr(r, epoch, 0, 1)
+
+
+def step_lr(r: Recipe, epoch: int, step: int, steps: int) -> float:
+    """The learning rate of step `step` of `steps` in 0-based `epoch` (optim.step_rate)."""
     extra = {"step_size": r.step_size, "gamma": r.gamma} if r.schedule == "step" else {}
-    return learning_rate(r.schedule, r.lr, epoch, r.epochs, **extra)
+    return step_rate(r.schedule, r.lr, epoch, r.epochs, step, steps, r.warmup, **extra)
 
 
 def loss_and_predictions(net: Network, x: np.ndarray, y: np.ndarray,
@@ -129,6 +175,27 @@ class EpochReport:
     test_accuracy: float | None
     seconds: float
     images_per_second: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    lr: float | None = None  # the learning rate of the epoch's last step
+    best: bool = False  # the best validation accuracy so far (keep=best saves these weights)
+
+
+def epoch_batches(x: np.ndarray, y: np.ndarray, r: Recipe, rng: np.random.Generator):
+    """An epoch's batches: every image's augmentation, then the shuffle, drawn from `rng` in
+    that order (without augmentation, the shuffle alone)."""
+    plan = augment.draw(len(x), r.crop, r.flip, rng)
+    return batches(x, y, r.batch, rng, None if plan is None else plan.apply)
+
+
+def validation_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The training images a validation split of `fraction` holds out, drawn from the seed alone."""
+    count = int(round(n * fraction))
+    if fraction and not 0 < count < n:
+        raise TrainingError(f"val={fraction:g} of {n:,} training images leaves "
+                            f"{'no validation' if count == 0 else 'no training'} images",
+                            hint="use a larger data set or another val fraction")
+    return np.sort(np.random.default_rng([seed, 1]).permutation(n)[:count])
 
 
 class Trainer:
@@ -145,13 +212,37 @@ class Trainer:
         if data.x_train is None or len(data.x_train) == 0:
             raise DataError(data.source, "holds no training images")
         self.model_hash = checkpoint.source_hash(model_text)
-        self.optimizer = optimizer_for(r)
+        self.optimizer = optimizer_for(r, net)
         self.rng = np.random.default_rng(r.seed)
+        self.split(validation_rows(len(data.x_train), r.val, r.seed))
+        norm = augment.normalization(r, self.x_train, net.input_shape[0])
+        if norm is not None:
+            net.normalization = norm
+        self.best_accuracy: float | None = None  # the best validation accuracy so far
+        self.best_epoch: int | None = None
         self.epoch = 0  # epochs completed
         self.saved_epoch: int | None = None  # the epoch whose weights and checkpoint this run wrote last
         self.resumed_from: Path | None = None
         self.resumed_recipe: dict | None = None
         self.history: list[dict] = []  # the metrics log's rows, one per epoch completed
+
+    def split(self, val_rows: np.ndarray) -> None:
+        """The images trained on, and those held out for validation (none without val=)."""
+        x, y = self.data.x_train, self.data.y_train
+        self.val_rows = val_rows
+        if len(val_rows) == 0:
+            self.x_train, self.y_train, self.x_val, self.y_val = x, y, None, None
+            return
+        keep = np.ones(len(x), bool)
+        keep[val_rows] = False
+        self.x_train, self.y_train = x[keep], y[keep]
+        self.x_val, self.y_val = x[val_rows], y[val_rows]
+
+    @property
+    def stopped_early(self) -> bool:
+        """`patience` epochs have gone by without a better validation accuracy."""
+        p = self.recipe.patience
+        return bool(p) and self.best_epoch is not None and self.epoch - self.best_epoch >= p
 
     def resume(self, path) -> None:
         """Continue from a checkpoint: weights, optimizer state, both RNGs and the epoch count.
@@ -179,13 +270,33 @@ class Trainer:
             self.optimizer.load_state_dict(optimizer_state)
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(path, f"damaged checkpoint: its optimizer state is unreadable ({e})") from None
+        val_rows, best = self._resumed_split(path, state)
+        normalization = checkpoint.load_normalization(path, self.net.input_shape[0])
         for name, value in params.items():
             self.net.params[name] = value
         self.rng, self.net.dropout_rng, self.epoch = rng, dropout_rng, epoch
+        self.split(val_rows)
+        self.best_accuracy, self.best_epoch = best
+        if normalization is not None:
+            self.net.normalization = normalization
         if self.out is not None and self.world.rank == 0:  # rank 0 alone writes the log
             self.history = resumed_rows(metrics_path(self.out), epoch)
         self.resumed_from = Path(path)
         self.resumed_recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else None
+
+    def _resumed_split(self, path, state: dict) -> tuple[np.ndarray, tuple]:
+        """The checkpoint's validation rows and (best accuracy, its epoch); the run's own without them."""
+        rows = state.get("val_rows")
+        if rows is None:
+            return self.val_rows, (None, None)
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and not (
+                0 <= rows.min() and rows.max() < len(self.data.x_train))):
+            raise DataError(path, "damaged checkpoint: its validation rows do not fit the training images")
+        best = state.get("best") if isinstance(state.get("best"), dict) else {}
+        accuracy, epoch = best.get("accuracy"), best.get("epoch")
+        return rows.astype(np.int64), (None if accuracy is None else float(accuracy),
+                                       None if epoch is None else int(epoch))
 
     def identity(self) -> dict:
         """What every rank of a distributed run must share before the first step."""
@@ -210,7 +321,10 @@ class Trainer:
 
     def _save(self) -> None:
         params = {name: view.copy() for name, view in self.net.params.items()}
-        checkpoint.save_weights(self.out, params)
+        if self.net.normalization is not None:
+            params.update(zip(checkpoint.NORMALIZATION_NAMES, self.net.normalization))
+        if self.recipe.keep == "last" or self.best_epoch == self.epoch:
+            checkpoint.save_weights(self.out, params)
         # Before the checkpoint: a log a row ahead of it loses that row to the resumed run, which
         # does the epoch again; a log behind it would stay a row short.
         write_metrics(metrics_path(self.out), self.history)
@@ -226,18 +340,20 @@ class Trainer:
             "params": params, "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
             "rng": checkpoint.rng_state(self.rng), "dropout_rng": checkpoint.rng_state(self.net.dropout_rng),
             "classes": list(self.data.classes), "model": self.net.name, "model_hash": self.model_hash,
-            "recipe": asdict(self.recipe)})
+            "recipe": asdict(self.recipe), "val_rows": self.val_rows.astype(np.int64),
+            "best": {"accuracy": self.best_accuracy, "epoch": self.best_epoch}})
 
     def run_epoch(self, progress=None) -> EpochReport:
         net, r, world = self.net, self.recipe, self.world
-        lr = epoch_lr(r, self.epoch)
         trainable = net.vector[: net.layout.trainable]
         total_loss, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
-        steps = batches(self.data.x_train, self.data.y_train, r.batch, self.rng)
+        steps = epoch_batches(self.x_train, self.y_train, r, self.rng)
+        lr = step_lr(r, self.epoch, 0, len(steps))
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging step is caught below, not warned of
-            for xb, yb, total, start in steps.shares(world.rank, world.size):
-                loss, right = net.loss_grads_correct(xb, yb, total, start, world.replicas)
+            for i, (xb, yb, total, start) in enumerate(steps.shares(world.rank, world.size)):
+                lr = step_lr(r, self.epoch, i, len(steps))
+                loss, right = net.loss_grads_correct(xb, yb, total, start, world.replicas, r.label_smoothing)
                 if not np.isfinite(loss):  # the step's loss, the same in every rank: all stop together
                     self.diverged(f"the loss became {loss}", lr)
                 self.optimizer.step(trainable, net.grad_vector, lr)
@@ -258,14 +374,20 @@ class Trainer:
         labels = seen * math.prod(net.label_shape)  # images, or pixels for a class per pixel
         report = EpochReport(epoch=self.epoch, loss=total_loss / seen, train_accuracy=correct / labels,
                              test_loss=test_loss, test_accuracy=test_accuracy, seconds=seconds,
-                             images_per_second=seen / seconds)
+                             images_per_second=seen / seconds, lr=lr)
+        if self.x_val is not None:
+            report.val_loss, report.val_accuracy = shared_evaluation(net, self.x_val, self.y_val, world)
+            report.best = self.best_accuracy is None or report.val_accuracy > self.best_accuracy
+            if report.best:
+                self.best_accuracy, self.best_epoch = report.val_accuracy, self.epoch
         self.history.append(metrics_row(report, lr))
         return report
 
     def diverged(self, what: str, lr: float):
         """Stop: training diverged in the current epoch. Nothing of this epoch is saved."""
         if self.saved_epoch is not None:
-            kept = f"; the weights of epoch {self.saved_epoch} are kept in {self.out}"
+            best = self.recipe.keep == "best" and self.best_epoch is not None
+            kept = f"; the weights of epoch {self.best_epoch if best else self.saved_epoch} are kept in {self.out}"
         elif self.resumed_from is not None:
             kept = f"; nothing was saved, {self.resumed_from} is unchanged"
         else:

@@ -12,9 +12,16 @@ results agree with PyTorch to float32 rounding.
 carries the running state (step count, buffers), not the hyperparameters, which come from the
 model and command line when training resumes.
 
+``AdamW`` is ``torch.optim.AdamW``: the decay is decoupled, ``p *= 1 - lr * weight_decay`` before
+the Adam step, instead of being added to the gradient. ``weight_decay`` may be a number or a
+per-element float32 vector (``decay_vector``: zero for batchnorm and bias parameters when they
+are left undecayed).
+
 Schedules give the learning rate of an epoch (0-based): ``constant``; ``step`` (multiply by
 ``gamma`` every ``step_size`` epochs, as StepLR); ``cosine`` (from base_lr at epoch 0 towards
-``eta_min`` (0) at epoch ``epochs``, as CosineAnnealingLR with T_max=epochs).
+``eta_min`` (0) at epoch ``epochs``, as CosineAnnealingLR with T_max=epochs). ``step_rate``
+gives the rate of one step: the epoch's, times a linear warmup, or ``onecycle``
+(torch.optim.lr_scheduler.OneCycleLR per step, without momentum cycling).
 """
 from __future__ import annotations
 
@@ -23,8 +30,8 @@ import math
 
 import numpy as np
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
 class Optimizer:
@@ -72,19 +79,19 @@ class SGD(Optimizer):
     def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, dampening: float = 0.0):
         super().__init__(lr)
-        if momentum < 0 or weight_decay < 0:
+        if momentum < 0 or _negative(weight_decay):
             raise ValueError("momentum and weight_decay must be >= 0")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
-        self.weight_decay, self.dampening = float(weight_decay), float(dampening)
+        self.weight_decay, self.dampening = _decay(weight_decay), float(dampening)
         self.momentum_buffer: np.ndarray | None = None
 
     def step(self, params, grads, lr=None):
         self._check(params, grads)
         lr = self.lr if lr is None else float(lr)
         d = grads
-        if self.weight_decay:
+        if _any(self.weight_decay):
             d = _decayed(grads, params, self.weight_decay, self._buffer("decayed", params))
         if self.momentum:
             buf = self._update_momentum(d)
@@ -141,9 +148,9 @@ class Adam(Optimizer):
         beta1, beta2 = (float(b) for b in betas)
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
+        if eps < 0 or _negative(weight_decay):
             raise ValueError("eps and weight_decay must be >= 0")
-        self.betas, self.eps, self.weight_decay = (beta1, beta2), float(eps), float(weight_decay)
+        self.betas, self.eps, self.weight_decay = (beta1, beta2), float(eps), _decay(weight_decay)
         self.t = 0
         self.exp_avg: np.ndarray | None = None
         self.exp_avg_sq: np.ndarray | None = None
@@ -155,9 +162,7 @@ class Adam(Optimizer):
         if self.exp_avg is None or self.exp_avg.shape != params.shape:
             self.exp_avg, self.exp_avg_sq = np.zeros_like(params), np.zeros_like(params)
         self.t += 1
-        g = grads
-        if self.weight_decay:
-            g = _decayed(grads, params, self.weight_decay, self._buffer("decayed", params))
+        g = self._decay_step(params, grads, lr)
         m, v = self.exp_avg, self.exp_avg_sq
         tmp, denom = self._buffer("tmp", params), self._buffer("denom", params)
         _lerp(m, g, 1 - beta1, tmp)
@@ -178,6 +183,12 @@ class Adam(Optimizer):
         tmp /= denom
         params += tmp
 
+    def _decay_step(self, params, grads, lr: float) -> np.ndarray:
+        """Adam's L2 penalty: the gradient to use, with weight_decay * params added."""
+        if not _any(self.weight_decay):
+            return grads
+        return _decayed(grads, params, self.weight_decay, self._buffer("decayed", params))
+
     def state_dict(self) -> dict:
         d = {"kind": self.kind, "step": np.int64(self.t)}
         if self.exp_avg is not None:
@@ -192,9 +203,49 @@ class Adam(Optimizer):
         self.exp_avg_sq = np.array(d["exp_avg_sq"], dtype=np.float32) if has else None
 
 
-def _decayed(grads, params, weight_decay: float, out: np.ndarray) -> np.ndarray:
+class AdamW(Adam):
+    """torch.optim.AdamW: p *= 1 - lr * weight_decay, then the Adam step on the plain gradient."""
+
+    kind = "adamw"
+
+    def __init__(self, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(lr, betas, eps, weight_decay)
+
+    def _decay_step(self, params, grads, lr: float) -> np.ndarray:
+        if _any(self.weight_decay):
+            if isinstance(self.weight_decay, np.ndarray):
+                factor = self._buffer("factor", params)
+                np.multiply(self.weight_decay, np.float32(-lr), out=factor)
+                factor += np.float32(1)
+                params *= factor
+            else:  # torch: param.mul_(1 - lr * weight_decay)
+                params *= np.float32(1 - lr * self.weight_decay)
+        return grads
+
+
+def decay_vector(weight_decay: float, size: int, undecayed: list[slice]) -> np.ndarray:
+    """weight_decay for every element of a parameter vector of `size`, 0 in the `undecayed` ranges."""
+    out = np.full(size, weight_decay, np.float32)
+    for part in undecayed:
+        out[part] = 0
+    return out
+
+
+def _decay(weight_decay):
+    return np.asarray(weight_decay, np.float32) if isinstance(weight_decay, np.ndarray) else float(weight_decay)
+
+
+def _negative(weight_decay) -> bool:
+    return bool(np.any(np.asarray(weight_decay) < 0))
+
+
+def _any(weight_decay) -> bool:
+    return bool(np.any(weight_decay)) if isinstance(weight_decay, np.ndarray) else bool(weight_decay)
+
+
+def _decayed(grads, params, weight_decay, out: np.ndarray) -> np.ndarray:
     """grads + weight_decay * params into `out` (torch's grad.add(param, alpha=weight_decay))."""
-    np.multiply(params, np.float32(weight_decay), out=out)
+    np.multiply(params, weight_decay if isinstance(weight_decay, np.ndarray) else np.float32(weight_decay), out=out)
     out += grads
     return out
 
@@ -216,9 +267,9 @@ def _lerp(start: np.ndarray, end: np.ndarray, weight: float, tmp: np.ndarray) ->
 
 
 def make_optimizer(name: str, **kw) -> Optimizer:
-    """An optimizer by name ('sgd' or 'adam') with its options; ValueError for unknown names or
+    """An optimizer by name ('sgd', 'adam' or 'adamw') with its options; ValueError for unknown names or
     options (saying which options the optimizer takes)."""
-    classes = {"sgd": SGD, "adam": Adam}
+    classes = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
     cls = classes.get(str(name).lower())
     if cls is None:
         raise ValueError(f"unknown optimizer '{name}'; expected one of {', '.join(OPTIMIZERS)}")
@@ -246,6 +297,8 @@ def learning_rate(schedule: str, base_lr: float, epoch: int, epochs: int, **kw) 
         eta_min = float(kw.get("eta_min", 0.0))
         t = min(int(epoch), int(epochs)) / max(int(epochs), 1)
         return eta_min + (float(base_lr) - eta_min) * (1 + math.cos(math.pi * t)) / 2
+    if schedule == "onecycle":
+        raise ValueError("the onecycle schedule changes the rate every step: use step_rate")
     raise ValueError(f"unknown schedule '{schedule}'; expected one of {', '.join(SCHEDULES)}")
 
 
@@ -254,3 +307,37 @@ def _no_options(schedule: str, kw: dict, allowed: tuple) -> None:
     if unknown:
         takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
         raise ValueError(f"the {schedule} schedule has no option {', '.join(unknown)} ({takes})")
+
+
+def step_rate(schedule: str, base_lr: float, epoch: int, epochs: int, step: int, steps: int,
+              warmup: int = 0, **kw) -> float:
+    """The learning rate of step `step` (0-based) of epoch `epoch`, of `steps` an epoch.
+
+    `onecycle` is OneCycleLR(max_lr=base_lr, total_steps=epochs * steps, pct_start=warmup / epochs
+    (0.3 without a warmup), anneal_strategy='cos', div_factor=25, final_div_factor=1e4,
+    cycle_momentum=False). Any other schedule gives the epoch's rate (`learning_rate`), times
+    (i + 1) / (warmup * steps) for the first warmup * steps steps i of the run."""
+    if schedule == "onecycle":
+        _no_options(schedule, kw, ())
+        return one_cycle(base_lr, epoch * steps + step, epochs * steps, warmup / epochs if warmup else 0.3)
+    rate = learning_rate(schedule, base_lr, epoch, epochs, **kw)
+    done = epoch * steps + step
+    if warmup and done < warmup * steps:
+        rate *= (done + 1) / (warmup * steps)
+    return rate
+
+
+def one_cycle(max_lr: float, step: int, total_steps: int, pct_start: float = 0.3,
+              div_factor: float = 25.0, final_div_factor: float = 1e4) -> float:
+    """OneCycleLR's rate at `step` (its two-phase cosine form, as torch computes it)."""
+    initial = max_lr / div_factor
+    final = initial / final_div_factor
+    peak = float(pct_start * total_steps) - 1
+    phases = [(peak, initial, max_lr), (total_steps - 1, max_lr, final)]  # (end step, first rate, last rate)
+    start = 0.0
+    for i, (end, first, last) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            pct = (step - start) / (end - start) if end != start else 1.0
+            return last + (first - last) / 2.0 * (math.cos(math.pi * pct) + 1)
+        start = end
+    raise AssertionError("unreachable")

@@ -20,20 +20,37 @@ from .metrics import metrics_path
 from .plot import curves_path, plot_run
 
 
-def describe_run(net: Network, data: Dataset, r: Recipe, ranks: int = 1) -> str:
+def describe_run(net: Network, data: Dataset, r: Recipe, ranks: int = 1, validation: int = 0) -> str:
     test = f", {len(data.x_test):,} test" if data.x_test is not None else ", no test split"
+    val = f" ({validation:,} of them held out for validation)" if validation else ""
     extra = f" momentum={r.momentum:g}" if r.optimizer == "sgd" and r.momentum else ""
     shared = f" on {ranks} processes (each batch shared out among them)" if ranks > 1 else ""
-    return (f"training {net.name} on {len(data.x_train):,} images{test} ({data.num_classes} classes) from "
+    return (f"training {net.name} on {len(data.x_train):,} images{val}{test} ({data.num_classes} classes) from "
             f"{data.source}{shared}\n{r.optimizer} lr={r.lr:g}{extra} batch={r.batch} epochs={r.epochs} seed={r.seed}"
-            f"{' schedule=' + r.schedule if r.schedule != 'constant' else ''}")
+            f"{' schedule=' + r.schedule if r.schedule != 'constant' else ''}{recipe_extras(r)}")
+
+
+def recipe_extras(r: Recipe) -> str:
+    """The recipe pieces that are on (` warmup=1 crop=4 flip=true ...`), for the run's first lines."""
+    defaults = Recipe()
+    names = ("weight_decay", "warmup", "label_smoothing", "decay_norm_bias", "crop", "flip", "normalize",
+             "mean", "std", "val", "keep", "patience")
+    shown = [f"{k}={_show(getattr(r, k))}" for k in names if getattr(r, k) != getattr(defaults, k)]
+    return (" " + " ".join(shown)) if shown else ""
+
+
+def _show(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def epoch_line(report: EpochReport, epochs: int) -> str:
     test = f"  test acc {report.test_accuracy:.4f}" if report.test_accuracy is not None else ""
     test += f"  test loss {report.test_loss:.4f}" if report.test_loss is not None else ""
+    val = ""
+    if report.val_accuracy is not None:
+        val = f"  val loss {report.val_loss:.4f} acc {report.val_accuracy:.4f}{' (best)' if report.best else ''}"
     return (f"epoch {report.epoch}/{epochs}  loss {report.loss:.4f}  train acc {report.train_accuracy:.4f}"
-            f"{test}  {report.seconds:.1f} s  {report.images_per_second:,.0f} img/s")
+            f"{val}{test}  {report.seconds:.1f} s  {report.images_per_second:,.0f} img/s")
 
 
 def train(trainer: Trainer, quiet: bool, command: list[str] | None = None, plot: bool = False) -> int:
@@ -61,11 +78,15 @@ def _train(trainer: Trainer, quiet: bool, command, plot: bool) -> int:
             console.print(f"{resume} is after epoch {trainer.epoch} and the run has {r.epochs}: "
                           "nothing to do (raise --epochs to train on)")
             return 0
-    console.print(describe_run(net, data, r, trainer.world.size))
+        if trainer.stopped_early:
+            console.print(f"{resume} stopped early: {r.patience} epochs without a better validation accuracy "
+                          "(raise --patience to train on)")
+            return 0
+    console.print(describe_run(net, data, r, trainer.world.size, len(trainer.val_rows)))
     for line in data_warnings(data):
         console.print(f"warning: {line}")
     try:
-        while trainer.epoch < r.epochs:
+        while trainer.epoch < r.epochs and not trainer.stopped_early:
             report = run_epoch(trainer, console, quiet or not speaks)
             try:
                 trainer.save()
@@ -79,7 +100,13 @@ def _train(trainer: Trainer, quiet: bool, command, plot: bool) -> int:
         terminated = isinstance(stop, Terminated)
         console.print(interrupted_message(trainer, out, command, "terminated" if terminated else "interrupted"))
         return 143 if terminated else 130
-    console.print(f"weights: {out}  (checkpoint: {checkpoint_path(out)}, metrics: {metrics_path(out)}"
+    if trainer.stopped_early:
+        console.print(f"stopped early after epoch {trainer.epoch}: {r.patience} epochs without a better "
+                      f"validation accuracy than {trainer.best_accuracy:.4f} (epoch {trainer.best_epoch})")
+    best = ""
+    if r.keep == "best" and trainer.best_epoch is not None:
+        best = f" of epoch {trainer.best_epoch}, the best validation accuracy ({trainer.best_accuracy:.4f})"
+    console.print(f"weights{best}: {out}  (checkpoint: {checkpoint_path(out)}, metrics: {metrics_path(out)}"
                   f"{', curves: ' + str(curves_path(metrics_path(out))) if plot else ''})")
     return 0
 
