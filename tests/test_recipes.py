@@ -98,10 +98,12 @@ def test_the_validation_split_is_seeded_and_held_out(data):
     assert code == 0 and "150 of them held out" in err
 
 
-def scripted_validation(monkeypatch, accuracies: list[float]) -> None:
-    """The validation accuracy of each epoch is taken from the list (the loss from nothing)."""
-    script = iter(accuracies)
-    monkeypatch.setattr(loop, "shared_loss_accuracy", lambda *args: (1.0, next(script)))
+def scripted_validation(monkeypatch, accuracies: list[float], held_out: int = 60) -> None:
+    """The validation accuracy of each epoch is taken from the list (the loss from nothing); the
+    test split (of another size than the `held_out` validation images) is measured as it is."""
+    script, measured = iter(accuracies), loop.shared_evaluation
+    monkeypatch.setattr(loop, "shared_evaluation", lambda net, x, y, world: (1.0, next(script)) if len(x) == held_out
+                        else measured(net, x, y, world))
 
 
 def test_keep_best_and_patience(data, monkeypatch):

@@ -178,7 +178,7 @@ class EpochReport:
     val_loss: float | None = None
     val_accuracy: float | None = None
     lr: float | None = None  # the learning rate of the epoch's last step
-    best: bool = False  # the best validation accuracy so far (keep=best saves these weights)
+    best: bool | None = None  # with validation: the best validation accuracy so far (keep=best saves these weights)
 
 
 def epoch_batches(x: np.ndarray, y: np.ndarray, r: Recipe, rng: np.random.Generator):

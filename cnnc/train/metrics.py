@@ -29,8 +29,10 @@ def metrics_path(weights_path) -> Path:
 
 
 def metrics_row(report, lr: float) -> dict:
-    """An EpochReport as a row: its fields that have a value, and the learning rate unless it has one."""
-    row = {name: value for name, value in asdict(report).items() if value is not None}
+    """An EpochReport as a row: its fields that have a value (true and false as 1 and 0), and the
+    learning rate unless it has one."""
+    row = {name: int(value) if isinstance(value, bool) else value
+           for name, value in asdict(report).items() if value is not None}
     row.setdefault("lr", lr)
     return row
 
