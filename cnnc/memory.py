@@ -158,7 +158,10 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     forward = winograd if winograd_applies(c, data["attrs"]) else (lambda n: 0) if pointwise else im2col
     if not training:
         return forward
-    backward = winograd_backward if winograd_backward_applies(c, data) else im2col
+    def pointwise_backward(n: int) -> int:  # the output gradient and one group's input gradient, whole batch
+        return FLOAT * n * oh * ow * (f + c // groups) + FLOAT * c * f // groups
+
+    backward = winograd_backward if winograd_backward_applies(c, data) else pointwise_backward if pointwise else im2col
     return lambda n: max(forward(n), backward(n))
 
 

@@ -260,12 +260,39 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
         _bias_relu_store(prod, b, residual, relu, n0, ld, out)
 
 
+@njit(cache=True, fastmath=True)
+def _pointwise_backward(x, w, out, dout, dx, dw, db, groups, relu, need_dx):
+    """conv2d_backward of a 1x1, stride-1, unpadded conv on the column matrices themselves (see
+    _pointwise_forward): g = the output gradient (F, N*H*W, masked where relu), then per group
+    dw = (x g')' and dx += w' g over the whole batch, with no im2col and no col2im (dw and db
+    overwritten, dx added into)."""
+    F, Cg = w.shape[0], w.shape[1]
+    L, group_filters = x.shape[1] * x.shape[2] * x.shape[3], F // groups
+    g = np.empty((F, L), x.dtype)
+    db[:] = 0
+    _masked_grad(out, dout, relu, 0, out.shape[3], g, db)
+    gflat, xflat, wflat, dwflat = g.reshape(-1), x.reshape(-1), w.reshape(-1), dw.reshape(-1)
+    dwflat[:] = 0
+    dw_part = np.empty((Cg, group_filters), x.dtype)  # one group's dw transposed: see _add_transposed
+    for k in range(groups):
+        np.dot(_block(xflat, k, Cg, L), _block(gflat, k, group_filters, L).T, dw_part)
+        _add_transposed(_block(dwflat, k, group_filters, Cg), dw_part)
+    if need_dx:
+        part, dxflat = np.empty((Cg, L), x.dtype), dx.reshape(-1)
+        for k in range(groups):
+            np.dot(_block(wflat, k, group_filters, Cg).T, _block(gflat, k, group_filters, L), part)
+            _add(dxflat[k * Cg * L:], part.reshape(-1), Cg * L)
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def conv2d_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups,
                     relu, need_dx):
     """dw and db are overwritten; dx (when need_dx) is added into. Dilation and groups as in conv2d_forward."""
     F, Cg, KH, KW = w.shape
     C, N, OH, OW = x.shape[0], x.shape[1], out.shape[2], out.shape[3]
+    if KH * KW * stride_h * stride_w == 1 and (OH, OW) == (x.shape[2], x.shape[3]):
+        _pointwise_backward(x, w, out, dout, dx, dw, db, groups, relu, need_dx)
+        return
     EKH, EKW = (KH - 1) * dil_h + 1, (KW - 1) * dil_w + 1
     HPh, ld = _layout(EKH, EKW, OH, OW, stride_h, stride_w)
     phases = stride_h * stride_w
