@@ -43,6 +43,12 @@ def bias(ctx: Context, node: str) -> str:
     return ctx.param(node, "bias") if ctx.has_param(node, "bias") else f"np.zeros({filters}, np.float32)"
 
 
+def bias_grad(ctx: Context, node: str) -> str:
+    """Where the backward writes the bias gradient: a scratch array when the layer has no bias."""
+    filters = ctx.node(node)["attrs"]["filters"]
+    return ctx.param_grad(node, "bias") if ctx.has_param(node, "bias") else f"np.empty({filters}, np.float32)"
+
+
 def forward(ctx: Context, node: str, training: bool) -> list[str]:
     data = ctx.node(node)
     src, *residual = ctx.inputs(node)  # a second input is a residual fused in (passes/fuse_add.py)
@@ -99,8 +105,7 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     data = ctx.node(node)
     (src,) = ctx.inputs(node)
     relu = data.get("activation") == "relu"
-    filters = data["attrs"]["filters"]
-    db = ctx.param_grad(node, "bias") if ctx.has_param(node, "bias") else f"np.empty({filters}, np.float32)"
+    db = bias_grad(ctx, node)
     dx_arg = dx[0] or "EMPTY4"
     sh, sw, top, left = geometry(ctx, node)
     if winograd_backward(ctx, node):

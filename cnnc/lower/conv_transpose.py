@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .context import Context, scalars
-from .conv import bias, geometry
+from .conv import bias, bias_grad, geometry
 
 
 def forward(ctx: Context, node: str, training: bool) -> list[str]:
@@ -18,8 +18,7 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     data = ctx.node(node)
     (src,) = ctx.inputs(node)
     relu = data.get("activation") == "relu"
-    filters = data["attrs"]["filters"]
-    db = ctx.param_grad(node, "bias") if ctx.has_param(node, "bias") else f"np.empty({filters}, np.float32)"
+    db = bias_grad(ctx, node)
     indent = " " * len("convtranspose_backward(")
     return [f"convtranspose_backward({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
             f"{indent}{dx[0] or 'EMPTY4'}, {ctx.param_grad(node, 'weight')}, {db},"
