@@ -132,10 +132,11 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     f, oh, ow = data["shape"]
     kh, kw = data["attrs"]["size"]
     ekh, ekw = effective_size(data["attrs"])
-    if depthwise_applies(c, data["attrs"]):  # padded and wide planes (stride 1), the float64 sums
-        planes = FLOAT * (2 * (oh + ekh) * (ow + ekw - 1) + oh * (ow + ekw - 1) + ow)
-        return lambda n: planes + 8 * f * (kh * kw + 1)
     sh, sw = data["attrs"]["stride"]
+    if depthwise_applies(c, data["attrs"]):  # a padded plane's phases (and their gradient), a wide plane, float64 sums
+        hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
+        planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + oh * wph)
+        return lambda n: planes + 8 * f * (kh * kw + 1)
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw
     groups = data["attrs"]["groups"]
