@@ -275,15 +275,13 @@ def load_network(path: Path, weights: Path | None = None, seed: int = 0, limit: 
     from .frontend import check_file
     from .memory import Budget, inference_batch
     from .runtime import Network
-    from .train.checkpoint import load_normalization, load_weights
+    from .train.checkpoint import load_network_weights
 
     graph = check_file(path)
     net = Network(graph, seed=seed, budget=Budget(limit, stated=stated))
     net.inference_batch = inference_batch(net.memory(), limit)
     if weights is not None:
-        for name, value in load_weights(weights, {n: v.shape for n, v in net.params.items()}).items():
-            net.params[name] = value
-        net.normalization = load_normalization(weights, net.input_shape[0])
+        load_network_weights(net, weights)
     return net
 
 

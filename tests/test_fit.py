@@ -118,6 +118,20 @@ def test_save_and_load_round_trip(arrays):
     assert f"accuracy {net.evaluate(arrays['xt'], arrays['yt']).accuracy:.4f} (" in out
 
 
+def test_save_and_load_keep_the_input_normalization(arrays):
+    """A network trained with normalize=auto saves its normalization beside the weights, as
+    `cnnc train` does, and load brings it back: the loaded network predicts the same."""
+    net = cnnc.compile("reg.cnn")
+    net.fit(arrays["x"], arrays["y"], epochs=1, normalize="auto", verbose=False)
+    assert net.normalization is not None
+    net.save("n.npz")
+    other = cnnc.compile("reg.cnn", seed=9)
+    other.load("n.npz")
+    for loaded, trained in zip(other.normalization, net.normalization):
+        assert np.array_equal(loaded, trained)
+    assert np.array_equal(other.forward(arrays["xt"]), net.forward(arrays["xt"]))
+
+
 def test_loading_weights_of_another_model_is_a_clear_error(arrays):
     cnnc.compile("tiny.cnn").save("tiny.npz")
     wider = cnnc.compile("wider.cnn")

@@ -94,6 +94,25 @@ def load_weights(path, expected: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def network_weights(net) -> dict[str, np.ndarray]:
+    """What a weights file holds of a network: a copy of every parameter, and its input
+    normalization (NORMALIZATION_NAMES) when it has one."""
+    params = {name: view.copy() for name, view in net.params.items()}
+    if net.normalization is not None:
+        params.update(zip(NORMALIZATION_NAMES, net.normalization))
+    return params
+
+
+def load_network_weights(net, path) -> None:
+    """A weights file's (or checkpoint's) parameters and normalization into net, all read and
+    checked before any parameter is changed (a DataError naming the file otherwise)."""
+    params = load_weights(path, {n: v.shape for n, v in net.params.items()})
+    normalization = load_normalization(path, net.input_shape[0])
+    for name, value in params.items():
+        net.params[name] = value
+    net.normalization = normalization
+
+
 def load_normalization(path, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The input normalization (mean, std), C float32 values each, saved in a weights file or
     checkpoint; None when the run that wrote it did not normalize."""

@@ -19,7 +19,7 @@ from ..files import check_writable
 from ..graph import check_value
 from ..runtime import Network
 from ..syntax import Arg, Value
-from .checkpoint import checkpoint_path, load_weights, save_weights
+from .checkpoint import checkpoint_path, load_network_weights, network_weights, save_weights
 from .data import Dataset
 from .evaluate import probabilities
 from .loop import Recipe, Trainer, loss_and_predictions, recipe
@@ -174,12 +174,13 @@ def predict(net: Network, x, batch: int | None = None) -> np.ndarray:
 
 
 def save(net: Network, path) -> None:
-    """The parameters as the weights file `cnnc train --out` writes (an .npz keyed by name), atomically."""
-    save_weights(path, dict(net.params))
+    """The parameters (and the input normalization, when the network has one) as the weights file
+    `cnnc train --out` writes (an .npz keyed by name), atomically."""
+    save_weights(path, network_weights(net))
 
 
 def load(net: Network, path) -> None:
-    """Weights saved by `save` or `cnnc train` (a weights file or a checkpoint); a DataError naming the
-    file when its names or shapes are not the model's, before any parameter is changed."""
-    for name, value in load_weights(path, {n: v.shape for n, v in net.params.items()}).items():
-        net.params[name] = value
+    """Weights saved by `save` or `cnnc train` (a weights file or a checkpoint), with their input
+    normalization; a DataError naming the file when its names or shapes are not the model's,
+    before any parameter is changed."""
+    load_network_weights(net, path)

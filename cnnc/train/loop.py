@@ -320,9 +320,7 @@ class Trainer:
             self.saved_epoch = self.epoch
 
     def _save(self) -> None:
-        params = {name: view.copy() for name, view in self.net.params.items()}
-        if self.net.normalization is not None:
-            params.update(zip(checkpoint.NORMALIZATION_NAMES, self.net.normalization))
+        params = checkpoint.network_weights(self.net)
         if self.recipe.keep == "last" or self.best_epoch == self.epoch:
             checkpoint.save_weights(self.out, params)
         # Before the checkpoint: a log a row ahead of it loses that row to the resumed run, which
