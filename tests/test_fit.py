@@ -132,6 +132,26 @@ def test_save_and_load_keep_the_input_normalization(arrays):
     assert np.array_equal(other.forward(arrays["xt"]), net.forward(arrays["xt"]))
 
 
+def test_fit_and_evaluate_a_model_with_a_class_per_pixel():
+    """Masks as labels: fit learns, evaluate gives the loss and accuracy per pixel, as the network's
+    own forward does; a vector of labels is refused with the masks' shape."""
+    net = cnnc.compile_source("input 1x6x5\nconv filters=4 size=3 padding=same activation=relu\n"
+                              "conv filters=2 size=1\nsoftmax axis=channels\nloss cross_entropy\n"
+                              "train optimizer=adam lr=0.01 batch=8 epochs=3\n")
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (24, 1, 6, 5)).astype(np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    history = net.fit(x, y, verbose=False)
+    assert history["loss"][-1] < history["loss"][0]
+    loss, accuracy = net.evaluate(x, y)
+    probs = net.forward(x).astype(np.float64)
+    picked = np.take_along_axis(probs, y[:, None], axis=1)
+    assert loss == pytest.approx(-np.log(np.maximum(picked, 1e-12)).mean(), rel=1e-6)
+    assert accuracy == pytest.approx(np.mean(probs.argmax(axis=1) == y))
+    with pytest.raises(InputError, match="labels must be 24x6x5 masks"):
+        net.fit(x, y[:, 0, 0], verbose=False)
+
+
 def test_loading_weights_of_another_model_is_a_clear_error(arrays):
     cnnc.compile("tiny.cnn").save("tiny.npz")
     wider = cnnc.compile("wider.cnn")

@@ -144,13 +144,15 @@ def fit_data(net: Network, x, y, validation_data, validation_split) -> Dataset:
 
 
 def labels(net: Network, y, x: np.ndarray) -> np.ndarray:
-    """Integer class labels, one per image of x, each a class of the model's output."""
+    """Integer class labels, one per image of x (or an H x W mask per image for a model with a
+    class per pixel), each a class of the model's output."""
     y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
+    if not net.label_shape and y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.shape != (len(x),):
-        raise InputError(f"labels must be a vector of {len(x)} integers (one per image), not shape "
-                         f"{'x'.join(map(str, y.shape)) or 'a scalar'}")
+    if y.shape != (len(x),) + net.label_shape:
+        what = (f"{'x'.join(map(str, (len(x),) + net.label_shape))} masks (a class per pixel of the output)"
+                if net.label_shape else f"a vector of {len(x)} integers (one per image)")
+        raise InputError(f"labels must be {what}, not shape {'x'.join(map(str, y.shape)) or 'a scalar'}")
     if not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"labels must be integers, not {y.dtype}")
     classes = net.lowered.output_shape[0]
@@ -161,11 +163,12 @@ def labels(net: Network, y, x: np.ndarray) -> np.ndarray:
 
 
 def evaluate(net: Network, x, y, batch: int | None = None) -> Score:
-    """Inference's loss and accuracy on images x with labels y, `batch` images at a time."""
+    """Inference's loss and accuracy on images x with labels y (per pixel for masks), `batch`
+    images at a time."""
     x = net.check_input(x)
     y = labels(net, y, x)
     loss, predicted = loss_and_predictions(net, x, y, batch)
-    return Score(loss / len(x), float(np.count_nonzero(predicted == y)) / len(x))
+    return Score(loss / y.size, float(np.count_nonzero(predicted == y)) / y.size)
 
 
 def predict(net: Network, x, batch: int | None = None) -> np.ndarray:
