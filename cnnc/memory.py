@@ -20,7 +20,7 @@ from . import lanes
 from .diagnostics import ModelError
 from .graph import inputs
 from .kernels.conv import COLS_ELEMS, MIN_COLUMNS, WINOGRAD_TILES  # the chunk sizes the workspaces follow
-from .lower.conv import depthwise_applies, winograd_applies, winograd_backward_applies
+from .lower.conv import depthwise_applies, direct_applies, winograd_applies, winograd_backward_applies
 from .lower.program import needs_grad
 from .ops import effective_size
 from .shapes import show
@@ -125,8 +125,8 @@ def gradient_tensors(g: nx.DiGraph, layout) -> list[Tensor]:
 
 def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     """bytes(slice size) of the largest buffers a kernel of this convolution allocates:
-    conv2d_forward/backward (im2col), conv3x3_forward/backward (Winograd) or depthwise_forward/backward
-    (a plane), as lower/conv.py picks."""
+    conv2d_forward/backward (im2col), conv3x3_forward/backward (Winograd), direct_forward/backward or
+    depthwise_forward/backward (a plane), as lower/conv.py picks."""
     data = g.nodes[node]
     c, h, w = g.nodes[inputs(g, node)[0]]["shape"]  # a second input is a residual fused in
     f, oh, ow = data["shape"]
@@ -137,6 +137,9 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
         planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + oh * wph)
         return lambda n: planes + 8 * f * (kh * kw + 1)
+    if direct_applies(c, data):  # padded planes of the input (and its gradient), four or all filters' wide planes
+        wide, padded = oh * (ow + ekw - 1), (oh + ekh) * (ow + ekw - 1)
+        return lambda n: FLOAT * (2 * c * padded + max(4, f) * wide)
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw
     groups = data["attrs"]["groups"]

@@ -1,7 +1,8 @@
 """Emitters for convolution, forward and backward side by side (bias, ReLU, batchnorm and residual add fused).
 
-Three kernels: depthwise (groups = input channels, kernels/depthwise.py), Winograd (3x3, stride 1,
-enough channels, kernels/conv.py) and im2col + BLAS for the rest (dilation and groups too)."""
+Four kernels: depthwise (groups = input channels, kernels/depthwise.py), Winograd (3x3, stride 1,
+enough channels, kernels/conv.py), direct (stride 1, few input channels, large planes,
+kernels/direct.py) and im2col + BLAS for the rest (dilation and groups too)."""
 from __future__ import annotations
 
 from .context import Context, scalars
@@ -14,6 +15,12 @@ WINOGRAD_MIN_CHANNELS = 16
 # at 32 -> 32 (16x16), 2-2.5x at 64 -> 64 and 128 -> 128. (With its AVX2 kernels the 16 -> 16
 # layer was 1.2x slower: there the products are a smaller share than the transforms.)
 WINOGRAD_BACKWARD_MIN_CHANNELS = 16
+# The direct kernels (kernels/direct.py) up to this many input channels, on output planes of at
+# least DIRECT_MIN_PLANE elements: one thread, 32 images, against im2col, forward / backward:
+# lenet5's 1 -> 6 (5x5, 28x28) 2.9x / 1.7x, 3 -> 32 at 32x32 1.6x / 1.7x, 8 -> 8 at 32x32 2.4x /
+# 1.3x; on lenet5's 6 -> 16 (10x10 outputs, rows of 14) the backward was 1.2x slower.
+DIRECT_MAX_CHANNELS = 8
+DIRECT_MIN_PLANE = 256
 
 
 def geometry(ctx: Context, node: str) -> tuple[int, ...]:
@@ -71,6 +78,9 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
     sh, sw, top, left = geometry(ctx, node)
     if winograd(ctx, node):
         call = f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(top, left, relu)})"
+    elif direct(ctx, node):
+        call = (f"direct_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
+                f"{scalars(top, left, *data['attrs']['dilation'], relu)})")
     else:
         kernel = "depthwise_forward" if depthwise(ctx, node) else "conv2d_forward"
         call = (f"{kernel}({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
@@ -87,6 +97,19 @@ def winograd_applies(src_channels: int, attrs: dict) -> bool:
     return (tuple(attrs["size"]) == (3, 3) and tuple(attrs["stride"]) == (1, 1)
             and tuple(attrs["dilation"]) == (1, 1) and attrs["groups"] == 1
             and src_channels >= WINOGRAD_MIN_CHANNELS)
+
+
+def direct(ctx: Context, node: str) -> bool:
+    return direct_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node))
+
+
+def direct_applies(src_channels: int, data: dict) -> bool:
+    """Stride 1, one group, not 1x1 (the pointwise path), few input channels, large output planes."""
+    attrs = data["attrs"]
+    _, oh, ow = data["shape"]
+    return (tuple(attrs["stride"]) == (1, 1) and attrs["groups"] == 1 and tuple(attrs["size"]) != (1, 1)
+            and src_channels <= DIRECT_MAX_CHANNELS and oh * ow >= DIRECT_MIN_PLANE
+            and not winograd_applies(src_channels, attrs))
 
 
 def winograd_backward(ctx: Context, node: str) -> bool:
@@ -110,6 +133,8 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
     sh, sw, top, left = geometry(ctx, node)
     if winograd_backward(ctx, node):
         kernel, geometry_args = "conv3x3_backward", (top, left)
+    elif direct(ctx, node):
+        kernel, geometry_args = "direct_backward", (top, left, *data["attrs"]["dilation"])
     else:
         kernel = "depthwise_backward" if depthwise(ctx, node) else "conv2d_backward"
         geometry_args = (sh, sw, top, left, *spacing(ctx, node))

@@ -1,0 +1,78 @@
+"""cnnc.kernels.direct against PyTorch and finite differences: every padding mode, odd sizes, even
+kernels, dilation, fused bias + residual + ReLU, filter counts that leave 1, 2 or 3 over from fours."""
+import numpy as np
+import pytest
+from checks import numeric_gradient, rel_err
+from test_kernels_conv import RTOL, Layer, randn
+
+from cnnc.kernels.direct import direct_backward, direct_forward
+
+# (C, F, N, H, W, KH, KW, mode_h, mode_w, dilation)
+CASES = [
+    (1, 6, 3, 12, 11, 5, 5, "same", "same", (1, 1)),    # lenet5's first layer, smaller: 4 + 2 filters
+    (3, 5, 2, 9, 7, 3, 3, "valid", "valid", (1, 1)),    # 4 + 1
+    (2, 7, 2, 6, 8, 3, 3, "full", "full", (1, 1)),      # 4 + 3 (a four with one filter repeated)
+    (4, 8, 1, 10, 9, 2, 4, "same", "same", (1, 1)),     # even kernels: the extra zero after
+    (3, 4, 2, 8, 9, 3, 3, 2, 0, (1, 1)),                # explicit, unequal padding
+    (2, 3, 2, 7, 9, 3, 3, 3, 4, (1, 1)),                # padding larger than the kernel
+    (3, 6, 2, 11, 10, 3, 3, "same", "same", (2, 3)),    # dilation
+    (2, 5, 2, 9, 12, 3, 2, "full", 1, (3, 2)),
+    (8, 9, 2, 16, 16, 3, 3, "same", "same", (1, 1)),
+]
+
+
+def layer(case, relu=True, residual=False, bias=True):
+    C, F, N, H, W, KH, KW, mode_h, mode_w, dilation = case
+    return Layer(C, F, N, H, W, KH, KW, (1, 1), mode_h, mode_w, bias=bias, relu=relu, seed=H * W + F,
+                 residual=residual, dilation=dilation)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_forward_matches_torch(case, relu, residual):
+    lay = layer(case, relu, residual)
+    out = np.full((lay.w.shape[0], lay.x.shape[1], lay.OH, lay.OW), np.nan, np.float32)  # every element written
+    direct_forward(lay.x, lay.w, lay.b, lay.residual, out, lay.pt, lay.pl, lay.dh, lay.dw, relu)
+    assert rel_err(out, lay.ref_out) < RTOL
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_backward_matches_torch(case, relu, need_dx):
+    """dw and db overwritten (NaN-filled before), dx added into random values, dout left alone."""
+    lay = layer(case, relu)
+    out, dout = lay.ref_out.copy(), lay.dout.copy()
+    prefill = randn(np.random.default_rng(4), *lay.x.shape)
+    dx = prefill.copy()
+    dw, db = np.full_like(lay.w, np.nan), np.full_like(lay.b, np.nan)
+    direct_backward(lay.x, lay.w, out, lay.dout, dx, dw, db, lay.pt, lay.pl, lay.dh, lay.dw, relu, need_dx)
+    assert np.array_equal(lay.dout, dout)
+    assert rel_err(dw, lay.ref_dw) < RTOL
+    assert rel_err(db, lay.ref_db) < RTOL
+    if need_dx:
+        assert rel_err(dx - prefill, lay.ref_dx) < RTOL
+    else:
+        assert np.array_equal(dx, prefill)
+
+
+def test_backward_is_the_adjoint_of_the_forward_float64():
+    """Finite differences of L = sum(forward * dout) in float64, with padding on every side and dilation."""
+    rng = np.random.default_rng(7)
+    x, w, b = randn(rng, 2, 2, 6, 5, dtype=np.float64), randn(rng, 5, 2, 3, 2, dtype=np.float64), randn(rng, 5, dtype=np.float64)
+    pt, pl, dil_h, dil_w, OH, OW = 2, 1, 2, 1, 6, 5  # rows: 6 + 2 + 2 - 5 + 1; columns: 5 + 1 + 0 - 2 + 1
+    dout = randn(rng, 5, 2, OH, OW, dtype=np.float64)
+
+    def forward():
+        out = np.empty((5, 2, OH, OW))
+        direct_forward(x, w, b, np.empty((0, 0, 0, 0)), out, pt, pl, dil_h, dil_w, False)
+        return out
+
+    def loss():
+        return (forward() * dout).sum()
+
+    dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
+    direct_backward(x, w, forward(), dout, dx, dw, db, pt, pl, dil_h, dil_w, False, True)
+    for param, grad in ((x, dx), (w, dw), (b, db)):
+        np.testing.assert_allclose(grad, numeric_gradient(loss, param), rtol=1e-6, atol=1e-7)
