@@ -19,7 +19,8 @@ import networkx as nx
 from . import lanes
 from .diagnostics import ModelError
 from .graph import inputs
-from .kernels.conv import COLS_ELEMS, MIN_COLUMNS, WINOGRAD_TILES  # the chunk sizes the workspaces follow
+from .kernels.conv import COLS_ELEMS, MIN_COLUMNS  # the chunk sizes the workspaces follow
+from .kernels.winograd import WINOGRAD4_TILES, WINOGRAD_TILES
 from .lower.conv import depthwise_applies, direct_applies, winograd_applies, winograd_backward_applies
 from .lower.program import needs_grad
 from .ops import effective_size
@@ -143,20 +144,30 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw
     groups = data["attrs"]["groups"]
-    th, tw, xh, xw = (oh + 1) // 2, (ow + 1) // 2, (h + 1) // 2, (w + 1) // 2
 
     def im2col(n: int) -> int:
         nb = max(1, min(n, max(COLS_ELEMS // max(1, rows * oh * ld), -(-MIN_COLUMNS // max(1, oh * ld)))))
         return FLOAT * (c * nb * sh * sw * (hp + 1) * ld + rows * nb * oh * ld + f * nb * oh * ld
                         + rows * f // groups ** 2)
 
+    # Winograd's two tile sizes (kernels/winograd.py): (outputs a tile side, transformed planes, tiles a chunk)
+    tilings = ((2, 16, WINOGRAD_TILES), (4, 36, WINOGRAD4_TILES))
+
     def winograd(n: int) -> int:
-        nb = max(1, min(n, WINOGRAD_TILES // (th * tw)))
-        return FLOAT * 16 * (c * f + (c + f) * nb * th * tw)
+        sizes = []
+        for m, planes, chunk in tilings:
+            tiles = -(-oh // m) * -(-ow // m)
+            nb = max(1, min(n, chunk // tiles))
+            sizes.append(FLOAT * planes * (c * f + (c + f) * nb * tiles))
+        return max(sizes)
 
     def winograd_backward(n: int) -> int:
-        nb = max(1, min(n, WINOGRAD_TILES // max(th * tw, xh * xw)))
-        return FLOAT * (16 * (2 * c * f + (c + f) * nb * (th * tw + xh * xw)) + f * nb * oh * ow + c * f * 10)
+        sizes = []
+        for m, planes, chunk in tilings:
+            tiles, dx_tiles = -(-oh // m) * -(-ow // m), -(-h // m) * -(-w // m)
+            nb = max(1, min(n, chunk // max(tiles, dx_tiles)))
+            sizes.append(FLOAT * (planes * (2 * c * f + (c + f) * nb * (tiles + dx_tiles)) + f * nb * oh * ow + c * f * 10))
+        return max(sizes)
 
     pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and (oh, ow) == (h, w)  # one product straight into the output
     forward = winograd if winograd_applies(c, data["attrs"]) else (lambda n: 0) if pointwise else im2col

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err
 
-from cnnc.kernels.conv import conv2d_backward, conv2d_forward, conv3x3_backward, conv3x3_forward
+from cnnc.kernels.conv import conv2d_backward, conv2d_forward
+from cnnc.kernels.winograd import _backward_f2, _backward_f4, _forward_f4, conv3x3_backward, conv3x3_forward, conv3x3_forward_f4
 
 RTOL = 1e-4
 
@@ -147,8 +148,9 @@ def test_model_shapes(C, Fo, H, K, mode):
     assert rel_err(dx, layer.ref_dx) < RTOL
 
 
-# conv3x3_forward (Winograd): odd and even sizes (partial last tiles), every padding, and
-# batches cut into chunks (16x16 images: 64 tiles each, 8 images a chunk). (C, F, N, H, W, mode)
+# Winograd, F(2x2) and F(4x4): odd and even sizes (partial last tiles), every padding, and
+# batches cut into chunks (16x16 images: 64 2x2 tiles each, 2 images a chunk; 16 4x4 tiles, 4
+# images a chunk). (C, F, N, H, W, mode)
 WINOGRAD = [
     (3, 4, 2, 8, 8, "same"),
     (2, 3, 3, 7, 9, "same"),
@@ -157,23 +159,30 @@ WINOGRAD = [
     (2, 2, 1, 3, 3, 1),
     (32, 64, 19, 16, 16, "same"),
     (16, 8, 3, 31, 33, "valid"),
+    (3, 5, 9, 13, 11, "full"),   # enough 4x4 tiles for the dispatchers to take F(4x4): 144
+    (2, 3, 8, 10, 9, 2),         # 72
 ]
+# Each tile size by itself, and the kernels that choose between them by the call's tile count.
+FORWARDS = {"F(2x2)": conv3x3_forward, "F(4x4)": _forward_f4, "inference's choice": conv3x3_forward_f4}
+BACKWARDS = {"F(2x2)": _backward_f2, "F(4x4)": _backward_f4, "the choice": conv3x3_backward}
 
 
+@pytest.mark.parametrize("forward", FORWARDS.values(), ids=FORWARDS.keys())
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("C, Fo, N, H, W, mode", WINOGRAD)
-def test_winograd_forward_matches_torch(C, Fo, N, H, W, mode, relu, residual):
+def test_winograd_forward_matches_torch(C, Fo, N, H, W, mode, relu, residual, forward):
     layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + H, residual=residual)
     out = np.full((Fo, N, layer.OH, layer.OW), np.nan, np.float32)  # every element must be written
-    conv3x3_forward(layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, relu)
+    forward(layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, relu)
     assert rel_err(out, layer.ref_out) < RTOL
 
 
+@pytest.mark.parametrize("backward", BACKWARDS.values(), ids=BACKWARDS.keys())
 @pytest.mark.parametrize("need_dx", [True, False])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("C, Fo, N, H, W, mode", WINOGRAD + [(2, 3, 2, 6, 5, 2), (32, 32, 9, 15, 16, "same")])
-def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx):
+def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx, backward):
     """conv3x3_backward: dw and db overwritten (NaN-filled before), dx added into random values,
     dout left alone; padding 0, 1 and 2, partial tiles of g and of dx, batches in chunks."""
     layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + W)
@@ -181,7 +190,7 @@ def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx):
     prefill = randn(np.random.default_rng(4), *layer.x.shape)
     dx = prefill.copy()
     dw, db = np.full_like(layer.w, np.nan), np.full_like(layer.b, np.nan)
-    conv3x3_backward(layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, relu, need_dx)
+    backward(layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, relu, need_dx)
     assert np.array_equal(layer.dout, dout)
     assert rel_err(dw, layer.ref_dw) < RTOL
     assert rel_err(db, layer.ref_db) < RTOL
@@ -191,32 +200,35 @@ def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx):
         assert np.array_equal(dx, prefill)
 
 
+@pytest.mark.parametrize("tiles", ["F(2x2)", "F(4x4)"])
 @pytest.mark.parametrize("mode_h, mode_w", [(2, 0), (0, 1), (1, 2)])
-def test_winograd_with_unequal_top_and_left_padding(mode_h, mode_w):
+def test_winograd_with_unequal_top_and_left_padding(mode_h, mode_w, tiles):
     layer = Layer(3, 4, 2, 7, 6, 3, 3, (1, 1), mode_h, mode_w, bias=True, relu=True, seed=5)
     out = np.full((4, 2, layer.OH, layer.OW), np.nan, np.float32)
-    conv3x3_forward(layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, True)
+    FORWARDS[tiles](layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, True)
     assert rel_err(out, layer.ref_out) < RTOL
     dx, dw, db = np.zeros_like(layer.x), np.empty_like(layer.w), np.empty_like(layer.b)
-    conv3x3_backward(layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, True, True)
+    BACKWARDS[tiles](layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, True, True)
     assert rel_err(dx, layer.ref_dx) < RTOL and rel_err(dw, layer.ref_dw) < RTOL and rel_err(db, layer.ref_db) < RTOL
 
 
-def test_winograd_backward_finite_differences_float64():
-    """The Winograd backward is the adjoint of the Winograd forward, in float64."""
+@pytest.mark.parametrize("tiles", ["F(2x2)", "F(4x4)"])
+def test_winograd_backward_finite_differences_float64(tiles):
+    """Each Winograd backward is the adjoint of its forward, in float64, partial tiles included."""
     rng = np.random.default_rng(6)
     x, w, b = randn(rng, 3, 2, 5, 6, dtype=np.float64), randn(rng, 4, 3, 3, 3, dtype=np.float64), randn(rng, 4, dtype=np.float64)
     dout = randn(rng, 4, 2, 5, 6, dtype=np.float64)
+    forward, backward = FORWARDS[tiles], BACKWARDS[tiles]
 
     def loss():
         out = np.empty((4, 2, 5, 6))
-        conv3x3_forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
+        forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
         return (out * dout).sum()
 
     out = np.empty((4, 2, 5, 6))
-    conv3x3_forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
+    forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
-    conv3x3_backward(x, w, out, dout, dx, dw, db, 1, 1, False, True)
+    backward(x, w, out, dout, dx, dw, db, 1, 1, False, True)
     for param, grad in ((x, dx), (w, dw), (b, db)):
         np.testing.assert_allclose(grad, numeric_gradient(loss, param), rtol=1e-6, atol=1e-7)
 

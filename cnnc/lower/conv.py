@@ -1,13 +1,13 @@
 """Emitters for convolution, forward and backward side by side (bias, ReLU, batchnorm and residual add fused).
 
 Four kernels: depthwise (groups = input channels, kernels/depthwise.py), Winograd (3x3, stride 1,
-enough channels, kernels/conv.py), direct (stride 1, few input channels, large planes,
+enough channels, kernels/winograd.py: F(2x2) for training's forward, F(4x4) for inference's), direct (stride 1, few input channels, large planes,
 kernels/direct.py) and im2col + BLAS for the rest (dilation and groups too)."""
 from __future__ import annotations
 
 from .context import Context, scalars
 
-# Winograd (kernels/conv.py, conv3x3_forward) pays from this many input channels on: measured on
+# Winograd (kernels/winograd.py) pays from this many input channels on: measured on
 # vgg_small's layers, 1.3x faster with 32-64 channels, even at 32 -> 64, 2x slower with 3.
 WINOGRAD_MIN_CHANNELS = 16
 # Its backward (conv3x3_backward) from this many input and output channels on: one thread, 32
@@ -77,7 +77,8 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
         weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
     sh, sw, top, left = geometry(ctx, node)
     if winograd(ctx, node):
-        call = f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(top, left, relu)})"
+        kernel = "conv3x3_forward" if training else "conv3x3_forward_f4"  # see kernels/winograd.py
+        call = f"{kernel}({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(top, left, relu)})"
     elif direct(ctx, node):
         call = (f"direct_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
                 f"{scalars(top, left, *data['attrs']['dilation'], relu)})")
@@ -89,7 +90,7 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
 
 
 def winograd(ctx: Context, node: str) -> bool:
-    """3x3 filters at stride 1 over enough channels run as Winograd F(2x2, 3x3)."""
+    """3x3 filters at stride 1 over enough channels run as Winograd."""
     return winograd_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node)["attrs"])
 
 

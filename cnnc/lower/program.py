@@ -26,7 +26,7 @@ EMITTERS = {
     "add": join, "concat": join,
     "convtranspose": conv_transpose, "upsample": resize,
 }
-KERNEL_MODULES = ("conv", "depthwise", "direct", "pool", "dense", "elementwise", "norm", "loss", "layout", "resize")
+KERNEL_MODULES = ("conv", "winograd", "depthwise", "direct", "pool", "dense", "elementwise", "norm", "loss", "layout", "resize")
 
 
 @dataclass(frozen=True)
