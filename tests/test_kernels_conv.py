@@ -282,17 +282,20 @@ DILATED_GROUPED = [
 ]
 
 
+@pytest.mark.parametrize("bias", [False, True])  # 1x1 layers skip the epilogue with nothing to add or clip
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("C, Fo, N, H, W, K, stride, mode, dilation, groups", DILATED_GROUPED)
-def test_dilated_and_grouped_match_torch(C, Fo, N, H, W, K, stride, mode, dilation, groups, relu, residual):
-    layer = Layer(C, Fo, N, H, W, K, K, stride, mode, mode, bias=True, relu=relu, seed=H + W,
+def test_dilated_and_grouped_match_torch(C, Fo, N, H, W, K, stride, mode, dilation, groups, relu, residual, bias):
+    layer = Layer(C, Fo, N, H, W, K, K, stride, mode, mode, bias=bias, relu=relu, seed=H + W,
                   residual=residual, dilation=dilation, groups=groups)
     out = layer.forward()
     assert rel_err(out, layer.ref_out) < RTOL
     prefill = randn(np.random.default_rng(1), *layer.x.shape)
     dx = prefill.copy()
+    dout = layer.dout.copy()
     dw, db = layer.backward(out, dx)
+    assert np.array_equal(layer.dout, dout), "dout must not be modified (1x1 layers read it in place)"
     assert rel_err(dw, layer.ref_dw) < RTOL
     assert rel_err(db, layer.ref_db) < RTOL
     assert rel_err(dx - prefill, layer.ref_dx) < RTOL
