@@ -268,7 +268,7 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
 def _pointwise_backward(x, w, out, dout, dx, dw, db, groups, relu, need_dx):
     """conv2d_backward of a 1x1, stride-1, unpadded conv on the column matrices themselves (see
     _pointwise_forward): g = the output gradient (F, N*H*W; a masked copy where relu), then per group
-    dw = (x g')' and dx += w' g over the whole batch, with no im2col and no col2im (dw and db
+    dw = g x' and dx += w' g over the whole batch, with no im2col and no col2im (dw and db
     overwritten, dx added into)."""
     F, Cg = w.shape[0], w.shape[1]
     L, group_filters = x.shape[1] * x.shape[2] * x.shape[3], F // groups
@@ -284,11 +284,9 @@ def _pointwise_backward(x, w, out, dout, dx, dw, db, groups, relu, need_dx):
                 total += row[k]
             db[f] = total
     gflat, xflat, wflat, dwflat = g.reshape(-1), x.reshape(-1), w.reshape(-1), dw.reshape(-1)
-    dwflat[:] = 0
-    dw_part = np.empty((Cg, group_filters), x.dtype)  # one group's dw transposed: see _add_transposed
-    for k in range(groups):
-        np.dot(_block(xflat, k, Cg, L), _block(gflat, k, group_filters, L).T, dw_part)
-        _add_transposed(_block(dwflat, k, group_filters, Cg), dw_part)
+    for k in range(groups):  # dw = g x' straight into dw: as fast as im2col's x g' + a transposed add,
+        # or far faster (1024 -> 1024 filters over 128 columns: 1.2 ms against 5.0)
+        np.dot(_block(gflat, k, group_filters, L), _block(xflat, k, Cg, L).T, _block(dwflat, k, group_filters, Cg))
     if need_dx:
         part, dxflat = np.empty((Cg, L), x.dtype), dx.reshape(-1)
         for k in range(groups):
