@@ -155,6 +155,7 @@ def depthwise_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top,
     gw = np.zeros(run, x.dtype)  # columns OW.. stay zero
     acc = np.zeros((F, KH * KW), np.float64)
     sums = np.zeros(F, np.float64)
+    zero = x.dtype.type(0)  # a plane's sums in float32 (they vectorize), the sums of planes in float64
     for c in range(C):
         for n in range(N):
             _pad_phases(x[c, n], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp)
@@ -162,7 +163,7 @@ def depthwise_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top,
                 for o in range(dxp.size):
                     dxp[o] = 0
             for f in range(c * mult, (c + 1) * mult):
-                s = 0.0
+                s = zero
                 for p in range(OH):
                     src, o_, dst = dout[f, n, p], out[f, n, p], gw[p * WPh:]
                     for q in range(OW):
@@ -173,7 +174,7 @@ def depthwise_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top,
                 for i in range(KH):
                     for j in range(KW):
                         offset = offsets[i * KW + j]
-                        tap, t = xp[offset:], 0.0
+                        tap, t = xp[offset:], zero
                         for o in range(run):
                             t += gw[o] * tap[o]
                         acc[f, i * KW + j] += t
