@@ -277,7 +277,8 @@ DILATED_GROUPED = [
     (6, 4, 2, 11, 10, 3, (2, 2), 1, (2, 2), 2),         # groups and dilation together
     (4, 4, 2, 8, 8, 5, (1, 1), "full", (1, 1), 2),
     (5, 7, 3, 6, 5, 1, (1, 1), "valid", (1, 1), 1),     # 1x1 at stride 1: one product over the batch
-    (64, 48, 9, 8, 8, 1, (1, 1), "valid", (1, 1), 1),   # ... larger than a chunk
+    (64, 48, 9, 8, 8, 1, (1, 1), "valid", (1, 1), 1),   # ... in blocks of columns, the last one short
+    (4, 6, 6, 9, 9, 1, (1, 1), "valid", (1, 1), 2),     # ... in groups
     (3, 4, 2, 5, 6, 1, (1, 1), 1, (1, 1), 1),           # padded 1x1: im2col
 ]
 

@@ -35,6 +35,9 @@ COLS_ELEMS = 1 << 18
 # ...but with at least this many columns: OpenBLAS ran these products at 28-34 GFLOP/s with
 # 288 columns and 46-50 with 864 (vgg_small's 64->64 layer has 288 columns per image).
 MIN_COLUMNS = 512
+# 1x1 layers' products take this many columns at a time (see _pointwise_forward): 256 was as fast
+# as 1024 and 4096 or faster (1.25x on mobilenet_v1's first 1x1 layer, 32 -> 64 filters).
+POINTWISE_COLUMNS = 256
 
 
 @njit(cache=True)
@@ -214,20 +217,44 @@ def _block(buf, index, rows, columns):
 
 
 @njit(cache=True, fastmath=True)
+def _columns_of(src, row0, rows, l0, n, dst):
+    """dst (rows, n), contiguous = src[row0:row0+rows, l0:l0+n]."""
+    for r in range(rows):
+        a, d = src[row0 + r, l0:], dst[r]
+        for k in range(n):
+            d[k] = a[k]
+
+
+@njit(cache=True, fastmath=True)
 def _pointwise_forward(x, w, b, residual, out, groups, relu):
     """A 1x1, stride-1, unpadded conv: in CNHW, x is already the column matrix (C, N*H*W) and out
-    the product's (F, N*H*W), so it is one product per group straight into out over the whole
-    batch (no copies: 1x1 layers are most of a MobileNet's work), then the epilogue in place,
-    unless there is nothing to add or clip (a conv before a batchnorm: no bias, no ReLU), where
-    that pass over the output would only rewrite it (0.5-1 ms of mobilenet_v1's first 1x1 layer's
-    2.6, at 32 images)."""
+    the product's (F, N*H*W). Taken POINTWISE_COLUMNS columns at a time: the columns are copied
+    into a small contiguous block, multiplied, and the product goes into out with bias, residual
+    and ReLU while it is still in L2. One product over the whole batch, then the epilogue over
+    out, ran 1.6-2.3x slower with both cores busy (mobilenet_v1's layers, 128 images a lane): the
+    product's operands and output streamed through L3 and memory, and the epilogue again."""
     F, Cg = w.shape[0], w.shape[1]
-    cols, group_filters = x.shape[1] * x.shape[2] * x.shape[3], F // groups
-    wflat, xflat, oflat = w.reshape(-1), x.reshape(-1), out.reshape(-1)
+    C, L, group_filters = x.shape[0], x.shape[1] * x.shape[2] * x.shape[3], F // groups
+    xf, of, wflat = x.reshape(C, L), out.reshape(F, L), w.reshape(-1)
+    add = residual.size != 0
+    rf = residual.reshape(F, L) if add else of
+    x_buf = np.empty(Cg * POINTWISE_COLUMNS, x.dtype)
+    prod_buf = np.empty(group_filters * POINTWISE_COLUMNS, x.dtype)
     for k in range(groups):
-        np.dot(_block(wflat, k, group_filters, Cg), _block(xflat, k, Cg, cols), _block(oflat, k, group_filters, cols))
-    if relu or residual.size != 0 or np.any(b != 0):
-        _bias_relu_store(out.reshape(F, cols), b, residual, relu, 0, out.shape[3], out)
+        wk = _block(wflat, k, group_filters, Cg)
+        for l0 in range(0, L, POINTWISE_COLUMNS):
+            n = min(POINTWISE_COLUMNS, L - l0)
+            xc, prod = x_buf[:Cg * n].reshape(Cg, n), prod_buf[:group_filters * n].reshape(group_filters, n)
+            _columns_of(xf, k * Cg, Cg, l0, n, xc)
+            np.dot(wk, xc, prod)
+            for f in range(group_filters):
+                fo = k * group_filters + f
+                src, dst, res, bf = prod[f], of[fo, l0:], rf[fo, l0:], b[fo]
+                for q in range(n):
+                    v = src[q] + bf
+                    if add:
+                        v += res[q]
+                    dst[q] = max(v, 0) if relu else v
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -269,7 +296,8 @@ def _pointwise_backward(x, w, out, dout, dx, dw, db, groups, relu, need_dx):
     """conv2d_backward of a 1x1, stride-1, unpadded conv on the column matrices themselves (see
     _pointwise_forward): g = the output gradient (F, N*H*W; a masked copy where relu), then per group
     dw = g x' and dx += w' g over the whole batch, with no im2col and no col2im (dw and db
-    overwritten, dx added into)."""
+    overwritten, dx added into). (dx in blocks of columns, as the forward's product, ran no faster
+    in mobilenet_v1's training step.)"""
     F, Cg = w.shape[0], w.shape[1]
     L, group_filters = x.shape[1] * x.shape[2] * x.shape[3], F // groups
     db[:] = 0
