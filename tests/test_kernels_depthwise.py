@@ -24,7 +24,8 @@ def backward(layer, out, dx, need_dx=True):
     return dw, db
 
 
-# (C, multiplier, N, H, W, K, stride, padding mode, dilation). At stride 1, outputs 8 or more wide
+# (C, multiplier, N, H, W, K, stride, padding mode, dilation). Planes of at most SMALL_PLANE (16)
+# outputs run with the images innermost, larger ones plane by plane: both are here. At stride 1, outputs 8 or more wide
 # run as whole-plane runs (_forward_stride1), narrower ones row by row: both are here.
 GEOMETRIES = [
     (3, 1, 2, 9, 7, 3, (1, 1), "same", (1, 1)),
@@ -41,6 +42,9 @@ GEOMETRIES = [
     (2, 2, 2, 13, 9, 3, (2, 1), "same", (2, 3)),
     (2, 1, 1, 7, 7, 3, (3, 3), 2, (1, 1)),           # padding larger than the stride covers
     (3, 1, 1, 3, 3, 3, (1, 1), "valid", (1, 1)),     # one output
+    (3, 2, 2, 12, 11, 3, (1, 1), "same", (1, 1)),    # 132 outputs a plane
+    (2, 1, 3, 19, 17, 3, (2, 2), "same", (1, 1)),    # 90
+    (2, 1, 2, 14, 13, 5, (2, 1), 1, (1, 1)),         # 6 x 11
 ]
 
 
@@ -82,11 +86,12 @@ def test_mobilenet_sized_layer():
     assert rel_err(dw, layer.ref_dw) < RTOL and rel_err(dx, layer.ref_dx) < RTOL
 
 
+@pytest.mark.parametrize("H, W", [(5, 4), (12, 10)])  # planes of at most SMALL_PLANE outputs, and larger
 @pytest.mark.parametrize("stride, dilation, mult", [((1, 1), (1, 1), 1), ((2, 2), (1, 1), 2), ((2, 1), (2, 2), 1)])
-def test_finite_differences_float64(stride, dilation, mult):
+def test_finite_differences_float64(stride, dilation, mult, H, W):
     """The backward is the adjoint of the forward: dL/d(x, w, b) for L = sum(out * dout)."""
     rng = np.random.default_rng(8)
-    C, N, H, W, K = 2, 2, 7, 6, 3
+    C, N, K = 2, 2, 3
     (sh, sw), (dh, dw_) = stride, dilation
     pt, pl = 1, 2
     OH, OW = (H + 2 * pt - (K - 1) * dh - 1) // sh + 1, (W + 2 * pl - (K - 1) * dw_ - 1) // sw + 1
