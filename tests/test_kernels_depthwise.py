@@ -24,8 +24,7 @@ def backward(layer, out, dx, need_dx=True):
     return dw, db
 
 
-# (C, multiplier, N, H, W, K, stride, padding mode, dilation). Planes of at most SMALL_PLANE (16)
-# outputs run with the images innermost, larger ones plane by plane: both are here. At stride 1, outputs 8 or more wide
+# (C, multiplier, N, H, W, K, stride, padding mode, dilation): small batches, plane by plane. At stride 1, outputs 8 or more wide
 # run as whole-plane runs (_forward_stride1), narrower ones row by row: both are here.
 GEOMETRIES = [
     (3, 1, 2, 9, 7, 3, (1, 1), "same", (1, 1)),
@@ -67,6 +66,31 @@ def test_matches_torch(C, mult, N, H, W, K, stride, mode, dilation, bias, relu, 
     assert rel_err(dx - prefill, layer.ref_dx) < RTOL  # added into, not overwritten
 
 
+# Output planes of 16 or fewer with a batch of 16 or more: the images-innermost path.
+SMALL_PLANES = [
+    (3, 1, 17, 4, 4, 3, (1, 1), "same", (1, 1)),    # 4x4 outputs
+    (2, 2, 17, 8, 8, 3, (2, 2), "same", (1, 1)),    # 4x4 at stride 2, depth multiplier 2
+    (3, 1, 16, 2, 2, 3, (1, 1), "same", (1, 1)),    # 2x2
+    (2, 1, 17, 3, 4, 3, (2, 2), "same", (1, 1)),    # 2x2 at stride 2, odd sizes
+    (2, 1, 17, 7, 7, 3, (3, 3), 2, (1, 1)),         # padding larger than the stride covers
+    (2, 1, 17, 6, 5, 3, (1, 1), "valid", (2, 1)),   # dilated: 2x3
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("C, mult, N, H, W, K, stride, mode, dilation", SMALL_PLANES)
+def test_small_planes_of_a_large_batch(C, mult, N, H, W, K, stride, mode, dilation, relu):
+    layer = Layer(C, C * mult, N, H, W, K, K, stride, mode, mode, bias=True, relu=relu, seed=H * W + C,
+                  residual=True, dilation=dilation, groups=C)
+    out = forward(layer)
+    assert rel_err(out, layer.ref_out) < RTOL
+    prefill = randn(np.random.default_rng(1), *layer.x.shape)
+    dx = prefill.copy()
+    dw, db = backward(layer, out, dx)
+    assert rel_err(dw, layer.ref_dw) < RTOL and rel_err(db, layer.ref_db) < RTOL
+    assert rel_err(dx - prefill, layer.ref_dx) < RTOL
+
+
 def test_need_dx_false_leaves_dx_alone():
     layer = Layer(4, 8, 2, 9, 8, 3, 3, (2, 2), "same", "same", bias=True, relu=True, groups=4)
     dx = randn(np.random.default_rng(2), *layer.x.shape)
@@ -86,12 +110,14 @@ def test_mobilenet_sized_layer():
     assert rel_err(dw, layer.ref_dw) < RTOL and rel_err(dx, layer.ref_dx) < RTOL
 
 
-@pytest.mark.parametrize("H, W", [(5, 4), (12, 10)])  # planes of at most SMALL_PLANE outputs, and larger
+# Small planes with a batch of 16 or more run with the images innermost; larger planes, or a
+# smaller batch, plane by plane.
+@pytest.mark.parametrize("N, H, W", [(2, 5, 4), (16, 5, 4), (17, 12, 10)])
 @pytest.mark.parametrize("stride, dilation, mult", [((1, 1), (1, 1), 1), ((2, 2), (1, 1), 2), ((2, 1), (2, 2), 1)])
-def test_finite_differences_float64(stride, dilation, mult, H, W):
+def test_finite_differences_float64(stride, dilation, mult, N, H, W):
     """The backward is the adjoint of the forward: dL/d(x, w, b) for L = sum(out * dout)."""
     rng = np.random.default_rng(8)
-    C, N, K = 2, 2, 3
+    C, K = 2, 3
     (sh, sw), (dh, dw_) = stride, dilation
     pt, pl = 1, 2
     OH, OW = (H + 2 * pt - (K - 1) * dh - 1) // sh + 1, (W + 2 * pl - (K - 1) * dw_ - 1) // sw + 1

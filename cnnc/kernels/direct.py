@@ -97,16 +97,15 @@ def direct_forward(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu
     HP = OH + (KH - 1) * dil_h
     xp = np.zeros((C, (HP + 1) * L), x.dtype)
     acc = np.empty((4, OH * L), x.dtype)
-    fours = F - F % 4 if F % 4 < 3 else F  # three left over: a pass of four with one repeated
+    fours, last = F - F % 4 if F % 4 < 3 else F, F - 1  # three left over: a pass of four with one repeated
     for n in range(N):
         _fill_padded(x, n, pad_top, pad_left, L, xp)
         for f in range(0, F, 4):
             acc[:] = 0
             if f < fours:
-                last = F - 1
                 _four_filters(xp, w, f, f + 1, f + 2, min(f + 3, last), L, dil_h, dil_w, acc[0], acc[1], acc[2], acc[3])
             else:
-                _two_filters(xp, w, f, min(f + 1, F - 1), L, dil_h, dil_w, acc[0], acc[1])
+                _two_filters(xp, w, f, min(f + 1, last), L, dil_h, dil_w, acc[0], acc[1])
             for r in range(min(4, F - f)):
                 _store(acc[r], f + r, b, residual, relu, n, L, out)
 
