@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err
 
 from cnnc.kernels.conv import conv2d_backward, conv2d_forward
-from cnnc.kernels.winograd import _backward_f2, _backward_f4, _forward_f4, conv3x3_backward, conv3x3_forward, conv3x3_forward_f4
+from cnnc.kernels.winograd import _backward, _forward_f4, conv3x3_backward, conv3x3_forward, conv3x3_forward_f4
 
 RTOL = 1e-4
 
@@ -164,7 +164,8 @@ WINOGRAD = [
 ]
 # Each tile size by itself, and the kernels that choose between them by the call's tile count.
 FORWARDS = {"F(2x2)": conv3x3_forward, "F(4x4)": _forward_f4, "inference's choice": conv3x3_forward_f4}
-BACKWARDS = {"F(2x2)": _backward_f2, "F(4x4)": _backward_f4, "the choice": conv3x3_backward}
+BACKWARDS = {"F(2x2)": lambda *args: _backward(*args, False), "F(4x4)": lambda *args: _backward(*args, True),
+             "the choice": conv3x3_backward}
 
 
 @pytest.mark.parametrize("forward", FORWARDS.values(), ids=FORWARDS.keys())

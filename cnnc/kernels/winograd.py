@@ -187,8 +187,8 @@ def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu):
 # convolution of the output gradient g with the filters flipped and transposed (w'[c, f] =
 # w[f, c] turned by 180 degrees), padded by 2 - pad: the forward's transforms and products as
 # they are. The weight gradient is the adjoint of the forward's products: with V the input
-# tiles as in the forward and dM = A dY A' the 2x2 blocks of g taken to 4x4, dU[k] = V[k]' @
-# dM[k] (C x tiles @ tiles x F, summed over the chunks), and dw = G' dU G.
+# tiles as in the forward and dM = A dY A' the 2x2 blocks of g taken to 4x4 (F(4x4): 4x4 to 6x6),
+# dU[k] = V[k]' @ dM[k] (C x tiles @ tiles x F, summed over the chunks), and dw = G' dU G.
 
 
 @njit(cache=True, fastmath=True)
@@ -259,57 +259,6 @@ def _relu_masked(out, dout, n0, m, g):
             src, o, dst = dout[f, n0 + n].reshape(-1), out[f, n0 + n].reshape(-1), g[f, n].reshape(-1)
             for k in range(dst.size):
                 dst[k] = src[k] if o[k] > 0 else 0
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _backward_f2(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx):
-    """conv2d_backward for 3x3 filters at stride 1 and padding at most 2, by Winograd F(2x2, 3x3):
-    dw and db are overwritten; dx (when need_dx) is added into."""
-    F, C = w.shape[0], w.shape[1]
-    N, H, W = x.shape[1], x.shape[2], x.shape[3]
-    OH, OW = out.shape[2], out.shape[3]
-    th, tw = (OH + 1) // 2, (OW + 1) // 2  # tiles of g: the weight gradient
-    xh, xw = (H + 1) // 2, (W + 1) // 2  # tiles of dx: the input gradient
-    nb = max(1, min(N, WINOGRAD_TILES // max(th * tw, xh * xw)))
-    flipped = np.empty((C, F, 3, 3), x.dtype)  # w', the filters of the input gradient
-    for f in range(F):
-        for c in range(C):
-            for i in range(3):
-                for j in range(3):
-                    flipped[c, f, i, j] = w[f, c, 2 - i, 2 - j]
-    u = np.empty((16, F + 1, C), x.dtype)  # + 1: see conv3x3_forward
-    _winograd_weights(flipped, u)
-    du = np.zeros((16, C + 1, F), x.dtype)
-    du_part = np.empty((C, F), x.dtype)
-    v = np.empty((16, nb * th * tw + 1, C), x.dtype)
-    gt = np.empty((16, nb * th * tw + 1, F), x.dtype)
-    vg = np.empty((16, nb * xh * xw + 1, F), x.dtype)
-    mm = np.empty((16, nb * xh * xw + 1, C), x.dtype)
-    masked = np.empty((F, nb, OH, OW) if relu else (0, 0, 0, 0), x.dtype)
-    add_into, no_residual = np.empty(0, x.dtype), np.empty((0, 0, 0, 0), x.dtype)  # dx += the transform
-    db[:] = 0
-    for n0 in range(0, N, nb):
-        m = min(nb, N - n0)
-        g, g0 = dout, n0  # this chunk's output gradient is g[:, g0:g0+m]
-        if relu:
-            _relu_masked(out, dout, n0, m, masked)
-            g, g0 = masked, 0
-        tiles = m * th * tw
-        _winograd_grads(g, g0, m, th, tw, gt, db)
-        _winograd_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
-        for k in range(16):  # C x tiles @ tiles x F
-            np.dot(v[k, :tiles].T, gt[k, :tiles], du_part)
-            duk = du[k]
-            for c in range(C):
-                for f in range(F):
-                    duk[c, f] += du_part[c, f]
-        if need_dx:
-            xtiles = m * xh * xw
-            _winograd_inputs(g, g0, m, 2 - pad_top, 2 - pad_left, xh, xw, vg)
-            for k in range(16):
-                np.dot(vg[k, :xtiles], u[k, :F], mm[k, :xtiles])
-            _winograd_outputs(mm, add_into, no_residual, relu, n0, m, xh, xw, dx)
-    _winograd_weight_grads(du, dw)
 
 
 # ---- 3x3, stride 1: Winograd F(4x4, 3x3) ----------------------------------------------------
@@ -492,12 +441,8 @@ def _forward_f4(x, w, b, residual, out, pad_top, pad_left, relu):
         _winograd4_outputs(mm, b, residual, relu, n0, m, th, tw, out)
 
 
-# The backward of a 3x3 stride-1 layer, by Winograd too. The input gradient is a 3x3
-# convolution of the output gradient g with the filters flipped and transposed (w'[c, f] =
-# w[f, c] turned by 180 degrees), padded by 2 - pad: the forward's transforms and products as
-# they are. The weight gradient is the adjoint of the forward's products: with V the input
-# tiles as in the forward and dM = A dY A' the 4x4 blocks of g taken to 6x6, dU[k] = V[k]' @
-# dM[k] (C x tiles @ tiles x F, summed over the chunks), and dw = G' dU G.
+# F(4x4)'s backward transforms (the backward itself, _backward, serves both tile sizes): dM = A dY A'
+# takes the 4x4 blocks of g to 6x6, dw = G' dU G takes 6x6 back to 3x3.
 
 
 @njit(cache=True, fastmath=True)
@@ -550,29 +495,33 @@ def _winograd4_weight_grads(du, dw):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _backward_f4(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx):
-    """conv2d_backward for 3x3 filters at stride 1 and padding at most 2, by Winograd F(4x4, 3x3):
-    dw and db are overwritten; dx (when need_dx) is added into."""
+def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, four):
+    """conv2d_backward for 3x3 filters at stride 1 and padding at most 2, by Winograd F(4x4, 3x3)
+    if `four`, else F(2x2, 3x3): dw and db are overwritten; dx (when need_dx) is added into."""
     F, C = w.shape[0], w.shape[1]
     N, H, W = x.shape[1], x.shape[2], x.shape[3]
     OH, OW = out.shape[2], out.shape[3]
-    th, tw = (OH + 3) // 4, (OW + 3) // 4  # tiles of g: the weight gradient
-    xh, xw = (H + 3) // 4, (W + 3) // 4  # tiles of dx: the input gradient
-    nb = max(1, min(N, WINOGRAD4_TILES // max(th * tw, xh * xw)))
+    size, planes, chunk = (4, 36, WINOGRAD4_TILES) if four else (2, 16, WINOGRAD_TILES)
+    th, tw = (OH + size - 1) // size, (OW + size - 1) // size  # tiles of g: the weight gradient
+    xh, xw = (H + size - 1) // size, (W + size - 1) // size  # tiles of dx: the input gradient
+    nb = max(1, min(N, chunk // max(th * tw, xh * xw)))
     flipped = np.empty((C, F, 3, 3), x.dtype)  # w', the filters of the input gradient
     for f in range(F):
         for c in range(C):
             for i in range(3):
                 for j in range(3):
                     flipped[c, f, i, j] = w[f, c, 2 - i, 2 - j]
-    u = np.empty((36, F + 1, C), x.dtype)  # + 1: see conv3x3_forward
-    _winograd4_weights(flipped, u)
-    du = np.zeros((36, C + 1, F), x.dtype)
+    u = np.empty((planes, F + 1, C), x.dtype)  # + 1: see conv3x3_forward
+    if four:
+        _winograd4_weights(flipped, u)
+    else:
+        _winograd_weights(flipped, u)
+    du = np.zeros((planes, C + 1, F), x.dtype)
     du_part = np.empty((C, F), x.dtype)
-    v = np.empty((36, nb * th * tw + 1, C), x.dtype)
-    gt = np.empty((36, nb * th * tw + 1, F), x.dtype)
-    vg = np.empty((36, nb * xh * xw + 1, F), x.dtype)
-    mm = np.empty((36, nb * xh * xw + 1, C), x.dtype)
+    v = np.empty((planes, nb * th * tw + 1, C), x.dtype)
+    gt = np.empty((planes, nb * th * tw + 1, F), x.dtype)
+    vg = np.empty((planes, nb * xh * xw + 1, F), x.dtype)
+    mm = np.empty((planes, nb * xh * xw + 1, C), x.dtype)
     masked = np.empty((F, nb, OH, OW) if relu else (0, 0, 0, 0), x.dtype)
     add_into, no_residual = np.empty(0, x.dtype), np.empty((0, 0, 0, 0), x.dtype)  # dx += the transform
     db[:] = 0
@@ -583,9 +532,13 @@ def _backward_f4(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx):
             _relu_masked(out, dout, n0, m, masked)
             g, g0 = masked, 0
         tiles = m * th * tw
-        _winograd4_grads(g, g0, m, th, tw, gt, db)
-        _winograd4_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
-        for k in range(36):  # C x tiles @ tiles x F
+        if four:
+            _winograd4_grads(g, g0, m, th, tw, gt, db)
+            _winograd4_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
+        else:
+            _winograd_grads(g, g0, m, th, tw, gt, db)
+            _winograd_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
+        for k in range(planes):  # C x tiles @ tiles x F
             np.dot(v[k, :tiles].T, gt[k, :tiles], du_part)
             duk = du[k]
             for c in range(C):
@@ -593,13 +546,20 @@ def _backward_f4(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx):
                     duk[c, f] += du_part[c, f]
         if need_dx:
             xtiles = m * xh * xw
-            _winograd4_inputs(g, g0, m, 2 - pad_top, 2 - pad_left, xh, xw, vg)
-            for k in range(36):
+            if four:
+                _winograd4_inputs(g, g0, m, 2 - pad_top, 2 - pad_left, xh, xw, vg)
+            else:
+                _winograd_inputs(g, g0, m, 2 - pad_top, 2 - pad_left, xh, xw, vg)
+            for k in range(planes):
                 np.dot(vg[k, :xtiles], u[k, :F], mm[k, :xtiles])
-            _winograd4_outputs(mm, add_into, no_residual, relu, n0, m, xh, xw, dx)
-    _winograd4_weight_grads(du, dw)
-
-
+            if four:
+                _winograd4_outputs(mm, add_into, no_residual, relu, n0, m, xh, xw, dx)
+            else:
+                _winograd_outputs(mm, add_into, no_residual, relu, n0, m, xh, xw, dx)
+    if four:
+        _winograd4_weight_grads(du, dw)
+    else:
+        _winograd_weight_grads(du, dw)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -615,7 +575,5 @@ def conv3x3_forward_f4(x, w, b, residual, out, pad_top, pad_left, relu):
 def conv3x3_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx):
     """conv2d_backward for 3x3 filters at stride 1 and padding at most 2: dw and db are
     overwritten; dx (when need_dx) is added into. F(4x4, 3x3) when the call has enough tiles."""
-    if x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES:
-        _backward_f4(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx)
-    else:
-        _backward_f2(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx)
+    four = x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES
+    _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, four)
