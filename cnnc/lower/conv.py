@@ -1,8 +1,9 @@
 """Emitters for convolution, forward and backward side by side (bias, ReLU, batchnorm and residual add fused).
 
 Four kernels: depthwise (groups = input channels, kernels/depthwise.py), Winograd (3x3, stride 1,
-enough channels, kernels/winograd.py: F(2x2) for training's forward, F(4x4) for inference's), direct (stride 1, few input channels, large planes,
-kernels/direct.py) and im2col + BLAS for the rest (dilation and groups too)."""
+enough channels, kernels/winograd.py: F(2x2) for training's forward, F(4x4) where it may),
+direct (stride 1, few input channels, large planes, kernels/direct.py) and im2col + BLAS for the
+rest (dilation and groups too)."""
 from __future__ import annotations
 
 from .context import Context, scalars
