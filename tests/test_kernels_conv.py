@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err
 
 from cnnc.kernels.conv import conv2d_backward, conv2d_forward
-from cnnc.kernels.winograd import _backward, _forward_f4, conv3x3_backward, conv3x3_forward, conv3x3_forward_f4
+from cnnc.kernels.winograd import _backward, _forward, conv3x3_backward, conv3x3_forward
 
 RTOL = 1e-4
 
@@ -163,7 +163,9 @@ WINOGRAD = [
     (2, 3, 8, 10, 9, 2),         # 72
 ]
 # Each tile size by itself, and the kernels that choose between them by the call's tile count.
-FORWARDS = {"F(2x2)": conv3x3_forward, "F(4x4)": _forward_f4, "inference's choice": conv3x3_forward_f4}
+FORWARDS = {"F(2x2)": lambda *args: _forward(*args, False), "F(4x4)": lambda *args: _forward(*args, True),
+            "training's": lambda *args: conv3x3_forward(*args, False),
+            "inference's choice": lambda *args: conv3x3_forward(*args, True)}
 BACKWARDS = {"F(2x2)": lambda *args: _backward(*args, False), "F(4x4)": lambda *args: _backward(*args, True),
              "the choice": conv3x3_backward}
 

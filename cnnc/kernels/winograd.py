@@ -8,11 +8,13 @@ instead of 4, and 2.25 transformed values per output through memory instead of 4
 16 channels the transforms, not the products, take most of the time). F(4x4) is 1.1-1.5x faster
 wherever a call has enough tiles (docs/performance.md) but rounds about ten times coarser: the
 largest error is about 3e-5 of a layer's output spread, against 1.4e-6. So:
-- training's forward is F(2x2): its outputs decide the ReLU masks and max-pool choices that the
-  gradient follows, and a coarser forward flips more of them than float32 gradient checks
-  against PyTorch can tolerate (resnet_tiny's conv1 gradient moved by 7e-4 at one test point);
-- the backward and inference's forward are F(4x4) when the call has F4_MIN_TILES tiles or more
-  (the backward's rounding stays in the gradient: 5e-6 on that same test point), F(2x2) below.
+- training's forward (conv3x3_forward with allow_f4 false) is F(2x2): its outputs decide the
+  ReLU masks and max-pool choices that the gradient follows, and a coarser forward flips more
+  of them than float32 gradient checks against PyTorch can tolerate (resnet_tiny's conv1
+  gradient moved by 7e-4 at one test point);
+- the backward and inference's forward (allow_f4 true) are F(4x4) when the call has
+  F4_MIN_TILES tiles or more (the backward's rounding stays in the gradient: 5e-6 on that same
+  test point), F(2x2) below. _forward and _backward serve both tile sizes.
 
 The kernels are serial, as the others: the runtime runs slices of the batch side by side.
 """
@@ -158,29 +160,6 @@ def _winograd_outputs(mm, b, residual, relu, n0, m, th, tw, out):
                             if add:
                                 v += res[q]
                             dst[q] = max(v, 0) if relu else v
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu):
-    """conv2d_forward for 3x3 filters at stride 1, by Winograd F(2x2, 3x3)."""
-    F, C = w.shape[0], w.shape[1]
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    th, tw = (OH + 1) // 2, (OW + 1) // 2
-    nb = max(1, min(N, WINOGRAD_TILES // (th * tw)))
-    # One row more than needed in each (16, rows, X) buffer: the 16 planes then do not start at
-    # the same offset modulo 4 KB. 16 or 32 KB apart, they fell into the same L1 sets, and the
-    # transforms that read or write all 16 at once ran 1.2-5x slower (64 x 64 filters: 126 us).
-    u = np.empty((16, C + 1, F), x.dtype)
-    _winograd_weights(w, u)
-    v = np.empty((16, nb * th * tw + 1, C), x.dtype)
-    mm = np.empty((16, nb * th * tw + 1, F), x.dtype)
-    for n0 in range(0, N, nb):
-        m = min(nb, N - n0)
-        tiles = m * th * tw
-        _winograd_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
-        for k in range(16):  # tiles x C @ C x F: the shape OpenBLAS runs fastest (see above)
-            np.dot(v[k, :tiles], u[k, :C], mm[k, :tiles])
-        _winograd_outputs(mm, b, residual, relu, n0, m, th, tw, out)
 
 
 # The backward of a 3x3 stride-1 layer, by Winograd too. The input gradient is a 3x3
@@ -419,26 +398,36 @@ def _winograd4_outputs(mm, b, residual, relu, n0, m, th, tw, out):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _forward_f4(x, w, b, residual, out, pad_top, pad_left, relu):
-    """conv2d_forward for 3x3 filters at stride 1, by Winograd F(4x4, 3x3)."""
+def _forward(x, w, b, residual, out, pad_top, pad_left, relu, four):
+    """conv2d_forward for 3x3 filters at stride 1, by Winograd F(4x4, 3x3) if `four`, else F(2x2, 3x3)."""
     F, C = w.shape[0], w.shape[1]
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    th, tw = (OH + 3) // 4, (OW + 3) // 4
-    nb = max(1, min(N, WINOGRAD4_TILES // (th * tw)))
-    # One row more than needed in each (36, rows, X) buffer: the 36 planes then do not start at
+    size, planes, chunk = (4, 36, WINOGRAD4_TILES) if four else (2, 16, WINOGRAD_TILES)
+    th, tw = (OH + size - 1) // size, (OW + size - 1) // size
+    nb = max(1, min(N, chunk // (th * tw)))
+    # One row more than needed in each (planes, rows, X) buffer: the planes then do not start at
     # the same offset modulo 4 KB. 16 or 32 KB apart, they fell into the same L1 sets, and the
     # transforms that read or write all of them at once ran 1.2-5x slower (64 x 64 filters: 126 us).
-    u = np.empty((36, C + 1, F), x.dtype)
-    _winograd4_weights(w, u)
-    v = np.empty((36, nb * th * tw + 1, C), x.dtype)
-    mm = np.empty((36, nb * th * tw + 1, F), x.dtype)
+    u = np.empty((planes, C + 1, F), x.dtype)
+    if four:
+        _winograd4_weights(w, u)
+    else:
+        _winograd_weights(w, u)
+    v = np.empty((planes, nb * th * tw + 1, C), x.dtype)
+    mm = np.empty((planes, nb * th * tw + 1, F), x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         tiles = m * th * tw
-        _winograd4_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
-        for k in range(36):  # tiles x C @ C x F: the shape OpenBLAS runs fastest (see above)
+        if four:
+            _winograd4_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
+        else:
+            _winograd_inputs(x, n0, m, pad_top, pad_left, th, tw, v)
+        for k in range(planes):  # tiles x C @ C x F: the shape OpenBLAS runs fastest (see above)
             np.dot(v[k, :tiles], u[k, :C], mm[k, :tiles])
-        _winograd4_outputs(mm, b, residual, relu, n0, m, th, tw, out)
+        if four:
+            _winograd4_outputs(mm, b, residual, relu, n0, m, th, tw, out)
+        else:
+            _winograd_outputs(mm, b, residual, relu, n0, m, th, tw, out)
 
 
 # F(4x4)'s backward transforms (the backward itself, _backward, serves both tile sizes): dM = A dY A'
@@ -511,7 +500,7 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, fou
             for i in range(3):
                 for j in range(3):
                     flipped[c, f, i, j] = w[f, c, 2 - i, 2 - j]
-    u = np.empty((planes, F + 1, C), x.dtype)  # + 1: see conv3x3_forward
+    u = np.empty((planes, F + 1, C), x.dtype)  # + 1: see _forward
     if four:
         _winograd4_weights(flipped, u)
     else:
@@ -563,12 +552,11 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, fou
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv3x3_forward_f4(x, w, b, residual, out, pad_top, pad_left, relu):
-    """conv3x3_forward by F(4x4, 3x3) when the call has enough tiles (inference)."""
-    if x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES:
-        _forward_f4(x, w, b, residual, out, pad_top, pad_left, relu)
-    else:
-        conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu)
+def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu, allow_f4):
+    """conv2d_forward for 3x3 filters at stride 1: F(4x4, 3x3) when allow_f4 (inference) and the
+    call has enough tiles, else F(2x2, 3x3) (training's forward, always)."""
+    four = allow_f4 and x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES
+    _forward(x, w, b, residual, out, pad_top, pad_left, relu, four)
 
 
 @njit(cache=True, nogil=True, fastmath=True)

@@ -78,8 +78,9 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
         weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
     sh, sw, top, left = geometry(ctx, node)
     if winograd(ctx, node):
-        kernel = "conv3x3_forward" if training else "conv3x3_forward_f4"  # see kernels/winograd.py
-        call = f"{kernel}({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {scalars(top, left, relu)})"
+        allow_f4 = not training  # F(4x4)'s coarser rounding only where no gradient follows: kernels/winograd.py
+        call = (f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
+                f"{scalars(top, left, relu, allow_f4)})")
     elif direct(ctx, node):
         call = (f"direct_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
                 f"{scalars(top, left, *data['attrs']['dilation'], relu)})")
