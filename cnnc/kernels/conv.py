@@ -159,6 +159,18 @@ def _col2im_add(cols, kh, kw, sh, sw, dh, dw, oh, dxp):
                     _add(dxp[c, n, (u % sh) * sw + v % sw].reshape(-1)[start:], row[n * oh * WP:], oh * WP)
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _epilogue(src, bf, res, add, relu, dst, count):
+    """dst[q] = src[q] + bf (+ res[q] when add), then max(0, .) if relu, for q < count: the
+    convolutions' epilogue along a row (dst may be src). The loop-invariant branches are
+    hoisted out of the loop."""
+    for q in range(count):
+        v = src[q] + bf
+        if add:
+            v += res[q]
+        dst[q] = max(v, 0) if relu else v
+
+
 @njit(cache=True, fastmath=True)
 def _bias_relu_store(prod, b, residual, relu, n0, ld, out):
     """out[f, n0+n, p, q] = prod[f, (n*OH + p)*ld + q] + b[f] (+ residual[f, n0+n, p, q] unless
@@ -170,14 +182,9 @@ def _bias_relu_store(prod, b, residual, relu, n0, ld, out):
         bf = b[f]
         for n in range(m):
             for p in range(OH):
-                src = prod[f, (n * OH + p) * ld:]
                 dst = out[f, n0 + n, p]
                 res = residual[f, n0 + n, p] if add else dst
-                for q in range(OW):  # the loop-invariant branches are hoisted out of the loop
-                    v = src[q] + bf
-                    if add:
-                        v += res[q]
-                    dst[q] = max(v, 0) if relu else v
+                _epilogue(prod[f, (n * OH + p) * ld:], bf, res, add, relu, dst, OW)
 
 
 @njit(cache=True, fastmath=True)
@@ -249,12 +256,7 @@ def _pointwise_forward(x, w, b, residual, out, groups, relu):
             np.dot(wk, xc, prod)
             for f in range(group_filters):
                 fo = k * group_filters + f
-                src, dst, res, bf = prod[f], of[fo, l0:], rf[fo, l0:], b[fo]
-                for q in range(n):
-                    v = src[q] + bf
-                    if add:
-                        v += res[q]
-                    dst[q] = max(v, 0) if relu else v
+                _epilogue(prod[f], b[fo], rf[fo, l0:], add, relu, of[fo, l0:], n)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -397,10 +399,7 @@ def _add_bias_relu(out, b, relu):
     """out[f] += b[f], then max(0, .) if relu."""
     for f in range(out.shape[0]):
         plane = out[f].reshape(-1)
-        bf = b[f]
-        for k in range(plane.size):
-            v = plane[k] + bf
-            plane[k] = max(v, 0) if relu else v
+        _epilogue(plane, b[f], plane, False, relu, plane, plane.size)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
