@@ -20,6 +20,7 @@ from . import lanes
 from .diagnostics import ModelError
 from .graph import inputs
 from .kernels.conv import COLS_ELEMS, MIN_COLUMNS  # the chunk sizes the workspaces follow
+from .kernels.depthwise import SMALL_PLANE, SMALL_PLANE_IMAGES
 from .kernels.winograd import WINOGRAD4_TILES, WINOGRAD_TILES
 from .lower.conv import depthwise_applies, direct_applies, winograd_applies, winograd_backward_applies
 from .lower.program import needs_grad
@@ -137,7 +138,12 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     if depthwise_applies(c, data["attrs"]):  # a padded plane's phases (and their gradient), a wide plane, float64 sums
         hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
         planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + oh * wph)
-        return lambda n: planes + 8 * f * (kh * kw + 1)
+        padded = ((oh - 1) * sh + ekh) * ((ow - 1) * sw + ekw)
+
+        def depthwise(n: int) -> int:  # small planes of many images: a channel's planes, the batch innermost
+            across = FLOAT * n * (2 * padded + oh * ow) if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
+            return max(planes, across) + 8 * f * (kh * kw + 1)
+        return depthwise
     if direct_applies(c, data):  # padded planes of the input (and its gradient), four or all filters' wide planes
         wide, padded = oh * (ow + ekw - 1), (oh + ekh) * (ow + ekw - 1)
         return lambda n: FLOAT * (2 * c * padded + max(4, f) * wide)
