@@ -144,9 +144,13 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
             across = FLOAT * n * (2 * padded + oh * ow) if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
             return max(planes, across) + 8 * f * (kh * kw + 1)
         return depthwise
-    if direct_applies(c, data):  # padded planes of the input (and its gradient), four or all filters' wide planes
+    if direct_applies(c, data):  # one image's padded input planes and four wide output planes; the
+        # backward: the output gradient's wide and padded planes, four of the input gradient's, flipped filters
         wide, padded = oh * (ow + ekw - 1), (oh + ekh) * (ow + ekw - 1)
-        return lambda n: FLOAT * (2 * c * padded + max(4, f) * wide)
+        wide_dx, padded_g = h * (w + ekw - 1), (h + ekh) * (w + ekw - 1)
+        forward_bytes = FLOAT * (c * padded + 4 * wide)
+        backward_bytes = FLOAT * (c * padded + f * (wide + padded_g) + 4 * wide_dx + c * f * kh * kw)
+        return lambda n: backward_bytes if training else forward_bytes
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw
     groups = data["attrs"]["groups"]
@@ -176,7 +180,7 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         return max(sizes)
 
     pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and (oh, ow) == (h, w)  # one product straight into the output
-    forward = winograd if winograd_applies(c, data["attrs"]) else (lambda n: 0) if pointwise else im2col
+    forward = winograd if winograd_applies(c, data) else (lambda n: 0) if pointwise else im2col
     if not training:
         return forward
     def pointwise_backward(n: int) -> int:  # the output gradient and one group's input gradient, whole batch

@@ -1,5 +1,6 @@
 """cnnc.kernels.direct against PyTorch and finite differences: every padding mode, odd sizes, even
-kernels, dilation, fused bias + residual + ReLU, filter counts that leave 1, 2 or 3 over from fours."""
+kernels, dilation, fused bias + residual + ReLU, filter counts that leave 1, 2 or 3 over from fours,
+kernel rows of 3, 4, 5 and 6 taps (three a pass, the rest one at a time)."""
 import numpy as np
 import pytest
 from checks import numeric_gradient, rel_err
@@ -18,6 +19,8 @@ CASES = [
     (3, 6, 2, 11, 10, 3, 3, "same", "same", (2, 3)),    # dilation
     (2, 5, 2, 9, 12, 3, 2, "full", 1, (3, 2)),
     (8, 9, 2, 16, 16, 3, 3, "same", "same", (1, 1)),
+    (16, 16, 2, 12, 10, 3, 3, "same", "same", (1, 1)),  # resnet20's first stage, smaller
+    (3, 6, 2, 9, 13, 5, 6, "valid", "same", (1, 1)),    # two passes of three taps a row, and 2 over from 5
 ]
 
 

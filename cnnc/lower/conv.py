@@ -17,10 +17,12 @@ WINOGRAD_MIN_CHANNELS = 16
 # layer was 1.2x slower: there the products are a smaller share than the transforms.)
 WINOGRAD_BACKWARD_MIN_CHANNELS = 16
 # The direct kernels (kernels/direct.py) up to this many input channels, on output planes of at
-# least DIRECT_MIN_PLANE elements: one thread, 32 images, against im2col, forward / backward:
-# lenet5's 1 -> 6 (5x5, 28x28) 2.9x / 1.7x, 3 -> 32 at 32x32 1.6x / 1.7x, 8 -> 8 at 32x32 2.4x /
-# 1.3x; on lenet5's 6 -> 16 (10x10 outputs, rows of 14) the backward was 1.2x slower.
-DIRECT_MAX_CHANNELS = 8
+# least DIRECT_MIN_PLANE elements. One thread, 32 images, forward / backward in ms, direct against
+# the others: 16 -> 16 at 32x32 0.86 / 1.80 against Winograd's 1.52 (F(2x2)) or 1.21 (F(4x4)) /
+# 2.59; at 16x16 0.32 / 0.63 against 0.45 or 0.34 / 0.73; 8 -> 8 at 16x16 0.10 / 0.21 against
+# im2col's 0.56 / 0.77; 16 -> 16 5x5 at 32x32 3.5 / 8.7 against im2col's 11.0 / 13.3. Winograd
+# wins from 32 channels (32 -> 32 at 32x32: 3.2 / 7.2 against 3.2 or 2.5 / 6.2).
+DIRECT_MAX_CHANNELS = 16
 DIRECT_MIN_PLANE = 256
 
 
@@ -92,14 +94,15 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
 
 
 def winograd(ctx: Context, node: str) -> bool:
-    """3x3 filters at stride 1 over enough channels run as Winograd."""
-    return winograd_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node)["attrs"])
+    """3x3 filters at stride 1 over enough channels run as Winograd (unless the direct kernel does)."""
+    return winograd_applies(ctx.node(ctx.inputs(node)[0])["shape"][0], ctx.node(node))
 
 
-def winograd_applies(src_channels: int, attrs: dict) -> bool:
+def winograd_applies(src_channels: int, data: dict) -> bool:
+    attrs = data["attrs"]
     return (tuple(attrs["size"]) == (3, 3) and tuple(attrs["stride"]) == (1, 1)
             and tuple(attrs["dilation"]) == (1, 1) and attrs["groups"] == 1
-            and src_channels >= WINOGRAD_MIN_CHANNELS)
+            and src_channels >= WINOGRAD_MIN_CHANNELS and not direct_applies(src_channels, data))
 
 
 def direct(ctx: Context, node: str) -> bool:
@@ -111,8 +114,7 @@ def direct_applies(src_channels: int, data: dict) -> bool:
     attrs = data["attrs"]
     _, oh, ow = data["shape"]
     return (tuple(attrs["stride"]) == (1, 1) and attrs["groups"] == 1 and tuple(attrs["size"]) != (1, 1)
-            and src_channels <= DIRECT_MAX_CHANNELS and oh * ow >= DIRECT_MIN_PLANE
-            and not winograd_applies(src_channels, attrs))
+            and src_channels <= DIRECT_MAX_CHANNELS and oh * ow >= DIRECT_MIN_PLANE)
 
 
 def winograd_backward(ctx: Context, node: str) -> bool:
@@ -123,7 +125,7 @@ def winograd_backward_applies(src_channels: int, data: dict) -> bool:
     """The backward of such a layer, when its padding lets the input gradient be one too (at most 2)."""
     top, _, left, _ = data["pads"]
     channels = min(src_channels, data["attrs"]["filters"])
-    return (winograd_applies(src_channels, data["attrs"]) and channels >= WINOGRAD_BACKWARD_MIN_CHANNELS
+    return (winograd_applies(src_channels, data) and channels >= WINOGRAD_BACKWARD_MIN_CHANNELS
             and max(top, left) <= 2)
 
 
