@@ -174,6 +174,7 @@ class Network:
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
         self.inference_batch = memory.EVAL_BATCH  # the batch whole data sets are run through forward at
+        self.forward_group = memory.forward_group(self.memory())  # images a lane's forward call takes at a time (None: all)
         # Per-channel (mean, std) float32 arrays subtracted from and dividing every input image, in
         # training and inference alike; set by the trainer or loaded with the weights (train/augment.py).
         self.normalization: tuple[np.ndarray, np.ndarray] | None = None
@@ -259,8 +260,17 @@ class Network:
         x = self.check_input(x)
         threads = lanes.lane_count()
         parts = lanes.slices(len(x), threads)
-        outputs = lanes.run(self.module.forward, [(x[part], self.vector) for part in parts], threads)
+        outputs = lanes.run(self._forward_in_groups, [(x[part],) for part in parts], threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _forward_in_groups(self, x) -> np.ndarray:
+        """A lane's slice through the forward in equal groups of at most forward_group images."""
+        groups = -(-len(x) // self.forward_group) if self.forward_group else 1
+        if groups <= 1:
+            return self.module.forward(x, self.vector)
+        n = len(x)
+        return np.concatenate([self.module.forward(x[k * n // groups:(k + 1) * n // groups], self.vector)
+                               for k in range(groups)])
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
         """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.

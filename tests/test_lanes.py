@@ -163,3 +163,19 @@ def test_two_steps_started_together_from_two_threads_both_finish(monkeypatch):
     for t in callers:
         t.join(timeout=5)
     assert not any(t.is_alive() for t in callers), "two steps waited for each other forever"
+
+
+def test_inference_in_groups_equals_one_call_per_lane(monkeypatch):
+    """A lane's slice runs through forward in equal groups of at most forward_group images (10 + 9
+    of 19 on one lane, at most 4 of 10 per lane on two): the probabilities of one call, to rounding."""
+    net = cnnc.compile_source(SOURCES["resnet_tiny"])
+    x = np.random.default_rng(3).standard_normal((19, *net.input_shape)).astype(np.float32)
+    whole = net.module.forward(net.normalized(x), net.vector)
+    calls = []
+    real = net.module.forward
+    monkeypatch.setattr(net.module, "forward", lambda x, P: calls.append(len(x)) or real(x, P))
+    for threads, group, sizes in ((1, 10, [10, 9]), (2, 4, [4, 3, 3, 3, 3, 3])):
+        monkeypatch.setattr(lanes, "lane_count", lambda: threads)
+        net.forward_group, calls[:] = group, []
+        assert relative_error(net.forward(x), whole) < 1e-6
+        assert sorted(calls, reverse=True) == sizes
