@@ -182,25 +182,27 @@ def test_winograd_forward_matches_torch(C, Fo, N, H, W, mode, relu, residual, fo
 
 
 @pytest.mark.parametrize("backward", BACKWARDS.values(), ids=BACKWARDS.keys())
+@pytest.mark.parametrize("add_dx", [True, False], ids=["dx added into", "dx written"])
 @pytest.mark.parametrize("need_dx", [True, False])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("C, Fo, N, H, W, mode", WINOGRAD + [(2, 3, 2, 6, 5, 2), (32, 32, 9, 15, 16, "same")])
-def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx, backward):
-    """conv3x3_backward: dw and db overwritten (NaN-filled before), dx added into random values,
-    dout left alone; padding 0, 1 and 2, partial tiles of g and of dx, batches in chunks."""
+def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx, add_dx, backward):
+    """conv3x3_backward: dw and db overwritten (NaN-filled before), dx added into random values or
+    written over NaN (every element), dout left alone; padding 0, 1 and 2, partial tiles of g
+    and of dx, batches in chunks."""
     layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + W)
     out, dout = layer.ref_out.copy(), layer.dout.copy()
-    prefill = randn(np.random.default_rng(4), *layer.x.shape)
+    prefill = randn(np.random.default_rng(4), *layer.x.shape) if add_dx else np.full_like(layer.x, np.nan)
     dx = prefill.copy()
     dw, db = np.full_like(layer.w, np.nan), np.full_like(layer.b, np.nan)
-    backward(layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, relu, need_dx)
+    backward(layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, relu, need_dx, add_dx)
     assert np.array_equal(layer.dout, dout)
     assert rel_err(dw, layer.ref_dw) < RTOL
     assert rel_err(db, layer.ref_db) < RTOL
     if need_dx:
-        assert rel_err(dx - prefill, layer.ref_dx) < RTOL
+        assert rel_err(dx - (prefill if add_dx else 0), layer.ref_dx) < RTOL
     else:
-        assert np.array_equal(dx, prefill)
+        assert np.array_equal(dx, prefill, equal_nan=True)
 
 
 @pytest.mark.parametrize("tiles", ["F(2x2)", "F(4x4)"])
@@ -211,7 +213,7 @@ def test_winograd_with_unequal_top_and_left_padding(mode_h, mode_w, tiles):
     FORWARDS[tiles](layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, True)
     assert rel_err(out, layer.ref_out) < RTOL
     dx, dw, db = np.zeros_like(layer.x), np.empty_like(layer.w), np.empty_like(layer.b)
-    BACKWARDS[tiles](layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, True, True)
+    BACKWARDS[tiles](layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, True, True, True)
     assert rel_err(dx, layer.ref_dx) < RTOL and rel_err(dw, layer.ref_dw) < RTOL and rel_err(db, layer.ref_db) < RTOL
 
 
@@ -231,7 +233,7 @@ def test_winograd_backward_finite_differences_float64(tiles):
     out = np.empty((4, 2, 5, 6))
     forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
-    backward(x, w, out, dout, dx, dw, db, 1, 1, False, True)
+    backward(x, w, out, dout, dx, dw, db, 1, 1, False, True, True)
     for param, grad in ((x, dx), (w, dw), (b, db)):
         np.testing.assert_allclose(grad, numeric_gradient(loss, param), rtol=1e-6, atol=1e-7)
 

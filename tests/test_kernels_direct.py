@@ -40,24 +40,26 @@ def test_forward_matches_torch(case, relu, residual):
     assert rel_err(out, lay.ref_out) < RTOL
 
 
+@pytest.mark.parametrize("add_dx", [True, False], ids=["dx added into", "dx written"])
 @pytest.mark.parametrize("need_dx", [True, False])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("case", CASES)
-def test_backward_matches_torch(case, relu, need_dx):
-    """dw and db overwritten (NaN-filled before), dx added into random values, dout left alone."""
+def test_backward_matches_torch(case, relu, need_dx, add_dx):
+    """dw and db overwritten (NaN-filled before), dx added into random values or written over
+    NaN (every element), dout left alone."""
     lay = layer(case, relu)
     out, dout = lay.ref_out.copy(), lay.dout.copy()
-    prefill = randn(np.random.default_rng(4), *lay.x.shape)
+    prefill = randn(np.random.default_rng(4), *lay.x.shape) if add_dx else np.full_like(lay.x, np.nan)
     dx = prefill.copy()
     dw, db = np.full_like(lay.w, np.nan), np.full_like(lay.b, np.nan)
-    direct_backward(lay.x, lay.w, out, lay.dout, dx, dw, db, lay.pt, lay.pl, lay.dh, lay.dw, relu, need_dx)
+    direct_backward(lay.x, lay.w, out, lay.dout, dx, dw, db, lay.pt, lay.pl, lay.dh, lay.dw, relu, need_dx, add_dx)
     assert np.array_equal(lay.dout, dout)
     assert rel_err(dw, lay.ref_dw) < RTOL
     assert rel_err(db, lay.ref_db) < RTOL
     if need_dx:
-        assert rel_err(dx - prefill, lay.ref_dx) < RTOL
+        assert rel_err(dx - (prefill if add_dx else 0), lay.ref_dx) < RTOL
     else:
-        assert np.array_equal(dx, prefill)
+        assert np.array_equal(dx, prefill, equal_nan=True)
 
 
 def test_backward_is_the_adjoint_of_the_forward_float64():
@@ -76,6 +78,6 @@ def test_backward_is_the_adjoint_of_the_forward_float64():
         return (forward() * dout).sum()
 
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
-    direct_backward(x, w, forward(), dout, dx, dw, db, pt, pl, dil_h, dil_w, False, True)
+    direct_backward(x, w, forward(), dout, dx, dw, db, pt, pl, dil_h, dil_w, False, True, True)
     for param, grad in ((x, dx), (w, dw), (b, db)):
         np.testing.assert_allclose(grad, numeric_gradient(loss, param), rtol=1e-6, atol=1e-7)

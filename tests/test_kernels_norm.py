@@ -47,18 +47,21 @@ def train_forward(x, gamma, beta, rm, rv, eps, momentum, residual=None, relu=Fal
     return out, stats
 
 
-def train_backward(x, out, dout, stats, gamma, relu, dx, dresidual, dgamma, dbeta):
+def train_backward(x, out, dout, stats, gamma, relu, dx, dresidual, dgamma, dbeta, add_dx=True, add_dresidual=True):
     sums = np.empty((2, gamma.shape[0]))
     batchnorm_grad_sums(x, out, dout, stats, relu, sums, dgamma, dbeta)
-    batchnorm_backward_apply(x, out, dout, stats, gamma, sums, x.size // gamma.shape[0], relu, dx, dresidual)
+    batchnorm_backward_apply(x, out, dout, stats, gamma, sums, x.size // gamma.shape[0], relu, dx, dresidual,
+                             add_dx, add_dresidual)
 
 
 FUSED = [(False, False), (False, True), (True, False), (True, True)]  # (residual, relu) fused into the batchnorm
 
 
+@pytest.mark.parametrize("add", [True, False], ids=["added into", "written"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("residual, relu", FUSED)
-def test_batchnorm_train_against_torch(shape, residual, relu):
+def test_batchnorm_train_against_torch(shape, residual, relu, add):
+    """dx and dresidual added into random values, or written over NaN (the first gradient there)."""
     rng = np.random.default_rng(len(shape))
     c = channels(shape)
     x = (2 + 3 * rng.standard_normal(shape)).astype(np.float32)
@@ -84,9 +87,13 @@ def test_batchnorm_train_against_torch(shape, residual, relu):
     dout_before = dout.copy()
     yt.backward(torch.tensor(to_torch_layout(dout).copy()))
     dx0, dr0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    if not add:
+        dx0[:], dr0[:] = np.nan, np.nan
     dx, dr = dx0.copy(), (dr0.copy() if residual else empty_like_nothing(shape, np.float32))
     dgamma, dbeta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
-    train_backward(x, out, dout, stats, gamma, relu, dx, dr, dgamma, dbeta)
+    train_backward(x, out, dout, stats, gamma, relu, dx, dr, dgamma, dbeta, add, add)
+    if not add:
+        dx0[:], dr0[:] = 0, 0
     assert np.array_equal(dout, dout_before)
     assert rel_err(to_torch_layout(dx - dx0), xt.grad.numpy()) < 1e-4
     if residual:

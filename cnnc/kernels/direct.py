@@ -208,8 +208,9 @@ def _masked_grads(out, dout, n, relu, L, g, db):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w, relu, need_dx):
-    """The gradients of direct_forward: dw and db overwritten, dx (when need_dx) added into.
+def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w, relu, need_dx, add_dx):
+    """The gradients of direct_forward: dw and db overwritten, dx (when need_dx) added into if
+    add_dx, else overwritten (the first gradient written there: no zeroed buffer to add to).
 
     dx is the forward's own loop run on the output gradient: a stride-1 convolution of g, padded
     by (KH - 1)*dil_h - pad_top rows above and (KW - 1)*dil_w - pad_left columns to the left,
@@ -227,6 +228,8 @@ def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w
     flipped = _flipped(w) if need_dx else w
     acc = np.empty((4, H * Lg), x.dtype)
     no_bias = np.zeros(C, x.dtype)
+    into = dx if add_dx else np.empty((0, 0, 0, 0), x.dtype)  # _store adds `into` (dx itself) or nothing
+    never = N < 0  # no ReLU on dx; not a literal False, which would compile _convolve_into once more
     dw[:] = 0
     db[:] = 0
     last = F - 1
@@ -237,7 +240,7 @@ def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w
             _weight_grads(xp, wide, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), L, dil_h, dil_w, dw)
         if need_dx:
             _fill_padded(g, 0, (KH - 1) * dil_h - pad_top, (KW - 1) * dil_w - pad_left, Lg, gp)
-            _convolve_into(gp, flipped, no_bias, dx, dx, False, n, Lg, dil_h, dil_w, acc)
+            _convolve_into(gp, flipped, no_bias, into, dx, never, n, Lg, dil_h, dil_w, acc)
 
 
 @njit(cache=True, fastmath=True)

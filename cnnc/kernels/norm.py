@@ -109,10 +109,11 @@ def batchnorm_grad_sums(x, out, dout, stats, relu, sums, dgamma, dbeta):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def batchnorm_backward_apply(x, out, dout, stats, gamma, sums, count, relu, dx, dresidual):
+def batchnorm_backward_apply(x, out, dout, stats, gamma, sums, count, relu, dx, dresidual, add_dx, add_dresidual):
     """dx += gamma * invstd * (g - sum(g)/count - xhat * sum(g*xhat)/count), with the step's
     `sums` (batchnorm_grad_sums, added up over the replicas); dresidual += g unless it is empty.
-    An empty dx (nobody needs it) is skipped."""
+    An empty dx (nobody needs it) is skipped. Without add_dx (add_dresidual) dx (dresidual) is
+    overwritten instead: the first gradient written there, into a buffer nobody zeroed."""
     x3, o3, g3 = _by_channel(x), _by_channel(out), _by_channel(dout)
     need_dx, need_dr = dx.size != 0, dresidual.size != 0
     dx3 = _by_channel(dx) if need_dx else x3
@@ -129,11 +130,13 @@ def batchnorm_backward_apply(x, out, dout, stats, gamma, sums, count, relu, dx, 
             xc, oc, gc, dxc, drc = x3[a, c], o3[a, c], g3[a, c], dx3[a, c], dr3[a, c]
             if need_dr:
                 for b in range(B):
-                    drc[b] += gc[b] if not relu or oc[b] > zero else zero
+                    g = gc[b] if not relu or oc[b] > zero else zero
+                    drc[b] = drc[b] + g if add_dresidual else g
             if need_dx:
                 for b in range(B):
                     g = gc[b] if not relu or oc[b] > zero else zero
-                    dxc[b] += a1 * g - b1 - b2 * ((xc[b] - m) * s)
+                    v = a1 * g - b1 - b2 * ((xc[b] - m) * s)
+                    dxc[b] = dxc[b] + v if add_dx else v
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)

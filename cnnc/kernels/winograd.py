@@ -484,9 +484,10 @@ def _winograd4_weight_grads(du, dw):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, four):
+def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add_dx, four):
     """conv2d_backward for 3x3 filters at stride 1 and padding at most 2, by Winograd F(4x4, 3x3)
-    if `four`, else F(2x2, 3x3): dw and db are overwritten; dx (when need_dx) is added into."""
+    if `four`, else F(2x2, 3x3): dw and db are overwritten; dx (when need_dx) is added into if
+    add_dx, else overwritten."""
     F, C = w.shape[0], w.shape[1]
     N, H, W = x.shape[1], x.shape[2], x.shape[3]
     OH, OW = out.shape[2], out.shape[3]
@@ -512,7 +513,11 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, fou
     vg = np.empty((planes, nb * xh * xw + 1, F), x.dtype)
     mm = np.empty((planes, nb * xh * xw + 1, C), x.dtype)
     masked = np.empty((F, nb, OH, OW) if relu else (0, 0, 0, 0), x.dtype)
-    add_into, no_residual = np.empty(0, x.dtype), np.empty((0, 0, 0, 0), x.dtype)  # dx += the transform
+    # The outputs transform adds into dx given an empty bias, and writes it given a zero one; the
+    # ReLU flag is False when it writes (add_dx and relu) and unused when it adds.
+    dx_bias, no_residual = np.empty(0 if add_dx else C, x.dtype), np.empty((0, 0, 0, 0), x.dtype)
+    dx_bias[:] = 0
+    clip = add_dx and relu
     db[:] = 0
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
@@ -542,9 +547,9 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, fou
             for k in range(planes):
                 np.dot(vg[k, :xtiles], u[k, :F], mm[k, :xtiles])
             if four:
-                _winograd4_outputs(mm, add_into, no_residual, relu, n0, m, xh, xw, dx)
+                _winograd4_outputs(mm, dx_bias, no_residual, clip, n0, m, xh, xw, dx)
             else:
-                _winograd_outputs(mm, add_into, no_residual, relu, n0, m, xh, xw, dx)
+                _winograd_outputs(mm, dx_bias, no_residual, clip, n0, m, xh, xw, dx)
     if four:
         _winograd4_weight_grads(du, dw)
     else:
@@ -560,8 +565,9 @@ def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu, allow_f4):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv3x3_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx):
+def conv3x3_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add_dx):
     """conv2d_backward for 3x3 filters at stride 1 and padding at most 2: dw and db are
-    overwritten; dx (when need_dx) is added into. F(4x4, 3x3) when the call has enough tiles."""
+    overwritten; dx (when need_dx) is added into if add_dx, else overwritten. F(4x4, 3x3) when
+    the call has enough tiles."""
     four = x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES
-    _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, four)
+    _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add_dx, four)

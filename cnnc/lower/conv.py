@@ -129,21 +129,30 @@ def winograd_backward_applies(src_channels: int, data: dict) -> bool:
             and max(top, left) <= 2)
 
 
-def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
+def overwrites(ctx: Context, node: str, index: int) -> bool:
+    """Whether the backward can write its input's gradient instead of adding to it (the
+    Winograd and direct kernels can; lower/program.py then skips zeroing the buffer)."""
+    return index == 0 and (winograd_backward(ctx, node) or direct(ctx, node))
+
+
+def backward(ctx: Context, node: str, dx: list[str | None], fresh: list[bool]) -> list[str]:
+    """`fresh[0]`: dx is the first gradient written into its buffer (see overwrites)."""
     data = ctx.node(node)
     (src,) = ctx.inputs(node)
     relu = data.get("activation") == "relu"
     db = bias_grad(ctx, node)
     dx_arg = dx[0] or "EMPTY4"
     sh, sw, top, left = geometry(ctx, node)
+    modes = (relu, dx[0] is not None)
     if winograd_backward(ctx, node):
-        kernel, geometry_args = "conv3x3_backward", (top, left)
+        kernel, geometry_args, modes = "conv3x3_backward", (top, left), modes + (not fresh[0],)
     elif direct(ctx, node):
         kernel, geometry_args = "direct_backward", (top, left, *data["attrs"]["dilation"])
+        modes += (not fresh[0],)
     else:
         kernel = "depthwise_backward" if depthwise(ctx, node) else "conv2d_backward"
         geometry_args = (sh, sw, top, left, *spacing(ctx, node))
     indent = " " * (len(kernel) + 1)
     return [f"{kernel}({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
             f"{indent}{dx_arg}, {ctx.param_grad(node, 'weight')}, {db},"
-            f" {scalars(*geometry_args, relu, dx[0] is not None)})"]
+            f" {scalars(*geometry_args, *modes)})"]

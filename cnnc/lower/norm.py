@@ -40,7 +40,13 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
             f"                      {attrs['eps']}, {attrs['momentum']}, {residual}, {relu}, {out}, {out}_stats)"]
 
 
-def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
+def overwrites(ctx: Context, node: str, index: int) -> bool:
+    """The backward can write both its input's and its residual's gradient instead of adding to them."""
+    return True
+
+
+def backward(ctx: Context, node: str, dx: list[str | None], fresh: list[bool]) -> list[str]:
+    """`fresh[k]`: dx[k] is the first gradient written into its buffer: written, not added to."""
     data = ctx.node(node)
     src = ctx.inputs(node)[0]
     x, out, dout = ctx.var(src), ctx.var(node), ctx.grad(node)
@@ -51,4 +57,5 @@ def backward(ctx: Context, node: str, dx: list[str | None]) -> list[str]:
             f"                    {ctx.param_grad(node, 'gamma')}, {ctx.param_grad(node, 'beta')})",
             f"if replicas is not None: replicas.sum({out}_dsums)",
             f"batchnorm_backward_apply({x}, {out}, {dout}, {out}_stats, {ctx.param(node, 'gamma')}, {out}_dsums,",
-            f"                         {count(ctx, node)}, {relu}, {dx[0] or empty(ctx, src)}, {dresidual})"]
+            f"                         {count(ctx, node)}, {relu}, {dx[0] or empty(ctx, src)}, {dresidual},",
+            f"                         {not fresh[0]}, {not (len(fresh) > 1 and fresh[1])})"]
