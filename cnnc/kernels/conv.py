@@ -102,10 +102,10 @@ def _pad_chunk(x, n0, pt, pl, kh, kw, sh, sw, xp):
                 if a >= kh or h >= HP1 - 1:  # a row no window reads
                     continue
                 for b in range(min(sw, kw)):
-                    row, srow = xp[c, n, a * sw + b, h], src[hs]
                     w0, w1 = _phase_columns(pl, W, sw, b, WP)
-                    for w in range(w0, w1):
-                        row[w] = srow[w * sw + b - pl]
+                    row, srow = xp[c, n, a * sw + b, h, w0:], src[hs, w0 * sw + b - pl:]
+                    for k in range(w1 - w0):
+                        row[k] = srow[k * sw]
 
 
 @njit(cache=True, fastmath=True)
@@ -121,10 +121,10 @@ def _unpad_add(dxp, n0, pt, pl, kh, kw, sh, sw, dx):
                 if a >= kh or h >= HP1 - 1:
                     continue
                 for b in range(min(sw, kw)):
-                    row, drow = dxp[c, n, a * sw + b, h], dst[hs]
                     w0, w1 = _phase_columns(pl, W, sw, b, WP)
-                    for w in range(w0, w1):
-                        drow[w * sw + b - pl] += row[w]
+                    row, drow = dxp[c, n, a * sw + b, h, w0:], dst[hs, w0 * sw + b - pl:]
+                    for k in range(w1 - w0):
+                        drow[k * sw] += row[k]
 
 
 @njit(cache=True, fastmath=True)
