@@ -77,6 +77,7 @@ def _winograd_inputs(x, n0, m, pt, pl, th, tw, v):
     WP = 2 * tw + 2
     q0, q1 = min(pl, WP), min(pl + W, WP)  # the columns of e that see x
     e = np.zeros((4, WP, C), x.dtype)
+    e0, e1, e2, e3 = e[0, q0:], e[1, q0:], e[2, q0:], e[3, q0:]
     zero = np.zeros(W, x.dtype)
     for n in range(m):
         for ty in range(th):
@@ -86,9 +87,10 @@ def _winograd_inputs(x, n0, m, pt, pl, th, tw, v):
                 r1 = x[c, n0 + n, h + 1] if 0 <= h + 1 < H else zero
                 r2 = x[c, n0 + n, h + 2] if 0 <= h + 2 < H else zero
                 r3 = x[c, n0 + n, h + 3] if 0 <= h + 3 < H else zero
-                for q in range(q0, q1):  # e's other columns stay zero
-                    d0, d1, d2, d3 = r0[q - pl], r1[q - pl], r2[q - pl], r3[q - pl]
-                    e[0, q, c], e[1, q, c], e[2, q, c], e[3, q, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+                s0, s1, s2, s3 = r0[q0 - pl:], r1[q0 - pl:], r2[q0 - pl:], r3[q0 - pl:]
+                for k in range(q1 - q0):  # e's other columns stay zero; views from 0: no negative-index checks
+                    d0, d1, d2, d3 = s0[k], s1[k], s2[k], s3[k]
+                    e0[k, c], e1[k, c], e2[k, c], e3[k, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
             t0 = (n * th + ty) * tw
             for tx in range(tw):
                 t = t0 + tx
@@ -321,6 +323,7 @@ def _winograd4_inputs(x, n0, m, pt, pl, th, tw, v):
     WP = 4 * tw + 2
     q0, q1 = min(pl, WP), min(pl + W, WP)  # the columns of e that see x
     e = np.zeros((6, WP, C), x.dtype)
+    e0, e1, e2, e3, e4, e5 = e[0, q0:], e[1, q0:], e[2, q0:], e[3, q0:], e[4, q0:], e[5, q0:]
     zero = np.zeros(W, x.dtype)
     for n in range(m):
         for ty in range(th):
@@ -332,10 +335,9 @@ def _winograd4_inputs(x, n0, m, pt, pl, th, tw, v):
                 r3 = x[c, n0 + n, h + 3] if 0 <= h + 3 < H else zero
                 r4 = x[c, n0 + n, h + 4] if 0 <= h + 4 < H else zero
                 r5 = x[c, n0 + n, h + 5] if 0 <= h + 5 < H else zero
-                for q in range(q0, q1):  # e's other columns stay zero
-                    k = q - pl
-                    e[0, q, c], e[1, q, c], e[2, q, c], e[3, q, c], e[4, q, c], e[5, q, c] = _bt(
-                        r0[k], r1[k], r2[k], r3[k], r4[k], r5[k])
+                s0, s1, s2, s3, s4, s5 = r0[q0 - pl:], r1[q0 - pl:], r2[q0 - pl:], r3[q0 - pl:], r4[q0 - pl:], r5[q0 - pl:]
+                for k in range(q1 - q0):  # e's other columns stay zero; views from 0: no negative-index checks
+                    e0[k, c], e1[k, c], e2[k, c], e3[k, c], e4[k, c], e5[k, c] = _bt(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k])
             t0 = (n * th + ty) * tw
             for tx in range(tw):
                 t, q = t0 + tx, 4 * tx
