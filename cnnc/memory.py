@@ -147,10 +147,9 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     if depthwise_applies(c, data["attrs"]):  # a padded plane's phases (and their gradient), a wide plane, float64 sums
         hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
         planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + oh * wph)
-        padded = ((oh - 1) * sh + ekh) * ((ow - 1) * sw + ekw)
 
-        def depthwise(n: int) -> int:  # small planes of many images: a channel's planes, the batch innermost
-            across = FLOAT * n * (2 * padded + oh * ow) if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
+        def depthwise(n: int) -> int:  # small planes of many images: the same for a channel's planes, the batch innermost
+            across = n * planes if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
             return max(planes, across) + 8 * f * (kh * kw + 1)
         return depthwise
     if direct_applies(c, data):  # one image's padded input planes and four wide output planes; the

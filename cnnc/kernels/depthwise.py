@@ -17,11 +17,13 @@ from numba import njit
 # Output planes of at most this many elements run with the images innermost instead
 # (_forward_across_images, _backward_across_images): a plane of 2x2 outputs has too little work
 # to pay for its own set-up (padding it, nine short runs, storing it). One thread, 32 images,
-# mobilenet_v1's layers, forward / backward: 2x2 outputs 1.8-2.4x / 1.4-2.5x faster; 4x4 from
-# 8x8 at stride 2 1.3x / 1.2x, at stride 1 0.9x / 1.05x; 8x8 outputs 0.55x / 0.35x (there the
-# transposes, a scalar move per element, cost more than the set-up they save). And only with a
-# batch of at least SMALL_PLANE_IMAGES (a vector's worth): at batch 1 mobilenet_v1's forward took
-# 3.6 ms this way, 2.0 plane by plane.
+# mobilenet_v1's layers, forward / backward against plane by plane (first version, one run of N
+# images per output position and tap): 2x2 outputs 1.8-2.4x / 1.4-2.5x faster; 4x4 from 8x8 at
+# stride 2 1.3x / 1.2x, at stride 1 0.9x / 1.05x. Runs over the whole wide plane and batch made
+# that path 3-4x faster forward and 1.2-1.5x backward again (512 channels of 4x4: 1.11 -> 0.35 /
+# 2.61 -> 1.68 ms). 8x8 outputs stay plane by plane: 0.73 / 1.71 ms there, 0.51 / 2.84 this way.
+# And only with a batch of at least SMALL_PLANE_IMAGES (a vector's worth): at batch 1
+# mobilenet_v1's forward took 3.6 ms this way, 2.0 plane by plane.
 SMALL_PLANE = 16
 SMALL_PLANE_IMAGES = 16
 
@@ -101,29 +103,50 @@ def _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh):
 
 # ---- small planes: the images innermost ---------------------------------------------------
 #
-# A channel's planes of all images are transposed into xt[h, w, n] (zero-padded, the batch
-# contiguous), so that each output position and tap is one vectorized multiply-add over the
-# batch: acc[p, q, :] += w[i, j] * xt[p*Sh + i*Dh, q*Sw + j*Dw, :]. The transposes cost a scalar
-# move per element, the per-plane set-up is gone.
+# A channel's planes of all images are transposed into the phases of depthwise_forward, with the
+# batch innermost: element (phase, r, s) of the padded plane is the N-vector at
+# ((phase block + r) * WPh + s) * N of xt. The wide output acc[(p*WPh + q)*N + n] then takes each
+# tap as one contiguous run over the whole plane and batch, acc[k] += w * xt[tap*N + k], as the
+# plane-by-plane path takes it over one plane. The transposes cost a scalar move per element;
+# the per-plane set-up is gone. (Runs over one output position's N images, 2 vectors each, cost
+# more in loop set-up than in work: 512 channels of 4x4 at 32 images took 1.0 ms forward.)
 
 
 @njit(cache=True, fastmath=True)
-def _padded_extent(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w):
-    """(HP, WP): the rows and columns of the padded input that the windows reach."""
-    return (OH - 1) * stride_h + (KH - 1) * dil_h + 1, (OW - 1) * stride_w + (KW - 1) * dil_w + 1
-
-
-@njit(cache=True, fastmath=True)
-def _images_inner(planes, pad_top, pad_left, xt):
-    """xt[h + pad_top, w + pad_left, n] = planes[n, h, w] where that is inside xt; the rest of
-    xt is left as it was (zero: the callers zero it once)."""
+def _phases_images_inner(planes, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xt):
+    """_pad_phases for a channel's planes (N, H, W) of all images, the image innermost in xt:
+    only the places that see the planes are written, the rest stays zero."""
     N, H, W = planes.shape
-    HP, WP = xt.shape[0], xt.shape[1]
-    for h in range(max(0, -pad_top), min(H, HP - pad_top)):
-        for w in range(max(0, -pad_left), min(W, WP - pad_left)):
-            dst = xt[h + pad_top, w + pad_left]
-            for n in range(N):
-                dst[n] = planes[n, h, w]
+    for a in range(stride_h):
+        for b in range(stride_w):
+            base = (a * stride_w + b) * (HPh + 1) * WPh
+            s0, s1 = cols[b, 0], cols[b, 1]
+            for r in range(HPh):
+                h = r * stride_h + a - pad_top
+                if h < 0 or h >= H:
+                    continue
+                for s in range(s0, s1):
+                    dst, col = xt[(base + r * WPh + s) * N:], s * stride_w + b - pad_left
+                    for n in range(N):
+                        dst[n] = planes[n, h, col]
+
+
+@njit(cache=True, fastmath=True)
+def _unpad_images_inner_add(dxt, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, dx_planes):
+    """dx_planes (N, H, W) += the places of dxt that _phases_images_inner fills."""
+    N, H, W = dx_planes.shape
+    for a in range(stride_h):
+        for b in range(stride_w):
+            base = (a * stride_w + b) * (HPh + 1) * WPh
+            s0, s1 = cols[b, 0], cols[b, 1]
+            for r in range(HPh):
+                h = r * stride_h + a - pad_top
+                if h < 0 or h >= H:
+                    continue
+                for s in range(s0, s1):
+                    src, col = dxt[(base + r * WPh + s) * N:], s * stride_w + b - pad_left
+                    for n in range(N):
+                        dx_planes[n, h, col] += src[n]
 
 
 @njit(cache=True, fastmath=True)
@@ -133,80 +156,78 @@ def _forward_across_images(x, w, b, residual, out, stride_h, stride_w, pad_top, 
     F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
     OH, OW = out.shape[2], out.shape[3]
     mult, add = F // C, residual.size != 0
-    HP, WP = _padded_extent(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w)
-    xt = np.zeros((HP, WP, N), x.dtype)
-    acc = np.empty((OH, OW, N), x.dtype)
+    HPh, WPh = _phase_geometry(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w)
+    run = OH * WPh * N
+    cols = _columns(stride_w, pad_left, x.shape[3], WPh)
+    offsets = _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh)
+    xt = np.zeros(stride_h * stride_w * (HPh + 1) * WPh * N, x.dtype)
+    acc = np.empty(run, x.dtype)
     for c in range(C):
-        _images_inner(x[c], pad_top, pad_left, xt)
+        _phases_images_inner(x[c], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xt)
         for f in range(c * mult, (c + 1) * mult):
-            acc[:] = b[f]
+            bf = b[f]
+            for k in range(run):
+                acc[k] = bf
+            for t in range(KH * KW):
+                wt, tap = w[f, 0, t // KW, t % KW], xt[offsets[t] * N:]
+                for k in range(run):
+                    acc[k] += wt * tap[k]
+            dst = out[f].reshape(-1)  # (N, OH, OW), contiguous: one run of N per output position
+            res = residual[f].reshape(-1) if add else dst
             for p in range(OH):
                 for q in range(OW):
-                    a = acc[p, q]
-                    for i in range(KH):
-                        for j in range(KW):
-                            wij, src = w[f, 0, i, j], xt[p * stride_h + i * dil_h, q * stride_w + j * dil_w]
-                            for n in range(N):
-                                a[n] += wij * src[n]
-            for n in range(N):
-                for p in range(OH):
-                    dst = out[f, n, p]
-                    res = residual[f, n, p] if add else dst
-                    for q in range(OW):
-                        v = acc[p, q, n]
+                    src, d, r = acc[(p * WPh + q) * N:], dst[p * OW + q:], res[p * OW + q:]
+                    for n in range(N):
+                        v = src[n]
                         if add:
-                            v += res[q]
-                        dst[q] = max(v, 0) if relu else v
+                            v += r[n * OH * OW]
+                        d[n * OH * OW] = max(v, 0) if relu else v
 
 
 @njit(cache=True, fastmath=True)
 def _backward_across_images(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                             relu, need_dx):
-    """depthwise_backward for small planes, the images innermost: per output position and tap,
-    dw += g . xt (a dot product over the batch) and dxt += w * g."""
-    C, N, H, W = x.shape
+    """depthwise_backward for small planes, the images innermost: the masked gradient as a wide
+    plane gt (zero in the discarded columns), then per tap dw = gt . xt[tap:] and
+    dxt[tap:] += w * gt, each one contiguous run."""
+    C, N = x.shape[0], x.shape[1]
     F, KH, KW = w.shape[0], w.shape[2], w.shape[3]
     OH, OW = out.shape[2], out.shape[3]
     mult = F // C
-    HP, WP = _padded_extent(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w)
-    xt = np.zeros((HP, WP, N), x.dtype)
-    dxt = np.empty((HP, WP, N), x.dtype)
-    gt = np.empty((OH, OW, N), x.dtype)
-    zero = x.dtype.type(0)
+    HPh, WPh = _phase_geometry(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w)
+    run = OH * WPh * N
+    cols = _columns(stride_w, pad_left, x.shape[3], WPh)
+    offsets = _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh)
+    xt = np.zeros(stride_h * stride_w * (HPh + 1) * WPh * N, x.dtype)
+    dxt = np.empty(xt.size, x.dtype)
+    gt = np.zeros(run, x.dtype)  # the discarded columns stay zero
+    zero = x.dtype.type(0)  # sums in float32: they vectorize
     for c in range(C):
-        _images_inner(x[c], pad_top, pad_left, xt)
-        dxt[:] = 0
+        _phases_images_inner(x[c], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xt)
+        if need_dx:
+            for k in range(dxt.size):
+                dxt[k] = 0
         for f in range(c * mult, (c + 1) * mult):
             total = 0.0
             for n in range(N):
                 for p in range(OH):
-                    src, o = dout[f, n, p], out[f, n, p]
+                    src, o, dst = dout[f, n, p], out[f, n, p], gt[p * WPh * N + n:]
                     for q in range(OW):
                         v = src[q] if not relu or o[q] > 0 else 0
-                        gt[p, q, n] = v
+                        dst[q * N] = v
                         total += v
             db[f] = total
-            for i in range(KH):
-                for j in range(KW):
-                    wij, t = w[f, 0, i, j], 0.0
-                    for p in range(OH):
-                        for q in range(OW):
-                            g, h, v = gt[p, q], p * stride_h + i * dil_h, q * stride_w + j * dil_w
-                            src, s = xt[h, v], zero
-                            for n in range(N):
-                                s += g[n] * src[n]
-                            t += s
-                            if need_dx:
-                                dst = dxt[h, v]
-                                for n in range(N):
-                                    dst[n] += wij * g[n]
-                    dw[f, 0, i, j] = t
+            for t in range(KH * KW):
+                tap, s = xt[offsets[t] * N:], zero
+                for k in range(run):
+                    s += gt[k] * tap[k]
+                dw[f, 0, t // KW, t % KW] = s
+                if need_dx:
+                    wt, dtap = w[f, 0, t // KW, t % KW], dxt[offsets[t] * N:]
+                    for k in range(run):
+                        dtap[k] += wt * gt[k]
         if need_dx:
-            for n in range(N):
-                for h in range(max(0, -pad_top), min(H, HP - pad_top)):
-                    row = dx[c, n, h]
-                    for v in range(max(0, -pad_left), min(W, WP - pad_left)):
-                        row[v] += dxt[h + pad_top, v + pad_left, n]
+            _unpad_images_inner_add(dxt, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, dx[c])
 
 
 @njit(cache=True, nogil=True, fastmath=True)
