@@ -231,7 +231,7 @@ def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w
     acc = np.empty((4, H * Lg), x.dtype)
     no_bias = np.zeros(C, x.dtype)
     into = dx if add_dx else np.empty((0, 0, 0, 0), x.dtype)  # _store adds `into` (dx itself) or nothing
-    never = N < 0  # no ReLU on dx; not a literal False, which would compile _convolve_into once more
+    off = relu and not relu  # no ReLU on dx; False, typed bool: a literal False would compile _convolve_into once more
     dw[:] = 0
     db[:] = 0
     last = F - 1
@@ -242,7 +242,7 @@ def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w
             _weight_grads(xp, wide, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), L, dil_h, dil_w, dw)
         if need_dx:
             _fill_padded(g, 0, (KH - 1) * dil_h - pad_top, (KW - 1) * dil_w - pad_left, Lg, gp)
-            _convolve_into(gp, flipped, no_bias, into, dx, never, n, Lg, dil_h, dil_w, acc)
+            _convolve_into(gp, flipped, no_bias, into, dx, off, n, Lg, dil_h, dil_w, acc)
 
 
 @njit(cache=True, fastmath=True)

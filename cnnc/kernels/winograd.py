@@ -515,11 +515,10 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add
     vg = np.empty((planes, nb * xh * xw + 1, F), x.dtype)
     mm = np.empty((planes, nb * xh * xw + 1, C), x.dtype)
     masked = np.empty((F, nb, OH, OW) if relu else (0, 0, 0, 0), x.dtype)
-    # The outputs transform adds into dx given an empty bias, and writes it given a zero one; the
-    # ReLU flag is False when it writes (add_dx and relu) and unused when it adds.
+    # The outputs transform adds into dx given an empty bias, and writes it given a zero one.
     dx_bias, no_residual = np.empty(0 if add_dx else C, x.dtype), np.empty((0, 0, 0, 0), x.dtype)
     dx_bias[:] = 0
-    clip = add_dx and relu
+    off = relu and not relu  # no ReLU on dx; False, typed bool: a literal False would compile the transform once more
     db[:] = 0
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
@@ -549,9 +548,9 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add
             for k in range(planes):
                 np.dot(vg[k, :xtiles], u[k, :F], mm[k, :xtiles])
             if four:
-                _winograd4_outputs(mm, dx_bias, no_residual, clip, n0, m, xh, xw, dx)
+                _winograd4_outputs(mm, dx_bias, no_residual, off, n0, m, xh, xw, dx)
             else:
-                _winograd_outputs(mm, dx_bias, no_residual, clip, n0, m, xh, xw, dx)
+                _winograd_outputs(mm, dx_bias, no_residual, off, n0, m, xh, xw, dx)
     if four:
         _winograd4_weight_grads(du, dw)
     else:

@@ -143,16 +143,15 @@ def backward(ctx: Context, node: str, dx: list[str | None], fresh: list[bool]) -
     db = bias_grad(ctx, node)
     dx_arg = dx[0] or "EMPTY4"
     sh, sw, top, left = geometry(ctx, node)
-    modes = (relu, dx[0] is not None)
+    add_dx = (not fresh[0],) if overwrites(ctx, node, 0) else ()  # only the kernels that can write dx take the flag
     if winograd_backward(ctx, node):
-        kernel, geometry_args, modes = "conv3x3_backward", (top, left), modes + (not fresh[0],)
+        kernel, geometry_args = "conv3x3_backward", (top, left)
     elif direct(ctx, node):
         kernel, geometry_args = "direct_backward", (top, left, *data["attrs"]["dilation"])
-        modes += (not fresh[0],)
     else:
         kernel = "depthwise_backward" if depthwise(ctx, node) else "conv2d_backward"
         geometry_args = (sh, sw, top, left, *spacing(ctx, node))
     indent = " " * (len(kernel) + 1)
     return [f"{kernel}({ctx.var(src)}, {ctx.param(node, 'weight')}, {ctx.var(node)}, {ctx.grad(node)},",
             f"{indent}{dx_arg}, {ctx.param_grad(node, 'weight')}, {db},"
-            f" {scalars(*geometry_args, *modes)})"]
+            f" {scalars(*geometry_args, relu, dx[0] is not None, *add_dx)})"]
