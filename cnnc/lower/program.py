@@ -117,8 +117,9 @@ def forward_function(ctx: Context) -> list[str]:
                   "return result"]
     else:
         lines.append(f"return {ctx.var(out)}")
-    return function("forward", "x, P", f"Inference on x, float32 N x {show(in_shape)}; "
-                    f"returns N x {show(g.nodes[out]['shape'])}.", lines)
+    return function("forward", "x, P, threads=1", f"Inference on x, float32 N x {show(in_shape)}; "
+                    f"returns N x {show(g.nodes[out]['shape'])}.\n"
+                    "    threads > 1: the batch runs whole on this thread, and its larger convolutions may use that many.", lines)
 
 
 def function(name: str, args: str, doc: str, lines: list[str]) -> list[str]:
