@@ -6,6 +6,8 @@ direct (stride 1, few input channels, large planes, kernels/direct.py) and im2co
 rest (dilation and groups too)."""
 from __future__ import annotations
 
+import math
+
 from .context import Context, scalars
 
 # Winograd (kernels/winograd.py) pays from this many input channels on: measured on
@@ -33,6 +35,38 @@ DIRECT_WIDE_PLANE = 1024
 # kernel can do with at least this many multiply-adds an image on every core instead
 # (direct_forward_parallel). Batch 1, two cores: resnet20 1.24 -> 0.89 ms, vgg_small 0.48 -> 0.32.
 PARALLEL_MIN_MACS = 500_000
+
+
+def folds(ctx: Context) -> tuple[list[list[int]], list[float]]:
+    """The rows of kernels/norm.py's fold_batchnorms for the convs that absorbed a batchnorm
+    (passes/fold_batchnorm.py), and their epsilons: where their weights, biases and batchnorm
+    parameters sit in P, and where the folded weights and biases go in W, one after the other.
+    Each conv folds its own row just before it runs, while its weights stay in cache: folding
+    them all first made mobilenet_v1's batch-1 forward 11% slower; a call per conv with all
+    its arrays as arguments cost resnet20's 4% more than this one with a row number."""
+    rows, eps, at = [], [], 0
+    for node in ctx.g:
+        data = ctx.node(node)
+        if data["op"] != "conv" or not data.get("folded_bn"):
+            continue
+        bn = data["folded_bn"]
+        offset, shape = ctx.layout.slots[f"{node}.weight"]
+        filters, size = shape[0], math.prod(shape)
+        bias = ctx.layout.slots[f"{node}.bias"][0] if ctx.has_param(node, "bias") else -1
+        stats = [ctx.layout.slots[f"{bn}.{kind}"][0] for kind in ("gamma", "beta", "running_mean", "running_var")]
+        rows.append([offset, bias, *stats, filters, size // filters, at, at + size])
+        eps.append(data["folded_eps"])
+        at += size + filters
+    return rows, eps
+
+
+def folded(ctx: Context, node: str) -> tuple[int, str, str]:
+    """The conv's row of folds(), and its folded weight and bias as views into W."""
+    rows, _ = folds(ctx)
+    offset, shape = ctx.layout.slots[f"{node}.weight"]
+    r = next(r for r, row in enumerate(rows) if row[0] == offset)
+    filters, w_at, b_at = rows[r][6], rows[r][8], rows[r][9]
+    return r, f"W[{w_at}:{b_at}].reshape({shape})", f"W[{b_at}:{b_at + filters}]"
 
 
 def geometry(ctx: Context, node: str) -> tuple[int, ...]:
@@ -75,18 +109,9 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
     relu = data.get("activation") == "relu"
     weight, b = ctx.param(node, "weight"), bias(ctx, node)
     lines = []
-    if data.get("folded_bn"):
-        bn = data["folded_bn"]
-        eps = data["folded_eps"]
-        w_shape = ctx.layout.slots[f"{node}.weight"][1]
-        lines += [
-            f"{ctx.var(node)}_w = np.empty({w_shape}, np.float32)",
-            f"{ctx.var(node)}_b = np.empty({w_shape[0]}, np.float32)",
-            f"fold_batchnorm({weight}, {b}, {ctx.param(bn, 'gamma')}, {ctx.param(bn, 'beta')},",
-            f"               {ctx.param(bn, 'running_mean')}, {ctx.param(bn, 'running_var')}, {eps},"
-            f" {ctx.var(node)}_w, {ctx.var(node)}_b)",
-        ]
-        weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
+    if data.get("folded_bn"):  # its weights and bias with the batchnorm folded in, into W (see folds)
+        row, weight, b = folded(ctx, node)
+        lines.append(f"fold_batchnorms(P, FOLDS, FOLD_EPS, W, {row}, {row + 1})")
     sh, sw, top, left = geometry(ctx, node)
     geometry_args = scalars(top, left, *data["attrs"]["dilation"], relu)
     if winograd(ctx, node):
