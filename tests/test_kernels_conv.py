@@ -74,7 +74,8 @@ GEOMETRIES = [
     (10, 8, 5, 3, (2, 1), 2, 0),               # explicit Ph x Pw, non-square stride
     (11, 9, 3, 5, (3, 2), "valid", "valid"),   # strides that leave input unused
     (5, 5, 5, 5, (1, 1), "valid", "valid"),    # the kernel covers the whole input
-    (9, 9, 1, 1, (2, 2), "valid", "valid"),    # 1x1 downsampling (resnet shortcut)
+    (9, 9, 1, 1, (2, 2), "valid", "valid"),    # 1x1 downsampling (resnet shortcut): the pointwise path on
+    (10, 9, 1, 1, (2, 3), "same", "valid"),    # ... the subsampled input, at any stride when unpadded
     (9, 9, 1, 1, (2, 2), 3, 3),                # kernel smaller than the stride, padding larger
     (10, 11, 2, 2, (3, 3), 2, 1),              # ... and unequal paddings
 ]
@@ -284,6 +285,7 @@ DILATED_GROUPED = [
     (5, 7, 3, 6, 5, 1, (1, 1), "valid", (1, 1), 1),     # 1x1 at stride 1: one product over the batch
     (64, 48, 9, 8, 8, 1, (1, 1), "valid", (1, 1), 1),   # ... in blocks of columns, the last one short
     (4, 6, 6, 9, 9, 1, (1, 1), "valid", (1, 1), 2),     # ... in groups
+    (4, 6, 3, 9, 8, 1, (2, 2), "valid", (1, 1), 2),     # ... subsampled at stride 2, in groups
     (3, 4, 2, 5, 6, 1, (1, 1), 1, (1, 1), 1),           # padded 1x1: im2col
 ]
 
