@@ -44,16 +44,19 @@ def whole_batch_threads(lanes: int) -> int:
     """The threads a batch run whole on the calling thread may use in a kernel: the lanes, under
     a Numba threading layer that any thread may launch work on (OpenMP or TBB); else one
     (under workqueue a launch cost 26-64 us here, more than it saves, and two threads launching
-    at once abort the process)."""
-    return min(lanes, _parallel_threads()) if lanes > 1 else 1
+    at once abort the process). One, too, in a process forked after the layer started: GNU
+    OpenMP's threads stayed in the parent, and Numba stops a child that launches work there."""
+    if lanes <= 1:
+        return 1
+    if not _layer:
+        import numba
+
+        _launch(np.zeros(2))  # Numba picks its threading layer at the first parallel call
+        _layer.update(pid=os.getpid(), threads=numba.get_num_threads() if numba.threading_layer() in ("omp", "tbb") else 1)
+    return min(lanes, _layer["threads"]) if _layer["pid"] == os.getpid() else 1
 
 
-@cache
-def _parallel_threads() -> int:
-    import numba
-
-    _launch(np.zeros(2))  # Numba picks its threading layer at the first parallel call
-    return numba.get_num_threads() if numba.threading_layer() in ("omp", "tbb") else 1
+_layer: dict = {}  # the process that started Numba's threading layer, and the threads it gives
 
 
 @njit(cache=True, parallel=True)

@@ -203,3 +203,11 @@ def test_a_batch_run_whole_gives_its_convolutions_every_core(monkeypatch):
         probabilities = net.forward(x)
         assert sorted(calls) == expected
         assert relative_error(probabilities, real(net.normalized(x), net.vector, 1)) < 1e-5
+
+
+def test_a_forked_child_runs_small_batches_on_one_thread(monkeypatch):
+    """After a fork, GNU OpenMP's threads are the parent's: the child's small batches stay serial."""
+    lanes.whole_batch_threads(2)  # the layer starts here, in this process
+    assert lanes.whole_batch_threads(2) in (1, 2)
+    monkeypatch.setitem(lanes._layer, "pid", -1)  # as a forked child sees it
+    assert lanes.whole_batch_threads(2) == 1
