@@ -22,18 +22,15 @@ WINOGRAD_BACKWARD_MIN_CHANNELS = 16
 # least DIRECT_MIN_PLANE elements. One thread, 32 images, forward / backward in ms, direct against
 # the others: 16 -> 16 at 32x32 0.86 / 1.80 against Winograd's 1.52 (F(2x2)) or 1.21 (F(4x4)) /
 # 2.59; at 16x16 0.32 / 0.63 against 0.45 or 0.34 / 0.73; 8 -> 8 at 16x16 0.10 / 0.21 against
-# im2col's 0.56 / 0.77; 16 -> 16 5x5 at 32x32 3.5 / 8.7 against im2col's 11.0 / 13.3.
+# im2col's 0.56 / 0.77; 16 -> 16 5x5 at 32x32 3.5 / 8.7 against im2col's 11.0 / 13.3. Winograd
+# wins from 32 channels (32 -> 32 at 32x32: 3.2 / 7.2 against 3.2 or 2.5 / 6.2; taking them
+# direct on planes of 1024 or more left vgg_small's step and batch-256 inference no faster).
 DIRECT_MAX_CHANNELS = 16
 DIRECT_MIN_PLANE = 256
-# ... and up to this many on planes of DIRECT_WIDE_PLANE outputs or more, whose long runs pay:
-# 32 -> 32 at 32x32 3.47 / 7.42 against 4.75 or 3.55 / 8.78 (vgg_small's second layer: its
-# training step 5% faster, batch-1 latency 9%). At 16x16 Winograd keeps 32 channels: 1.10 / 2.15
-# against 1.23 or 0.88 / 2.06, and 32 -> 64 2.24 / 4.25 against 2.07 or 1.45 / 3.68.
-DIRECT_WIDE_CHANNELS = 32
-DIRECT_WIDE_PLANE = 1024
 # A batch small enough to run whole on one thread (cnnc/lanes.py) runs the layers the direct
 # kernel can do with at least this many multiply-adds an image on every core instead
-# (direct_forward_parallel). Batch 1, two cores: resnet20 1.24 -> 0.89 ms, vgg_small 0.48 -> 0.32.
+# (direct_forward_parallel). Batch 1, two cores, A/B: resnet20 1.00 -> 0.70 ms, vgg_small 0.42 ->
+# 0.26, resnet_tiny 0.20 -> 0.155; batch 4: resnet20 2.78 -> 2.38.
 PARALLEL_MIN_MACS = 500_000
 
 
@@ -150,8 +147,7 @@ def direct(ctx: Context, node: str) -> bool:
 def direct_applies(src_channels: int, data: dict) -> bool:
     """Few input channels, large output planes."""
     _, oh, ow = data["shape"]
-    return (direct_can(data) and oh * ow >= DIRECT_MIN_PLANE
-            and src_channels <= (DIRECT_WIDE_CHANNELS if oh * ow >= DIRECT_WIDE_PLANE else DIRECT_MAX_CHANNELS))
+    return direct_can(data) and src_channels <= DIRECT_MAX_CHANNELS and oh * ow >= DIRECT_MIN_PLANE
 
 
 def direct_can(data: dict) -> bool:
