@@ -135,8 +135,8 @@ def direct_forward_parallel(x, w, b, residual, out, pad_top, pad_left, dil_h, di
     """direct_forward with each image's filters cut into `parts` ranges (whole passes of four)
     that run side by side on Numba's threads (OpenMP: a launch costs about 1.3 us). For a batch
     the runtime runs whole on one thread: at batch 1, on two threads, resnet20's 3x3 layers ran
-    1.2x (16 channels of 32x32) to 2.3x (64 of 8x8) faster than direct_forward, and 2.3-2.4x
-    faster than Winograd on 32-64 channels of 16x16 and 8x8 (49 -> 21 and 78 -> 32 us).
+    1.05x (16 channels of 32x32) to 2.3x (64 of 8x8) faster than direct_forward, and 1.6x faster
+    than Winograd on 32 channels of 16x16 and 64 of 8x8 (35 -> 21 and 52 -> 33 us).
     Never called from two lanes at once (see cnnc/lanes.py: threads_for_whole_batch)."""
     F, C, KH, KW = w.shape
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
