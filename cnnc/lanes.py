@@ -6,9 +6,7 @@ a batch that small makes small products, which OpenBLAS ran no faster on two thr
 forward: resnet20 1.42 ms on one, 1.50 on two; vgg_small 0.49 and 0.53), and far slower when
 another process wanted a core (resnet20: a median of 5-18 ms).
 Splitting the whole network, not each kernel, costs one hand-over per call instead of one per
-layer, and keeps a lane's activations in its own core's caches. A batch run whole is the one
-place where a kernel uses more than one core: its forward gets `whole_batch_threads()`, and its
-larger convolutions cut their filters among Numba's threads (kernels/direct.py).
+layer, and keeps a lane's activations in its own core's caches.
 
 The lane count is $CNNC_THREADS, else the CPUs this process may run on. A training step's lanes
 are replicas (cnnc/replicas.py): each call gets its lane's handle, whose sum() adds the
@@ -20,9 +18,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
-
-import numpy as np
-from numba import njit, prange
 
 from .kernels import set_blas_threads
 from .replicas import LaneGroup
@@ -38,31 +33,6 @@ def lane_count() -> int:
     if configured.isdigit() and int(configured) > 0:
         return int(configured)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def whole_batch_threads(lanes: int) -> int:
-    """The threads a batch run whole on the calling thread may use in a kernel: the lanes, under
-    a Numba threading layer that any thread may launch work on (OpenMP or TBB); else one
-    (under workqueue a launch cost 26-64 us here, more than it saves, and two threads launching
-    at once abort the process). One, too, in a process forked after the layer started: GNU
-    OpenMP's threads stayed in the parent, and Numba stops a child that launches work there."""
-    if lanes <= 1:
-        return 1
-    if not _layer:
-        import numba
-
-        _launch(np.zeros(2))  # Numba picks its threading layer at the first parallel call
-        _layer.update(pid=os.getpid(), threads=numba.get_num_threads() if numba.threading_layer() in ("omp", "tbb") else 1)
-    return min(lanes, _layer["threads"]) if _layer["pid"] == os.getpid() else 1
-
-
-_layer: dict = {}  # the process that started Numba's threading layer, and the threads it gives
-
-
-@njit(cache=True, parallel=True)
-def _launch(a):
-    for i in prange(a.size):
-        a[i] = i
 
 
 # One call's lanes at a time: two steps started together from two threads could each get one of

@@ -260,17 +260,16 @@ class Network:
         x = self.check_input(x)
         threads = lanes.lane_count()
         parts = lanes.slices(len(x), threads)
-        cores = lanes.whole_batch_threads(threads) if len(parts) == 1 else 1  # a batch run whole: its larger kernels on every core
-        outputs = lanes.run(self._forward_in_groups, [(x[part], cores) for part in parts], threads)
+        outputs = lanes.run(self._forward_in_groups, [(x[part],) for part in parts], threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def _forward_in_groups(self, x, threads: int) -> np.ndarray:
+    def _forward_in_groups(self, x) -> np.ndarray:
         """A lane's slice through the forward in equal groups of at most forward_group images."""
         groups = -(-len(x) // self.forward_group) if self.forward_group else 1
         if groups <= 1:
-            return self.module.forward(x, self.vector, threads)
+            return self.module.forward(x, self.vector)
         n = len(x)
-        return np.concatenate([self.module.forward(x[k * n // groups:(k + 1) * n // groups], self.vector, threads)
+        return np.concatenate([self.module.forward(x[k * n // groups:(k + 1) * n // groups], self.vector)
                                for k in range(groups)])
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:

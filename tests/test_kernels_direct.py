@@ -6,7 +6,7 @@ import pytest
 from checks import numeric_gradient, rel_err
 from test_kernels_conv import RTOL, Layer, randn
 
-from cnnc.kernels.direct import direct_backward, direct_forward, direct_forward_parallel
+from cnnc.kernels.direct import direct_backward, direct_forward
 
 # (C, F, N, H, W, KH, KW, mode_h, mode_w, dilation)
 CASES = [
@@ -37,21 +37,6 @@ def test_forward_matches_torch(case, relu, residual):
     lay = layer(case, relu, residual)
     out = np.full((lay.w.shape[0], lay.x.shape[1], lay.OH, lay.OW), np.nan, np.float32)  # every element written
     direct_forward(lay.x, lay.w, lay.b, lay.residual, out, lay.pt, lay.pl, lay.dh, lay.dw, relu)
-    assert rel_err(out, lay.ref_out) < RTOL
-
-
-@pytest.mark.parametrize("parts", [1, 2, 3, 5])
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6], CASES[8], CASES[9]])
-def test_parallel_forward_equals_the_serial_one(case, parts):
-    """direct_forward_parallel cuts each image's filters into `parts` ranges of whole passes of
-    four (more parts than passes leaves some empty) and runs the serial kernel's loop on each: the
-    same output bit for bit, every element written."""
-    lay = layer(case, relu=True, residual=True)
-    serial = np.empty((lay.w.shape[0], lay.x.shape[1], lay.OH, lay.OW), np.float32)
-    direct_forward(lay.x, lay.w, lay.b, lay.residual, serial, lay.pt, lay.pl, lay.dh, lay.dw, True)
-    out = np.full_like(serial, np.nan)
-    direct_forward_parallel(lay.x, lay.w, lay.b, lay.residual, out, lay.pt, lay.pl, lay.dh, lay.dw, True, parts)
-    assert np.array_equal(out, serial)
     assert rel_err(out, lay.ref_out) < RTOL
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from cnnc.kernels.norm import (
     batchnorm_backward_apply, batchnorm_grad_sums, batchnorm_infer_forward, batchnorm_sums, batchnorm_train_apply,
-    fold_batchnorms,
+    fold_batchnorm,
 )
 from checks import numeric_gradient, rel_err
 
@@ -158,38 +158,18 @@ def test_batchnorm_finite_differences(shape, residual, relu):
         assert rel_err(grad, numeric_gradient(loss, arr)) < 1e-5
 
 
-def test_fold_batchnorms_matches_conv_then_batchnorm():
-    """Two convs, one with a bias and one without, their parameters scattered through one flat
-    vector P as a model's are: each folded conv computes its conv followed by its batchnorm, and
-    a call folds its rows only."""
+def test_fold_batchnorm_matches_conv_then_batchnorm():
     rng = np.random.default_rng(9)
-    c = 3
-    x = torch.tensor(rng.standard_normal((2, c, 7, 7)).astype(np.float32))
-    convs = [(6, 3, True, 1e-5), (5, 1, False, 1e-3)]  # filters, kernel size, bias, eps
-    P, table, eps, at, expected = [rng.standard_normal(7).astype(np.float32)], [], [], 0, []
-    offset = 7
-    for f, k, has_bias, e in convs:
-        w = rng.standard_normal((f, c, k, k)).astype(np.float32)
-        b = rng.standard_normal(f).astype(np.float32) if has_bias else None
-        gamma, beta, rmean, rvar = params(rng, f)
-        parts = [w.ravel()] + ([b] if has_bias else []) + [gamma, beta, rmean, rvar]
-        starts = np.cumsum([offset] + [p.size for p in parts])[:-1]
-        w_at, *rest = starts
-        b_at = rest.pop(0) if has_bias else -1
-        table.append([w_at, b_at, *rest, f, w.size // f, at, at + w.size])
-        eps.append(e)
-        P += parts
-        offset += sum(p.size for p in parts)
-        at += w.size + f
-        expected.append(F.batch_norm(F.conv2d(x, torch.tensor(w), None if b is None else torch.tensor(b), padding=k // 2),
-                                     torch.tensor(rmean), torch.tensor(rvar), torch.tensor(gamma), torch.tensor(beta),
-                                     training=False, eps=e))
-    P = np.concatenate(P)
-    out = np.full(at, np.nan, np.float32)
-    fold_batchnorms(P, np.array(table, np.int64), np.array(eps), out, 1, 2)  # the second conv's row alone
-    assert np.isnan(out[:table[1][8]]).all() and not np.isnan(out[table[1][8]:]).any()
-    fold_batchnorms(P, np.array(table, np.int64), np.array(eps), out, 0, 1)
-    for (f, k, _, _), row, ref in zip(convs, table, expected):
-        w_out, b_out = out[row[8]:row[9]].reshape(f, c, k, k), out[row[9]:row[9] + f]
-        folded = F.conv2d(x, torch.tensor(w_out), torch.tensor(b_out), padding=k // 2)
-        assert rel_err(folded.numpy(), ref.numpy()) < 1e-4
+    f, c, k = 6, 3, 3
+    x = rng.standard_normal((2, c, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((f, c, k, k)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    gamma, beta, rmean, rvar = params(rng, f)
+    w_out, b_out = np.empty_like(w), np.empty_like(b)
+    fold_batchnorm(w, b, gamma, beta, rmean, rvar, 1e-5, w_out, b_out)
+
+    xt = torch.tensor(x)
+    ref = F.batch_norm(F.conv2d(xt, torch.tensor(w), torch.tensor(b), padding=1), torch.tensor(rmean),
+                       torch.tensor(rvar), torch.tensor(gamma), torch.tensor(beta), training=False, eps=1e-5)
+    folded = F.conv2d(xt, torch.tensor(w_out), torch.tensor(b_out), padding=1)
+    assert rel_err(folded.numpy(), ref.numpy()) < 1e-4

@@ -173,41 +173,9 @@ def test_inference_in_groups_equals_one_call_per_lane(monkeypatch):
     whole = net.module.forward(net.normalized(x), net.vector)
     calls = []
     real = net.module.forward
-    monkeypatch.setattr(net.module, "forward", lambda x, P, threads: calls.append(len(x)) or real(x, P, threads))
+    monkeypatch.setattr(net.module, "forward", lambda x, P: calls.append(len(x)) or real(x, P))
     for threads, group, sizes in ((1, 10, [10, 9]), (2, 4, [4, 3, 3, 3, 3, 3])):
         monkeypatch.setattr(lanes, "lane_count", lambda: threads)
         net.forward_group, calls[:] = group, []
         assert relative_error(net.forward(x), whole) < 1e-6
         assert sorted(calls, reverse=True) == sizes
-
-
-def test_a_batch_run_whole_gives_its_convolutions_every_core(monkeypatch):
-    """A batch too small to cut into lanes runs whole on the calling thread, and its forward gets
-    `threads` = the lanes (under OpenMP or TBB, which any thread may launch work on; pip's Numba
-    has OpenMP): its larger convolutions, Winograd or direct, run as direct_forward_parallel. A
-    batch cut into lanes gets 1 in each. Both give the one-thread probabilities, to rounding."""
-    net = cnnc.compile_source(SOURCES["resnet_tiny"])
-    assert "if threads > 1:" in net.source.split("def loss_and_grads")[0]
-    assert "direct_forward_parallel" not in net.source.split("def loss_and_grads")[1]
-    rng = np.random.default_rng(5)
-    calls = []
-    real = net.module.forward
-    monkeypatch.setattr(net.module, "forward", lambda x, P, threads: calls.append((len(x), threads)) or real(x, P, threads))
-    monkeypatch.setattr(lanes, "lane_count", lambda: 2)
-    assert lanes.whole_batch_threads(1) == 1
-    parallel = lanes.whole_batch_threads(2)
-    assert parallel in (1, 2)
-    for batch, expected in ((1, [(1, parallel)]), (3, [(3, parallel)]), (8, [(4, 1), (4, 1)])):
-        x = rng.standard_normal((batch, *net.input_shape)).astype(np.float32)
-        calls[:] = []
-        probabilities = net.forward(x)
-        assert sorted(calls) == expected
-        assert relative_error(probabilities, real(net.normalized(x), net.vector, 1)) < 1e-5
-
-
-def test_a_forked_child_runs_small_batches_on_one_thread(monkeypatch):
-    """After a fork, GNU OpenMP's threads are the parent's: the child's small batches stay serial."""
-    lanes.whole_batch_threads(2)  # the layer starts here, in this process
-    assert lanes.whole_batch_threads(2) in (1, 2)
-    monkeypatch.setitem(lanes._layer, "pid", -1)  # as a forked child sees it
-    assert lanes.whole_batch_threads(2) == 1

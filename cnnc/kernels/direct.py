@@ -20,12 +20,10 @@ a wide plane g; dw[f, c, i, j] is the dot product of g[f] with the padded plane 
 offset, and dx is the forward's loop run on g, padded for the purpose, with the filters flipped
 and their channel axes swapped.
 
-The kernels are serial, as the others: the runtime runs slices of the batch side by side. One
-exception: direct_forward_parallel, for a batch too small to cut into slices, which the runtime
-runs whole on one thread (cnnc/lanes.py); it cuts each image's filters among Numba's threads.
+The kernels are serial, as the others: the runtime runs slices of the batch side by side.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 @njit(cache=True, fastmath=True)
@@ -128,28 +126,6 @@ def direct_forward(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu
     for n in range(N):
         _fill_padded(x, n, pad_top, pad_left, L, xp)
         _convolve_into(xp, w, b, residual, out, relu, n, L, dil_h, dil_w, acc)
-
-
-@njit(cache=True, nogil=True, fastmath=True, parallel=True)
-def direct_forward_parallel(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu, parts):
-    """direct_forward with each image's filters cut into `parts` ranges (whole passes of four)
-    that run side by side on Numba's threads (OpenMP: a launch costs about 1.3 us). For a batch
-    the runtime runs whole on one thread: at batch 1, on two threads, resnet20's 3x3 layers ran
-    1.05x (16 channels of 32x32) to 2.3x (64 of 8x8) faster than direct_forward, and 1.6x faster
-    than Winograd on 32 channels of 16x16 and 64 of 8x8 (35 -> 21 and 52 -> 33 us).
-    Never called from two lanes at once (see cnnc/lanes.py: threads_for_whole_batch)."""
-    F, C, KH, KW = w.shape
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    L = OW + (KW - 1) * dil_w
-    HP = OH + (KH - 1) * dil_h
-    xp = np.zeros((C, (HP + 1) * L), x.dtype)
-    passes = (F + 3) // 4
-    for n in range(N):
-        _fill_padded(x, n, pad_top, pad_left, L, xp)
-        for part in prange(parts):
-            f0, f1 = 4 * (passes * part // parts), min(F, 4 * (passes * (part + 1) // parts))
-            acc = np.empty((4, OH * L), x.dtype)
-            _convolve_into(xp, w[f0:f1], b[f0:f1], residual[f0:f1], out[f0:f1], relu, n, L, dil_h, dil_w, acc)
 
 
 @njit(cache=True, fastmath=True)

@@ -177,22 +177,15 @@ def batchnorm_infer_forward(x, gamma, beta, running_mean, running_var, out, eps)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def fold_batchnorms(P, table, eps, out, first, last):
-    """Fold inference batchnorms into the convs before them, rows first ... last-1 of `table`:
-    w' = w * s per filter, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps). The
-    arguments are the same for every conv of a model (the generated module's FOLDS): nine array
-    views a call made calling cost resnet20's batch-1 forward about 4%.
-
-    Row r of `table` is one conv: the offsets in P of its weight, its bias (-1: none), the
-    batchnorm's gamma, beta, running mean and running variance; its filters and weights a filter;
-    where its w' and b' start in `out`. eps[r] is that batchnorm's epsilon."""
-    for r in range(first, last):
-        w, b, gamma, beta, mean, var, F, K, w_out, b_out = table[r]
-        for f in range(F):
-            s = P[gamma + f] / np.sqrt(np.float64(P[var + f]) + eps[r])
-            bias = np.float64(P[b + f]) if b >= 0 else 0.0
-            out[b_out + f] = (bias - P[mean + f]) * s + P[beta + f]
-            sf = P.dtype.type(s)
-            src, dst = P[w + f * K:], out[w_out + f * K:]  # views from 0: no negative-index checks
-            for k in range(K):
-                dst[k] = src[k] * sf
+def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps, w_out, b_out):
+    """Fold an inference batchnorm into the preceding conv (F,C,Kh,Kw) or dense (U,D) layer:
+    w_out = w * s[:, None...], b_out = (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+    w2 = w.reshape(w.shape[0], -1)
+    wo2 = w_out.reshape(w_out.shape[0], -1)
+    F, K = w2.shape
+    for f in range(F):
+        s = gamma[f] / np.sqrt(np.float64(running_var[f]) + eps)
+        b_out[f] = (np.float64(b[f]) - running_mean[f]) * s + beta[f]
+        sf = w2.dtype.type(s)
+        for k in range(K):
+            wo2[f, k] = w2[f, k] * sf

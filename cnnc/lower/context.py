@@ -11,7 +11,7 @@ from ..graph import inputs
 from ..ops import BUFFER_KINDS
 from ..shapes import parameter_shapes
 
-RESERVED = {"x", "y", "n", "P", "G", "seed", "loss", "np", "EMPTY4", "EMPTY2", "smoothing", "threads", "W", "FOLDS", "FOLD_EPS"}
+RESERVED = {"x", "y", "n", "P", "G", "seed", "loss", "np", "EMPTY4", "EMPTY2", "smoothing"}
 
 
 class ParamLayout:

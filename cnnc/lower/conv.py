@@ -6,8 +6,6 @@ direct (stride 1, few input channels, large planes, kernels/direct.py) and im2co
 rest (dilation and groups too)."""
 from __future__ import annotations
 
-import math
-
 from .context import Context, scalars
 
 # Winograd (kernels/winograd.py) pays from this many input channels on: measured on
@@ -27,43 +25,6 @@ WINOGRAD_BACKWARD_MIN_CHANNELS = 16
 # direct on planes of 1024 or more left vgg_small's step and batch-256 inference no faster).
 DIRECT_MAX_CHANNELS = 16
 DIRECT_MIN_PLANE = 256
-# A batch small enough to run whole on one thread (cnnc/lanes.py) runs the layers the direct
-# kernel can do with at least this many multiply-adds an image on every core instead
-# (direct_forward_parallel). Batch 1, two cores, A/B: resnet20 1.00 -> 0.70 ms, vgg_small 0.42 ->
-# 0.26, resnet_tiny 0.20 -> 0.155; batch 4: resnet20 2.78 -> 2.38.
-PARALLEL_MIN_MACS = 500_000
-
-
-def folds(ctx: Context) -> tuple[list[list[int]], list[float]]:
-    """The rows of kernels/norm.py's fold_batchnorms for the convs that absorbed a batchnorm
-    (passes/fold_batchnorm.py), and their epsilons: where their weights, biases and batchnorm
-    parameters sit in P, and where the folded weights and biases go in W, one after the other.
-    Each conv folds its own row just before it runs, while its weights stay in cache: folding
-    them all first made mobilenet_v1's batch-1 forward 11% slower; a call per conv with all
-    its arrays as arguments cost resnet20's 4% more than this one with a row number."""
-    rows, eps, at = [], [], 0
-    for node in ctx.g:
-        data = ctx.node(node)
-        if data["op"] != "conv" or not data.get("folded_bn"):
-            continue
-        bn = data["folded_bn"]
-        offset, shape = ctx.layout.slots[f"{node}.weight"]
-        filters, size = shape[0], math.prod(shape)
-        bias = ctx.layout.slots[f"{node}.bias"][0] if ctx.has_param(node, "bias") else -1
-        stats = [ctx.layout.slots[f"{bn}.{kind}"][0] for kind in ("gamma", "beta", "running_mean", "running_var")]
-        rows.append([offset, bias, *stats, filters, size // filters, at, at + size])
-        eps.append(data["folded_eps"])
-        at += size + filters
-    return rows, eps
-
-
-def folded(ctx: Context, node: str) -> tuple[int, str, str]:
-    """The conv's row of folds(), and its folded weight and bias as views into W."""
-    rows, _ = folds(ctx)
-    offset, shape = ctx.layout.slots[f"{node}.weight"]
-    r = next(r for r, row in enumerate(rows) if row[0] == offset)
-    filters, w_at, b_at = rows[r][6], rows[r][8], rows[r][9]
-    return r, f"W[{w_at}:{b_at}].reshape({shape})", f"W[{b_at}:{b_at + filters}]"
 
 
 def geometry(ctx: Context, node: str) -> tuple[int, ...]:
@@ -106,26 +67,31 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
     relu = data.get("activation") == "relu"
     weight, b = ctx.param(node, "weight"), bias(ctx, node)
     lines = []
-    if data.get("folded_bn"):  # its weights and bias with the batchnorm folded in, into W (see folds)
-        row, weight, b = folded(ctx, node)
-        lines.append(f"fold_batchnorms(P, FOLDS, FOLD_EPS, W, {row}, {row + 1})")
+    if data.get("folded_bn"):
+        bn = data["folded_bn"]
+        eps = data["folded_eps"]
+        w_shape = ctx.layout.slots[f"{node}.weight"][1]
+        lines += [
+            f"{ctx.var(node)}_w = np.empty({w_shape}, np.float32)",
+            f"{ctx.var(node)}_b = np.empty({w_shape[0]}, np.float32)",
+            f"fold_batchnorm({weight}, {b}, {ctx.param(bn, 'gamma')}, {ctx.param(bn, 'beta')},",
+            f"               {ctx.param(bn, 'running_mean')}, {ctx.param(bn, 'running_var')}, {eps},"
+            f" {ctx.var(node)}_w, {ctx.var(node)}_b)",
+        ]
+        weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
     sh, sw, top, left = geometry(ctx, node)
-    geometry_args = scalars(top, left, *data["attrs"]["dilation"], relu)
     if winograd(ctx, node):
         allow_f4 = not training  # F(4x4)'s coarser rounding only where no gradient follows: kernels/winograd.py
         call = (f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
                 f"{scalars(top, left, relu, allow_f4)})")
     elif direct(ctx, node):
-        call = f"direct_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {geometry_args})"
+        call = (f"direct_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
+                f"{scalars(top, left, *data['attrs']['dilation'], relu)})")
     else:
         kernel = "depthwise_forward" if depthwise(ctx, node) else "conv2d_forward"
         call = (f"{kernel}({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
                 f"{scalars(sh, sw, top, left, *spacing(ctx, node), relu)})")
-    if training or not parallel_direct(ctx, node):
-        return lines + [ctx.empty(node), call]
-    parallel = f"direct_forward_parallel({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, {geometry_args}, threads)"
-    return lines + [ctx.empty(node), "if threads > 1:  # a small batch, whole on this thread: its filters on every core",
-                    "    " + parallel, "else:", "    " + call]
+    return lines + [ctx.empty(node), call]
 
 
 def winograd(ctx: Context, node: str) -> bool:
@@ -145,24 +111,11 @@ def direct(ctx: Context, node: str) -> bool:
 
 
 def direct_applies(src_channels: int, data: dict) -> bool:
-    """Few input channels, large output planes."""
-    _, oh, ow = data["shape"]
-    return direct_can(data) and src_channels <= DIRECT_MAX_CHANNELS and oh * ow >= DIRECT_MIN_PLANE
-
-
-def direct_can(data: dict) -> bool:
-    """What the direct kernels do: stride 1, one group, not 1x1 (that is the pointwise path)."""
+    """Stride 1, one group, not 1x1 (the pointwise path), few input channels, large output planes."""
     attrs = data["attrs"]
-    return tuple(attrs["stride"]) == (1, 1) and attrs["groups"] == 1 and tuple(attrs["size"]) != (1, 1)
-
-
-def parallel_direct(ctx: Context, node: str) -> bool:
-    """Whether a small batch runs this layer as direct_forward_parallel (see PARALLEL_MIN_MACS)."""
-    data = ctx.node(node)
-    f, oh, ow = data["shape"]
-    kh, kw = data["attrs"]["size"]
-    channels = ctx.node(ctx.inputs(node)[0])["shape"][0]
-    return direct_can(data) and f * channels * kh * kw * oh * ow >= PARALLEL_MIN_MACS
+    _, oh, ow = data["shape"]
+    return (tuple(attrs["stride"]) == (1, 1) and attrs["groups"] == 1 and tuple(attrs["size"]) != (1, 1)
+            and src_channels <= DIRECT_MAX_CHANNELS and oh * ow >= DIRECT_MIN_PLANE)
 
 
 def winograd_backward(ctx: Context, node: str) -> bool:

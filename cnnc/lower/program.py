@@ -41,11 +41,10 @@ class Lowered:
 
 def lower(inference: nx.DiGraph, training: nx.DiGraph, layout: ParamLayout) -> Lowered:
     """The kernel module of a model: forward from the inference graph, loss_and_grads from the training one."""
-    forward_ctx = Context(inference, layout)
-    body = forward_function(forward_ctx)
+    body = forward_function(Context(inference, layout))
     if training.graph["loss"]:
         body += ["", ""] + loss_and_grads_function(Context(training, layout))
-    source = "\n".join(header(inference, layout, body) + fold_table(forward_ctx) + ["", ""] + body) + "\n"
+    source = "\n".join(header(inference, layout, body) + ["", ""] + body) + "\n"
     g = inference
     return Lowered(source, layout, g.nodes[g.graph["input"]]["shape"], g.nodes[g.graph["output"]]["shape"])
 
@@ -66,20 +65,6 @@ def header(g: nx.DiGraph, layout: ParamLayout, body: list[str]) -> list[str]:
         lines.append(f"from cnnc.kernels.{module} import {', '.join(names)}")
     return lines + ["", "EMPTY4 = np.empty((0, 0, 0, 0), np.float32)  # an array that is not there: no residual, "
                     "an input gradient nobody needs", "EMPTY2 = np.empty((0, 0), np.float32)"]
-
-
-def fold_table(ctx: Context) -> list[str]:
-    """The module's FOLDS and FOLD_EPS: what fold_batchnorms reads (lower/conv.py: folds)."""
-    rows, eps = conv.folds(ctx)
-    if not rows:
-        return []
-    names = [n for n in ctx.g if ctx.node(n)["op"] == "conv" and ctx.node(n).get("folded_bn")]
-    return (["", "# Batchnorms folded into the convs before them (passes/fold_batchnorm.py), a row per conv:",
-             "# the P offsets of its weight, bias (-1: none), gamma, beta, running mean and variance;",
-             "# its filters and weights a filter; where its folded weight and bias start in W.",
-             "FOLDS = np.array(["]
-            + [f"    {row},  # {name}" for row, name in zip(rows, names)]
-            + ["], np.int64)", f"FOLD_EPS = np.array({eps})"])
 
 
 def kernel_imports(code: str) -> dict[str, list[str]]:
@@ -126,19 +111,14 @@ def forward_function(ctx: Context) -> list[str]:
     out = g.graph["output"]
     in_shape = g.nodes[g.graph["input"]]["shape"]
     lines = forward_lines(ctx, training=False)
-    rows, _ = conv.folds(ctx)
-    if rows:
-        size = rows[-1][9] + rows[-1][6]
-        lines = [f"W = np.empty({size}, np.float32)  # the weights and biases of convs with a batchnorm folded in"] + lines
     if len(g.nodes[out]["shape"]) == 3:
         c, h, w = g.nodes[out]["shape"]
         lines += [f"result = np.empty((n, {c}, {h}, {w}), np.float32)", f"cnhw_to_nchw({ctx.var(out)}, result)",
                   "return result"]
     else:
         lines.append(f"return {ctx.var(out)}")
-    return function("forward", "x, P, threads=1", f"Inference on x, float32 N x {show(in_shape)}; "
-                    f"returns N x {show(g.nodes[out]['shape'])}.\n"
-                    "    threads > 1: the batch runs whole on this thread, and its larger convolutions may use that many.", lines)
+    return function("forward", "x, P", f"Inference on x, float32 N x {show(in_shape)}; "
+                    f"returns N x {show(g.nodes[out]['shape'])}.", lines)
 
 
 def function(name: str, args: str, doc: str, lines: list[str]) -> list[str]:
