@@ -171,12 +171,15 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     # Winograd's two tile sizes (kernels/winograd.py): (outputs a tile side, transformed planes, tiles a chunk)
     tilings = ((2, 16, WINOGRAD_TILES), (4, 36, WINOGRAD4_TILES))
 
+    def padded_image(m: int, rows: int, cols: int, channels: int) -> int:  # the input transform's channels-innermost copy
+        return FLOAT * (m * -(-rows // m) + 2) * (m * -(-cols // m) + 2) * channels
+
     def winograd(n: int) -> int:
         sizes = []
         for m, planes, chunk in tilings:
             tiles = -(-oh // m) * -(-ow // m)
             nb = max(1, min(n, chunk // tiles))
-            sizes.append(FLOAT * planes * (c * f + (c + f) * nb * tiles))
+            sizes.append(FLOAT * planes * (c * f + (c + f) * nb * tiles) + padded_image(m, oh, ow, c))
         return max(sizes)
 
     def winograd_backward(n: int) -> int:
@@ -184,7 +187,8 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         for m, planes, chunk in tilings:
             tiles, dx_tiles = -(-oh // m) * -(-ow // m), -(-h // m) * -(-w // m)
             nb = max(1, min(n, chunk // max(tiles, dx_tiles)))
-            sizes.append(FLOAT * (planes * (2 * c * f + (c + f) * nb * (tiles + dx_tiles)) + f * nb * oh * ow + c * f * 10))
+            sizes.append(FLOAT * (planes * (2 * c * f + (c + f) * nb * (tiles + dx_tiles)) + f * nb * oh * ow + c * f * 10)
+                         + max(padded_image(m, oh, ow, c), padded_image(m, h, w, f)))
         return max(sizes)
 
     pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and (oh, ow) == (h, w)  # one product straight into the output
