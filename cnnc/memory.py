@@ -191,20 +191,18 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
                          + max(padded_image(m, oh, ow, c), padded_image(m, h, w, f)))
         return max(sizes)
 
-    pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and (oh, ow) == (h, w)  # one product straight into the output
-    # at a stride, unpadded: the same on a subsampled copy of the input (and its gradient), whole batch
-    subsampled = ((kh, kw) == (1, 1) and sh * sw > 1 and data["pads"][0] == data["pads"][2] == 0
-                  and (oh, ow) == ((h - 1) // sh + 1, (w - 1) // sw + 1))
-    copies = 1 if subsampled else 0
-    forward = (winograd if winograd_applies(c, data) else (lambda n: FLOAT * copies * n * oh * ow * c)
-               if pointwise or subsampled else im2col)
+    # 1x1, nothing padded before the input (kernels/conv.py: _pointwise): one product straight into
+    # the output, on a subsampled copy of the input at a stride (and of its gradient), whole batch
+    pointwise = ((kh, kw) == (1, 1) and data["pads"][0] == data["pads"][2] == 0
+                 and (oh, ow) == ((h - 1) // sh + 1, (w - 1) // sw + 1))
+    copy = FLOAT * oh * ow * c if sh * sw > 1 else 0  # bytes an image of the subsampled input
+    forward = winograd if winograd_applies(c, data) else (lambda n: n * copy) if pointwise else im2col
     if not training:
         return forward
     def pointwise_backward(n: int) -> int:  # the output gradient and one group's input gradient, whole batch
-        return FLOAT * n * oh * ow * (f + c // groups + 2 * copies * c) + FLOAT * c * f // groups
+        return FLOAT * n * oh * ow * (f + c // groups) + FLOAT * c * f // groups + 2 * n * copy
 
-    backward = (winograd_backward if winograd_backward_applies(c, data) else pointwise_backward
-                if pointwise or subsampled else im2col)
+    backward = winograd_backward if winograd_backward_applies(c, data) else pointwise_backward if pointwise else im2col
     return lambda n: max(forward(n), backward(n))
 
 
