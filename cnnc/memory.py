@@ -28,6 +28,7 @@ from .ops import effective_size
 from .shapes import show
 
 FLOAT = 4  # bytes of a float32 (int32 for max pooling's argmax too)
+LINE = 16  # float32s in 64 bytes, where kernels/aligned.py starts each row of an aligned array
 ADDRESSABLE = 2**62  # more than any machine has: a limit for when none is known
 MARGIN = 0.9  # of the available memory, left for Python, NumPy, Numba and the data set
 EVAL_BATCH = 256  # what `eval`, `predict` and the test split of `train` run at, at most
@@ -87,6 +88,7 @@ class Estimate:
         return low
 
 
+
 def estimate(g: nx.DiGraph, layout, mode: str, optimizer: str = "sgd") -> Estimate:
     """The memory of one call of the function lowered from `g` ("inference": forward,
     "training": loss_and_grads, which also needs gradients and the optimizer's state)."""
@@ -134,6 +136,10 @@ def gradient_tensors(g: nx.DiGraph, layout) -> list[Tensor]:
             for n in nx.topological_sort(g) if n in needed]
 
 
+def aligned_rows(rows: int, size: int) -> int:
+    """Floats of kernels/aligned.py's aligned_rows(rows, size): each row rounded up to 64 bytes, and a line of slack."""
+    return rows * -(-size // LINE) * LINE + LINE
+
 def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     """bytes(slice size) of the largest buffers a kernel of this convolution allocates:
     conv2d_forward/backward (im2col), conv3x3_forward/backward (Winograd), direct_forward/backward or
@@ -156,8 +162,8 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         # backward: the output gradient's wide and padded planes, four of the input gradient's, flipped filters
         wide, padded = oh * (ow + ekw - 1), (oh + ekh) * (ow + ekw - 1)
         wide_dx, padded_g = h * (w + ekw - 1), (h + ekh) * (w + ekw - 1)
-        forward_bytes = FLOAT * (c * padded + 4 * wide)
-        backward_bytes = FLOAT * (c * padded + f * (wide + padded_g) + 4 * wide_dx + c * f * kh * kw)
+        forward_bytes = FLOAT * (c * padded + aligned_rows(4, wide))
+        backward_bytes = FLOAT * (c * padded + f * (wide + padded_g) + aligned_rows(4, wide_dx) + c * f * kh * kw)
         return lambda n: backward_bytes if training else forward_bytes
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw

@@ -25,6 +25,8 @@ The kernels are serial, as the others: the runtime runs slices of the batch side
 import numpy as np
 from numba import njit
 
+from .aligned import aligned_rows
+
 
 @njit(cache=True, fastmath=True)
 def _fill_padded(x, n, pad_top, pad_left, L, xp):
@@ -101,17 +103,23 @@ def _two_filters(xp, w, f0, f1, L, dil_h, dil_w, a0, a1):
 
 @njit(cache=True, fastmath=True)
 def _store(acc, f, b, residual, relu, n, L, out):
-    """out[f, n] = acc + b[f] (+ residual[f, n], then ReLU), the wide plane's garbage columns dropped."""
+    """out[f, n] = acc + b[f] (+ residual[f, n], then ReLU), the wide plane's garbage columns
+    dropped. The flags are tested outside the loops over a row: tested inside, they kept the
+    loop scalar (the forward of 16 -> 16 channels of 32x32 took 1.02 ms instead of 0.83)."""
     OH, OW = out.shape[2], out.shape[3]
-    add = residual.size != 0
+    bias = b[f]
     for p in range(OH):
         dst, wide = out[f, n, p], acc[p * L:]
-        res = residual[f, n, p] if add else dst
-        for q in range(OW):
-            v = wide[q] + b[f]
-            if add:
-                v += res[q]
-            dst[q] = max(v, 0) if relu else v
+        if residual.size != 0:
+            res = residual[f, n, p]
+            for q in range(OW):
+                dst[q] = wide[q] + bias + res[q]
+        else:
+            for q in range(OW):
+                dst[q] = wide[q] + bias
+        if relu:
+            for q in range(OW):
+                dst[q] = max(dst[q], 0)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -122,7 +130,7 @@ def direct_forward(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu
     L = OW + (KW - 1) * dil_w
     HP = OH + (KH - 1) * dil_h
     xp = np.zeros((C, (HP + 1) * L), x.dtype)
-    acc = np.empty((4, OH * L), x.dtype)
+    acc = aligned_rows(4, OH * L, x.dtype)
     for n in range(N):
         _fill_padded(x, n, pad_top, pad_left, L, xp)
         _convolve_into(xp, w, b, residual, out, relu, n, L, dil_h, dil_w, acc)
@@ -131,17 +139,19 @@ def direct_forward(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu
 @njit(cache=True, fastmath=True)
 def _convolve_into(xp, w, b, residual, out, relu, n, L, dil_h, dil_w, acc):
     """out[:, n] = the convolution of one image's padded planes xp with w, stored by _store
-    (residual may be out itself: the result is then added into out)."""
-    F = w.shape[0]
+    (residual may be out itself: the result is then added into out). acc: four aligned rows
+    (aligned_rows) of at least a wide output plane each."""
+    F, size = w.shape[0], out.shape[2] * L
     fours, last = F - F % 4 if F % 4 < 3 else F, F - 1  # three left over: a pass of four with one repeated
+    a0, a1, a2, a3 = acc[0, :size], acc[1, :size], acc[2, :size], acc[3, :size]
     for f in range(0, F, 4):
         acc[:] = 0
         if f < fours:
-            _four_filters(xp, w, f, f + 1, f + 2, min(f + 3, last), L, dil_h, dil_w, acc[0], acc[1], acc[2], acc[3])
+            _four_filters(xp, w, f, f + 1, f + 2, min(f + 3, last), L, dil_h, dil_w, a0, a1, a2, a3)
         else:
-            _two_filters(xp, w, f, min(f + 1, last), L, dil_h, dil_w, acc[0], acc[1])
+            _two_filters(xp, w, f, min(f + 1, last), L, dil_h, dil_w, a0, a1)
         for r in range(min(4, F - f)):
-            _store(acc[r], f + r, b, residual, relu, n, L, out)
+            _store(acc[r, :size], f + r, b, residual, relu, n, L, out)
 
 
 @njit(cache=True, fastmath=True)
@@ -202,10 +212,15 @@ def _masked_grads(out, dout, n, relu, L, g, db):
         total = g.dtype.type(0)
         for p in range(OH):
             src, o, wide = dout[f, n, p], out[f, n, p], g[f, p * L:]
-            for q in range(OW):
-                v = src[q] if not relu or o[q] > 0 else 0
-                wide[q] = v
-                total += v
+            if relu:  # outside the loop, as in _store
+                for q in range(OW):
+                    v = src[q] if o[q] > 0 else 0
+                    wide[q] = v
+                    total += v
+            else:
+                for q in range(OW):
+                    wide[q] = src[q]
+                    total += src[q]
         db[f] += total
 
 
@@ -228,7 +243,7 @@ def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w
     Lg, HPg = W + (KW - 1) * dil_w, H + (KH - 1) * dil_h
     gp = np.zeros((F, (HPg + 1) * Lg) if need_dx else (0, 0), x.dtype)
     flipped = _flipped(w) if need_dx else w
-    acc = np.empty((4, H * Lg), x.dtype)
+    acc = aligned_rows(4, H * Lg, x.dtype)
     no_bias = np.zeros(C, x.dtype)
     into = dx if add_dx else np.empty((0, 0, 0, 0), x.dtype)  # _store adds `into` (dx itself) or nothing
     off = relu and not relu  # no ReLU on dx; False, typed bool: a literal False would compile _convolve_into once more
