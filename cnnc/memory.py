@@ -152,7 +152,7 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     sh, sw = data["attrs"]["stride"]
     if depthwise_applies(c, data["attrs"]):  # a padded plane's phases (and their gradient), a wide plane, float64 sums
         hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
-        planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + oh * wph)
+        planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + aligned_rows(1, oh * wph))
 
         def depthwise(n: int) -> int:  # small planes of many images: the same for a channel's planes, the batch innermost
             across = n * planes if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0

@@ -14,6 +14,8 @@ The kernels are serial, as the other kernels: the runtime runs slices of the bat
 import numpy as np
 from numba import njit
 
+from .aligned import aligned_rows
+
 # Output planes of at most this many elements run with the images innermost instead
 # (_forward_across_images, _backward_across_images): a plane of 2x2 outputs has too little work
 # to pay for its own set-up (padding it, nine short runs, storing it). One thread, 32 images,
@@ -161,7 +163,7 @@ def _forward_across_images(x, w, b, residual, out, stride_h, stride_w, pad_top, 
     cols = _columns(stride_w, pad_left, x.shape[3], WPh)
     offsets = _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh)
     xt = np.zeros(stride_h * stride_w * (HPh + 1) * WPh * N, x.dtype)
-    acc = np.empty(run, x.dtype)
+    acc = aligned_rows(1, run, x.dtype)[0, :run]  # on a 64-byte boundary: see kernels/aligned.py
     for c in range(C):
         _phases_images_inner(x[c], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xt)
         for f in range(c * mult, (c + 1) * mult):
@@ -254,7 +256,7 @@ def depthwise_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_l
     cols = _columns(stride_w, pad_left, x.shape[3], WPh)
     offsets = _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh)
     xp = np.zeros(stride_h * stride_w * (HPh + 1) * WPh, x.dtype)  # + 1 row: the last taps' runs reach into it
-    wide = np.empty(run, x.dtype)
+    wide = aligned_rows(1, run, x.dtype)[0, :run]  # on a 64-byte boundary: see kernels/aligned.py
     for c in range(C):
         for n in range(N):
             _pad_phases(x[c, n], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp)
