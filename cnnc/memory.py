@@ -140,6 +140,7 @@ def aligned_rows(rows: int, size: int) -> int:
     """Floats of kernels/aligned.py's aligned_rows(rows, size): each row rounded up to 64 bytes, and a line of slack."""
     return rows * -(-size // LINE) * LINE + LINE
 
+
 def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     """bytes(slice size) of the largest buffers a kernel of this convolution allocates:
     conv2d_forward/backward (im2col), conv3x3_forward/backward (Winograd), direct_forward/backward or
@@ -158,12 +159,17 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
             across = n * planes if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
             return max(planes, across) + 8 * f * (kh * kw + 1)
         return depthwise
-    if direct_applies(c, data):  # one image's padded input planes and four wide output planes; the
-        # backward: the output gradient's wide and padded planes, four of the input gradient's, flipped filters
-        wide, padded = oh * (ow + ekw - 1), (oh + ekh) * (ow + ekw - 1)
-        wide_dx, padded_g = h * (w + ekw - 1), (h + ekh) * (w + ekw - 1)
-        forward_bytes = FLOAT * (c * padded + aligned_rows(4, wide))
-        backward_bytes = FLOAT * (c * padded + f * (wide + padded_g) + aligned_rows(4, wide_dx) + c * f * kh * kw)
+    if direct_applies(c, data):  # one image's phases and four wide output planes; the backward: the phases,
+        # the output gradient's wide planes, and at stride 1 their padded copy, four of the input gradient's
+        # wide planes and the flipped filters, at a stride the input gradient's phases
+        hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
+        phases = sh * sw * (hph + 1) * wph
+        forward_bytes = FLOAT * (c * phases + aligned_rows(4, oh * wph))
+        if (sh, sw) == (1, 1):
+            dx_bytes = f * (h + ekh) * (w + ekw - 1) + aligned_rows(4, h * (w + ekw - 1)) + c * f * kh * kw
+        else:
+            dx_bytes = aligned_rows(c, phases)
+        backward_bytes = FLOAT * (aligned_rows(c, phases) + aligned_rows(f, oh * wph) + dx_bytes)
         return lambda n: backward_bytes if training else forward_bytes
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw

@@ -1,4 +1,4 @@
-"""Direct convolution for layers with few channels (CNHW activations, OIHW weights, stride 1):
+"""Direct convolution for layers with few channels (CNHW activations, OIHW weights, any stride):
 forward with bias, residual and ReLU fused, and backward.
 
 im2col + BLAS is weakest where there is least to multiply: lenet5's first layer (1 -> 6 filters,
@@ -7,18 +7,21 @@ it, and a product with 6 rows runs far below the machine's rate; on 16 channels 
 (ResNet-20's first stage) Winograd's transforms cost more than its products save. Here there is
 no column matrix and no BLAS: each image's channels are copied once into zero-padded planes, and
 every (filter, channel, tap) is one multiply-add over a whole plane, one long vectorized run:
-four filters and three taps of a kernel row in each pass over a plane.
+four filters and three taps in each pass over a plane.
 
-"Wide" planes: a padded plane is HP rows of L = OW + (Kw - 1) * Dw columns, and an output plane
-is kept as OH rows of the same L (its last L - OW columns are garbage, never stored), so tap
-(i, j) of output k = p*L + q reads padded element k + i*Dh*L + j*Dw: the same offset for every
-output, one flat loop over OH * L elements. The padded buffer has one row of slack at the end
-for the garbage columns of the last rows.
+Phases and "wide" planes: each padded plane is cut into its stride's phases as the depthwise
+kernel cuts it (kernels/depthwise.py: _pad_phases): phase (a, b) holds the padded rows a, a + Sh,
+... and columns b, b + Sw, ..., HPh + 1 rows of WPh columns (one row of slack at the end). At
+stride 1 there is one phase, the padded plane itself. An output plane is kept as OH rows of WPh
+(its last WPh - OW columns are garbage, never stored), so tap (i, j) of output k = p*WPh + q
+reads its phase at k + (i*Dh // Sh)*WPh + j*Dw // Sw: the same offset for every output
+(_tap_offsets), one flat loop over OH * WPh elements.
 
 The backward runs on the same planes: the output gradient (ReLU-masked, garbage columns zero) is
-a wide plane g; dw[f, c, i, j] is the dot product of g[f] with the padded plane of c at the tap's
-offset, and dx is the forward's loop run on g, padded for the purpose, with the filters flipped
-and their channel axes swapped.
+a wide plane g; dw[f, c, i, j] is the dot product of g[f] with c's phases at the tap's offset. At
+stride 1, dx is the forward's loop run on g, padded for the purpose, with the filters flipped and
+their channel axes swapped; above it, each tap's run of g, times the tap's weights, is added into
+phases of the input's shape, which then go back into dx's planes.
 
 The kernels are serial, as the others: the runtime runs slices of the batch side by side.
 """
@@ -26,54 +29,44 @@ import numpy as np
 from numba import njit
 
 from .aligned import aligned_rows
+from .depthwise import _columns, _pad_phases, _phase_geometry, _tap_offsets, _unpad_phases_add
 
 
 @njit(cache=True, fastmath=True)
-def _fill_padded(x, n, pad_top, pad_left, L, xp):
-    """xp[c, (h + pad_top)*L + w + pad_left] = x[c, n, h, w] where that falls inside the padded
-    plane; everything else in xp is left as it was (zero: the callers zero xp once). The copy
-    loop indexes views from 0: from a computed start, Numba's negative-index check kept it
-    scalar (7x slower, a quarter of a 16 -> 16 layer's forward)."""
-    C, _, H, W = x.shape
-    HP = xp.shape[1] // L - 1
-    h0, h1 = max(0, -pad_top), min(H, HP - pad_top)
-    w0, w1 = max(0, -pad_left), min(W, L - pad_left)
-    for c in range(C):
-        for h in range(h0, h1):
-            src, dst = x[c, n, h, w0:], xp[c, (h + pad_top) * L + pad_left + w0:]
-            for k in range(w1 - w0):
-                dst[k] = src[k]
+def _fill_phases(x, n, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp):
+    """xp[c] = the phases of image n's plane c (_pad_phases); the padding in xp stays as it was
+    (zero: the callers zero xp once)."""
+    for c in range(x.shape[0]):
+        _pad_phases(x[c, n], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp[c])
 
 
 @njit(cache=True, fastmath=True)
-def _four_filters(xp, w, f0, f1, f2, f3, L, dil_h, dil_w, a0, a1, a2, a3):
-    """a_r += the taps of filter f_r over every channel's padded plane in xp (a_r: wide planes).
-    Four filters a pass, each input element loaded once for all four (one filter a pass ran
-    1.5-2x slower). Without dilation the taps of a kernel row go three a pass: three loads feed
-    twelve multiply-adds, and each accumulator is loaded and stored once for three taps. On
-    16 -> 16 filters at 32x32 that ran at 180-190 GFLOP/s, 1.6x faster than one tap a pass; the
-    loop is written out here, as a called function per row it was 15% slower."""
-    C, KH, KW = w.shape[1], w.shape[2], w.shape[3]
-    threes = KW - KW % 3 if dil_w == 1 else 0  # adjacent taps only: a run-time offset kept the loop scalar
+def _four_filters(xp, w, f0, f1, f2, f3, offsets, a0, a1, a2, a3):
+    """a_r += the taps of filter f_r over every channel's phases in xp, tap t's run starting at
+    offsets[t] (a_r: wide planes). Four filters a pass, each input element loaded once for all
+    four (one filter a pass ran 1.5-2x slower), and three taps a pass: three loads feed twelve
+    multiply-adds, and each accumulator is loaded and stored once for three taps. On 16 -> 16
+    filters at 32x32 that ran at 180-190 GFLOP/s, 1.6x faster than one tap a pass; the loop is
+    written out here, as a called function per row it was 15% slower."""
+    C, T = w.shape[1], offsets.size
+    wt = w.reshape(w.shape[0], C, T)
+    threes = T - T % 3
     for c in range(C):
         plane = xp[c]
-        for i in range(KH):
-            row = plane[i * dil_h * L:]
-            for j in range(0, threes, 3):
-                s = row[j:]
-                p0, p1, p2 = w[f0, c, i, j], w[f0, c, i, j + 1], w[f0, c, i, j + 2]
-                q0, q1, q2 = w[f1, c, i, j], w[f1, c, i, j + 1], w[f1, c, i, j + 2]
-                u0, u1, u2 = w[f2, c, i, j], w[f2, c, i, j + 1], w[f2, c, i, j + 2]
-                v0, v1, v2 = w[f3, c, i, j], w[f3, c, i, j + 1], w[f3, c, i, j + 2]
-                for k in range(a0.size):
-                    x0, x1, x2 = s[k], s[k + 1], s[k + 2]
-                    a0[k] += p0 * x0 + p1 * x1 + p2 * x2
-                    a1[k] += q0 * x0 + q1 * x1 + q2 * x2
-                    a2[k] += u0 * x0 + u1 * x1 + u2 * x2
-                    a3[k] += v0 * x0 + v1 * x1 + v2 * x2
-            for j in range(threes, KW):
-                _one_tap(row[j * dil_w:], w[f0, c, i, j], w[f1, c, i, j], w[f2, c, i, j], w[f3, c, i, j],
-                         a0, a1, a2, a3)
+        for t in range(0, threes, 3):
+            s0, s1, s2 = plane[offsets[t]:], plane[offsets[t + 1]:], plane[offsets[t + 2]:]
+            p0, p1, p2 = wt[f0, c, t], wt[f0, c, t + 1], wt[f0, c, t + 2]
+            q0, q1, q2 = wt[f1, c, t], wt[f1, c, t + 1], wt[f1, c, t + 2]
+            u0, u1, u2 = wt[f2, c, t], wt[f2, c, t + 1], wt[f2, c, t + 2]
+            v0, v1, v2 = wt[f3, c, t], wt[f3, c, t + 1], wt[f3, c, t + 2]
+            for k in range(a0.size):
+                x0, x1, x2 = s0[k], s1[k], s2[k]
+                a0[k] += p0 * x0 + p1 * x1 + p2 * x2
+                a1[k] += q0 * x0 + q1 * x1 + q2 * x2
+                a2[k] += u0 * x0 + u1 * x1 + u2 * x2
+                a3[k] += v0 * x0 + v1 * x1 + v2 * x2
+        for t in range(threes, T):
+            _one_tap(plane[offsets[t]:], wt[f0, c, t], wt[f1, c, t], wt[f2, c, t], wt[f3, c, t], a0, a1, a2, a3)
 
 
 @njit(cache=True, fastmath=True)
@@ -85,20 +78,6 @@ def _one_tap(src, w0, w1, w2, w3, a0, a1, a2, a3):
         a1[k] += w1 * v
         a2[k] += w2 * v
         a3[k] += w3 * v
-
-
-@njit(cache=True, fastmath=True)
-def _two_filters(xp, w, f0, f1, L, dil_h, dil_w, a0, a1):
-    """_four_filters for the one or two filters left over (f1 may be f0)."""
-    C, KH, KW = w.shape[1], w.shape[2], w.shape[3]
-    for c in range(C):
-        plane = xp[c]
-        for i in range(KH):
-            for j in range(KW):
-                src, w0, w1 = plane[i * dil_h * L + j * dil_w:], w[f0, c, i, j], w[f1, c, i, j]
-                for k in range(a0.size):
-                    a0[k] += w0 * src[k]
-                    a1[k] += w1 * src[k]
 
 
 @njit(cache=True, fastmath=True)
@@ -122,86 +101,84 @@ def _store(acc, f, b, residual, relu, n, L, out):
                 dst[q] = max(dst[q], 0)
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def direct_forward(x, w, b, residual, out, pad_top, pad_left, dil_h, dil_w, relu):
-    """out = conv(x, w) + b (+ residual unless empty; then ReLU), stride 1."""
-    F, C, KH, KW = w.shape
-    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
-    L = OW + (KW - 1) * dil_w
-    HP = OH + (KH - 1) * dil_h
-    xp = np.zeros((C, (HP + 1) * L), x.dtype)
-    acc = aligned_rows(4, OH * L, x.dtype)
-    for n in range(N):
-        _fill_padded(x, n, pad_top, pad_left, L, xp)
-        _convolve_into(xp, w, b, residual, out, relu, n, L, dil_h, dil_w, acc)
-
-
 @njit(cache=True, fastmath=True)
-def _convolve_into(xp, w, b, residual, out, relu, n, L, dil_h, dil_w, acc):
-    """out[:, n] = the convolution of one image's padded planes xp with w, stored by _store
-    (residual may be out itself: the result is then added into out). acc: four aligned rows
-    (aligned_rows) of at least a wide output plane each."""
+def _convolve_into(xp, w, offsets, b, residual, out, relu, n, L, acc):
+    """out[:, n] = the convolution of one image's phases xp with w, stored by _store (residual
+    may be out itself: the result is then added into out). acc: four aligned rows
+    (aligned_rows) of at least a wide output plane (OH x L) each; a filter count that is not a
+    multiple of four repeats the last filter in its last pass."""
     F, size = w.shape[0], out.shape[2] * L
-    fours, last = F - F % 4 if F % 4 < 3 else F, F - 1  # three left over: a pass of four with one repeated
     a0, a1, a2, a3 = acc[0, :size], acc[1, :size], acc[2, :size], acc[3, :size]
+    last = F - 1
     for f in range(0, F, 4):
         acc[:] = 0
-        if f < fours:
-            _four_filters(xp, w, f, f + 1, f + 2, min(f + 3, last), L, dil_h, dil_w, a0, a1, a2, a3)
-        else:
-            _two_filters(xp, w, f, min(f + 1, last), L, dil_h, dil_w, a0, a1)
+        _four_filters(xp, w, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), offsets, a0, a1, a2, a3)
         for r in range(min(4, F - f)):
             _store(acc[r, :size], f + r, b, residual, relu, n, L, out)
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def direct_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, relu):
+    """out = conv(x, w) + b (+ residual unless empty; then ReLU)."""
+    F, C, KH, KW = w.shape
+    N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
+    HPh, WPh = _phase_geometry(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w)
+    cols = _columns(stride_w, pad_left, x.shape[3], WPh)
+    offsets = _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh)
+    xp = np.zeros((C, stride_h * stride_w * (HPh + 1) * WPh), x.dtype)
+    acc = aligned_rows(4, OH * WPh, x.dtype)
+    for n in range(N):
+        _fill_phases(x, n, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp)
+        _convolve_into(xp, w, offsets, b, residual, out, relu, n, WPh, acc)
+
+
 @njit(cache=True, fastmath=True)
-def _weight_grads(xp, g, f0, f1, f2, f3, L, dil_h, dil_w, dw):
-    """dw[f_r, c, i, j] += the dot product of g[f_r] with the plane of c at the tap's offset, for
-    four filters a pass (each input element loaded once for the four), adjacent taps three a
-    pass as in _four_filters; a repeated filter (f3 = f2, ... at the end) is counted once."""
-    C, KH, KW = dw.shape[1], dw.shape[2], dw.shape[3]
-    g0, g1, g2, g3 = g[f0], g[f1], g[f2], g[f3]
-    threes = KW - KW % 3 if dil_w == 1 else 0
+def _weight_grads(xp, g, f0, f1, f2, f3, offsets, size, dw):
+    """dw[f_r, c, tap t] += the dot product of g[f_r, :size] with c's phases from offsets[t] on,
+    for four filters a pass (each input element loaded once for the four), three taps a pass as
+    in _four_filters; a repeated filter (f3 = f2, ... at the end) is counted once."""
+    C, T = dw.shape[1], offsets.size
+    dwt = dw.reshape(dw.shape[0], C, T)
+    g0, g1, g2, g3 = g[f0, :size], g[f1, :size], g[f2, :size], g[f3, :size]
+    threes = T - T % 3
     zero = g.dtype.type(0)  # sums in the arrays' precision: float32 sums vectorize
     for c in range(C):
         plane = xp[c]
-        for i in range(KH):
-            row = plane[i * dil_h * L:]
-            for j in range(0, threes, 3):
-                s = row[j:]
-                p0, p1, p2, q0, q1, q2 = zero, zero, zero, zero, zero, zero
-                u0, u1, u2, v0, v1, v2 = zero, zero, zero, zero, zero, zero
-                for k in range(g0.size):
-                    x0, x1, x2 = s[k], s[k + 1], s[k + 2]
-                    p0, p1, p2 = p0 + g0[k] * x0, p1 + g0[k] * x1, p2 + g0[k] * x2
-                    q0, q1, q2 = q0 + g1[k] * x0, q1 + g1[k] * x1, q2 + g1[k] * x2
-                    u0, u1, u2 = u0 + g2[k] * x0, u1 + g2[k] * x1, u2 + g2[k] * x2
-                    v0, v1, v2 = v0 + g3[k] * x0, v1 + g3[k] * x1, v2 + g3[k] * x2
-                _add_tap_grads(dw, f0, f1, f2, f3, c, i, j, p0, q0, u0, v0)
-                _add_tap_grads(dw, f0, f1, f2, f3, c, i, j + 1, p1, q1, u1, v1)
-                _add_tap_grads(dw, f0, f1, f2, f3, c, i, j + 2, p2, q2, u2, v2)
-            for j in range(threes, KW):
-                src = row[j * dil_w:]
-                s0, s1, s2, s3 = zero, zero, zero, zero
-                for k in range(g0.size):
-                    v = src[k]
-                    s0 += g0[k] * v
-                    s1 += g1[k] * v
-                    s2 += g2[k] * v
-                    s3 += g3[k] * v
-                _add_tap_grads(dw, f0, f1, f2, f3, c, i, j, s0, s1, s2, s3)
+        for t in range(0, threes, 3):
+            s0, s1, s2 = plane[offsets[t]:], plane[offsets[t + 1]:], plane[offsets[t + 2]:]
+            p0, p1, p2, q0, q1, q2 = zero, zero, zero, zero, zero, zero
+            u0, u1, u2, v0, v1, v2 = zero, zero, zero, zero, zero, zero
+            for k in range(size):
+                x0, x1, x2 = s0[k], s1[k], s2[k]
+                p0, p1, p2 = p0 + g0[k] * x0, p1 + g0[k] * x1, p2 + g0[k] * x2
+                q0, q1, q2 = q0 + g1[k] * x0, q1 + g1[k] * x1, q2 + g1[k] * x2
+                u0, u1, u2 = u0 + g2[k] * x0, u1 + g2[k] * x1, u2 + g2[k] * x2
+                v0, v1, v2 = v0 + g3[k] * x0, v1 + g3[k] * x1, v2 + g3[k] * x2
+            _add_tap_grads(dwt, f0, f1, f2, f3, c, t, p0, q0, u0, v0)
+            _add_tap_grads(dwt, f0, f1, f2, f3, c, t + 1, p1, q1, u1, v1)
+            _add_tap_grads(dwt, f0, f1, f2, f3, c, t + 2, p2, q2, u2, v2)
+        for t in range(threes, T):
+            src = plane[offsets[t]:]
+            s0, s1, s2, s3 = zero, zero, zero, zero
+            for k in range(size):
+                v = src[k]
+                s0 += g0[k] * v
+                s1 += g1[k] * v
+                s2 += g2[k] * v
+                s3 += g3[k] * v
+            _add_tap_grads(dwt, f0, f1, f2, f3, c, t, s0, s1, s2, s3)
 
 
 @njit(cache=True, fastmath=True)
-def _add_tap_grads(dw, f0, f1, f2, f3, c, i, j, s0, s1, s2, s3):
-    """dw[f_r, c, i, j] += s_r, a repeated filter once."""
-    dw[f0, c, i, j] += s0
+def _add_tap_grads(dwt, f0, f1, f2, f3, c, t, s0, s1, s2, s3):
+    """dwt[f_r, c, t] += s_r, a repeated filter once."""
+    dwt[f0, c, t] += s0
     if f1 != f0:
-        dw[f1, c, i, j] += s1
+        dwt[f1, c, t] += s1
     if f2 != f1:
-        dw[f2, c, i, j] += s2
+        dwt[f2, c, t] += s2
     if f3 != f2:
-        dw[f3, c, i, j] += s3
+        dwt[f3, c, t] += s3
 
 
 @njit(cache=True, fastmath=True)
@@ -224,40 +201,103 @@ def _masked_grads(out, dout, n, relu, L, g, db):
         db[f] += total
 
 
+@njit(cache=True, fastmath=True)
+def _scatter_input_grads(g, w, offsets, size, dxp):
+    """dxp[c, offsets[t] + k] += the sum over f of w[f, c, t] * g[f, k], k < size: each tap's run
+    of the output gradient, times the tap's weights, added into the input's phases; eight filters
+    a pass (each pass loads and stores its run of dxp once; four ran 1.5x slower), the rest one at
+    a time."""
+    F, C, T = w.shape[0], w.shape[1], offsets.size
+    wt = w.reshape(F, C, T)
+    eights = F - F % 8
+    for c in range(C):
+        for t in range(T):
+            d = dxp[c, offsets[t]:]
+            for f in range(0, eights, 8):
+                g0, g1, g2, g3 = g[f, :size], g[f + 1, :size], g[f + 2, :size], g[f + 3, :size]
+                g4, g5, g6, g7 = g[f + 4, :size], g[f + 5, :size], g[f + 6, :size], g[f + 7, :size]
+                w0, w1, w2, w3 = wt[f, c, t], wt[f + 1, c, t], wt[f + 2, c, t], wt[f + 3, c, t]
+                w4, w5, w6, w7 = wt[f + 4, c, t], wt[f + 5, c, t], wt[f + 6, c, t], wt[f + 7, c, t]
+                for k in range(size):
+                    d[k] += (w0 * g0[k] + w1 * g1[k] + w2 * g2[k] + w3 * g3[k]
+                             + w4 * g4[k] + w5 * g5[k] + w6 * g6[k] + w7 * g7[k])
+            for f in range(eights, F):
+                g0, w0 = g[f, :size], wt[f, c, t]
+                for k in range(size):
+                    d[k] += w0 * g0[k]
+
+
 @njit(cache=True, nogil=True, fastmath=True)
-def direct_backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, dil_h, dil_w, relu, need_dx, add_dx):
+def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                    relu, need_dx, add_dx):
     """The gradients of direct_forward: dw and db overwritten, dx (when need_dx) added into if
     add_dx, else overwritten (the first gradient written there: no zeroed buffer to add to).
 
-    dx is the forward's own loop run on the output gradient: a stride-1 convolution of g, padded
-    by (KH - 1)*dil_h - pad_top rows above and (KW - 1)*dil_w - pad_left columns to the left,
-    with the filters flipped and their two channel axes swapped."""
+    At stride 1, dx is the forward's own loop run on the output gradient: a convolution of g,
+    padded by (KH - 1)*dil_h - pad_top rows above and (KW - 1)*dil_w - pad_left columns to the
+    left, with the filters flipped and their two channel axes swapped. Above it, g's taps are
+    added into phases of the input's shape (_scatter_input_grads), which then go back into dx's
+    planes (_unpad_phases_add)."""
     F, C, KH, KW = w.shape
     N, H, W = x.shape[1], x.shape[2], x.shape[3]
     OH, OW = out.shape[2], out.shape[3]
-    L = OW + (KW - 1) * dil_w
-    HP = OH + (KH - 1) * dil_h
-    xp = np.zeros((C, (HP + 1) * L), x.dtype)
-    g = np.zeros((F, 1, OH, L), x.dtype)  # wide planes, as an activation of one image; the garbage columns stay zero
-    wide = g.reshape(F, OH * L)
-    Lg, HPg = W + (KW - 1) * dil_w, H + (KH - 1) * dil_h
-    gp = np.zeros((F, (HPg + 1) * Lg) if need_dx else (0, 0), x.dtype)
-    flipped = _flipped(w) if need_dx else w
-    acc = aligned_rows(4, H * Lg, x.dtype)
-    no_bias = np.zeros(C, x.dtype)
-    into = dx if add_dx else np.empty((0, 0, 0, 0), x.dtype)  # _store adds `into` (dx itself) or nothing
-    off = relu and not relu  # no ReLU on dx; False, typed bool: a literal False would compile _convolve_into once more
+    HPh, WPh = _phase_geometry(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w)
+    cols = _columns(stride_w, pad_left, W, WPh)
+    offsets = _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh)
+    phases, size = stride_h * stride_w * (HPh + 1) * WPh, OH * WPh
+    # On 64-byte boundaries (kernels/aligned.py): with Numba's 32, the stride-2 backward took 1.6
+    # or 2.0 ms (16 -> 32 channels at 32x32, 32 images) depending on where the arrays fell.
+    xp = aligned_rows(C, phases, x.dtype)
+    xp[:] = 0
+    g = aligned_rows(F, size, x.dtype)  # wide planes g[f, :size]: the garbage columns stay zero
+    g[:] = 0
     dw[:] = 0
     db[:] = 0
     last = F - 1
+    # dx at stride 1: the flipped filters' convolution of g's padded planes gp (HPg + 1 rows of Lg)
+    stride_1 = stride_h == 1 and stride_w == 1
+    top_g, left_g = (KH - 1) * dil_h - pad_top, (KW - 1) * dil_w - pad_left
+    HPg, Lg = _phase_geometry(H, W, KH, KW, 1, 1, dil_h, dil_w)
+    gp = np.zeros((F, (HPg + 1) * Lg) if need_dx and stride_1 else (0, 0), x.dtype)
+    dx_offsets = _tap_offsets(KH, KW, 1, 1, dil_h, dil_w, HPg, Lg)
+    flipped = _flipped(w) if need_dx and stride_1 else w
+    acc = aligned_rows(4, H * Lg if need_dx and stride_1 else 0, x.dtype)
+    no_bias = np.zeros(C, x.dtype)
+    into = dx if add_dx else np.empty((0, 0, 0, 0), x.dtype)  # _store adds `into` (dx itself) or nothing
+    off = relu and not relu  # no ReLU on dx; False, typed bool: a literal False would compile _convolve_into once more
+    # dx above stride 1: the input's phases, as xp
+    dxp = aligned_rows(C if need_dx and not stride_1 else 0, phases, x.dtype)
     for n in range(N):
-        _fill_padded(x, n, pad_top, pad_left, L, xp)
-        _masked_grads(out, dout, n, relu, L, wide, db)
+        _fill_phases(x, n, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp)
+        _masked_grads(out, dout, n, relu, WPh, g, db)
         for f in range(0, F, 4):
-            _weight_grads(xp, wide, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), L, dil_h, dil_w, dw)
-        if need_dx:
-            _fill_padded(g, 0, (KH - 1) * dil_h - pad_top, (KW - 1) * dil_w - pad_left, Lg, gp)
-            _convolve_into(gp, flipped, no_bias, into, dx, off, n, Lg, dil_h, dil_w, acc)
+            _weight_grads(xp, g, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), offsets, size, dw)
+        if need_dx and stride_1:
+            _pad_wide(g, OH, OW, WPh, top_g, left_g, Lg, gp)
+            _convolve_into(gp, flipped, dx_offsets, no_bias, into, dx, off, n, Lg, acc)
+        elif need_dx:
+            dxp[:] = 0
+            _scatter_input_grads(g, w, offsets, size, dxp)
+            for c in range(C):
+                if not add_dx:
+                    dx[c, n] = 0
+                _unpad_phases_add(dxp[c], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, dx[c, n])
+
+
+@njit(cache=True, fastmath=True)
+def _pad_wide(g, OH, OW, WPh, top, left, Lg, gp):
+    """gp[f, (p + top)*Lg + q + left] = g[f, p*WPh + q] for the OH x OW outputs of each wide plane
+    of g that fall inside gp's padded planes (top and left may be negative); the rest of gp
+    stays as it was (zero). The copy loop indexes views from 0: from a computed start, Numba's
+    negative-index check kept it scalar."""
+    HPg = gp.shape[1] // Lg - 1
+    h0, h1 = max(0, -top), min(OH, HPg - top)
+    w0, w1 = max(0, -left), min(OW, Lg - left)
+    for f in range(g.shape[0]):
+        for h in range(h0, h1):
+            src, dst = g[f, h * WPh + w0:], gp[f, (h + top) * Lg + left + w0:]
+            for k in range(w1 - w0):
+                dst[k] = src[k]
 
 
 @njit(cache=True, fastmath=True)

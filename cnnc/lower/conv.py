@@ -2,7 +2,7 @@
 
 Four kernels: depthwise (groups = input channels, kernels/depthwise.py), Winograd (3x3, stride 1,
 enough channels, kernels/winograd.py: F(2x2) for training's forward, F(4x4) where it may),
-direct (stride 1, few input channels, large planes, kernels/direct.py) and im2col + BLAS for the
+direct (few input channels, large planes, kernels/direct.py) and im2col + BLAS for the
 rest (dilation and groups too)."""
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ WINOGRAD_BACKWARD_MIN_CHANNELS = 16
 # im2col's 0.56 / 0.77; 16 -> 16 5x5 at 32x32 3.5 / 8.7 against im2col's 11.0 / 13.3. Winograd
 # wins from 32 channels (32 -> 32 at 32x32: 3.2 / 7.2 against 3.2 or 2.5 / 6.2; taking them
 # direct on planes of 1024 or more left vgg_small's step and batch-256 inference no faster).
+# At stride 2, on the input's phases, against im2col: 16 -> 32 at 32x32 0.78 / 1.88-1.97 against
+# 1.10-1.15 / 1.99-2.04; 3 -> 32 0.26 / 0.46 against 1.19 / 1.51; 8 -> 16 5x5 at 64x64 1.50 /
+# 4.62 against 3.12 / 4.84; 32 -> 64 at 16x16 (above the limit) 1.26 / 5.9 against 0.91 / 1.72.
 DIRECT_MAX_CHANNELS = 16
 DIRECT_MIN_PLANE = 256
 
@@ -86,7 +89,7 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
                 f"{scalars(top, left, relu, allow_f4)})")
     elif direct(ctx, node):
         call = (f"direct_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
-                f"{scalars(top, left, *data['attrs']['dilation'], relu)})")
+                f"{scalars(sh, sw, top, left, *data['attrs']['dilation'], relu)})")
     else:
         kernel = "depthwise_forward" if depthwise(ctx, node) else "conv2d_forward"
         call = (f"{kernel}({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
@@ -111,10 +114,10 @@ def direct(ctx: Context, node: str) -> bool:
 
 
 def direct_applies(src_channels: int, data: dict) -> bool:
-    """Stride 1, one group, not 1x1 (the pointwise path), few input channels, large output planes."""
+    """One group, not 1x1 (the pointwise path), few input channels, large output planes."""
     attrs = data["attrs"]
     _, oh, ow = data["shape"]
-    return (tuple(attrs["stride"]) == (1, 1) and attrs["groups"] == 1 and tuple(attrs["size"]) != (1, 1)
+    return (attrs["groups"] == 1 and tuple(attrs["size"]) != (1, 1)
             and src_channels <= DIRECT_MAX_CHANNELS and oh * ow >= DIRECT_MIN_PLANE)
 
 
@@ -148,7 +151,7 @@ def backward(ctx: Context, node: str, dx: list[str | None], fresh: list[bool]) -
     if winograd_backward(ctx, node):
         kernel, geometry_args = "conv3x3_backward", (top, left)
     elif direct(ctx, node):
-        kernel, geometry_args = "direct_backward", (top, left, *data["attrs"]["dilation"])
+        kernel, geometry_args = "direct_backward", (sh, sw, top, left, *data["attrs"]["dilation"])
     else:
         kernel = "depthwise_backward" if depthwise(ctx, node) else "conv2d_backward"
         geometry_args = (sh, sw, top, left, *spacing(ctx, node))
