@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 import cnnc
-from cnnc.precompile import claim, kernel_calls
+from cnnc.precompile import claim, families, kernel_calls
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -47,6 +47,26 @@ def test_the_dry_run_finds_the_signatures_of_the_real_calls():
         dry = kernel_calls(net.module, probes)
         assert dry == spy_calls(net.module, probes)
         assert {k.py_func.__name__ for k, _ in dry} >= kernels
+
+
+def test_families_keep_a_modules_kernels_together_unless_one_module_is_most_of_the_work():
+    """resnet20: Winograd's two kernels in one group (they share helpers), the costliest first;
+    vgg_small, where Winograd's kernels outweigh all the others, gets them one by one."""
+    def groups(example):
+        net = cnnc.compile(EXAMPLES / f"{example}.cnn")
+        x, y = np.ones((1,) + net.input_shape, np.float32), np.zeros(1, np.int64)
+        pairs = kernel_calls(net.module, [("forward", (x, net.vector)),
+                                          ("loss_and_grads", (x, y, net.vector, net.grad_vector, 0))])
+        found = families(pairs)
+        assert sorted(sum(found, []), key=repr) == sorted(pairs, key=repr)  # every pair, once
+        return [{k.py_func.__name__ for k, _ in group} for group in found]
+
+    resnet20 = groups("resnet20")
+    assert resnet20[0] == {"conv3x3_forward", "conv3x3_backward"}
+    assert {"conv2d_forward", "conv2d_backward"} in resnet20 and {"direct_forward", "direct_backward"} in resnet20
+    vgg_small = groups("vgg_small")
+    assert vgg_small[:2] == [{"conv3x3_backward"}, {"conv3x3_forward"}]
+    assert {"direct_forward", "direct_backward"} in vgg_small
 
 
 def test_claims_go_to_the_first_asker(tmp_path):
