@@ -448,32 +448,36 @@ def _winograd4_grads(g, n0, m, th, tw, gt, db):
     """gt[6i+j, t, f] = (A dY A')[i, j] for the 4x4 block dY of g[:, n0+n] at tile
     t = (n*th + ty)*tw + tx (zero past the edge of g), and db[f] += the sum of those images of g.
 
-    A row of tiles at a time, as _winograd4_inputs: e[i, q, f] = (A dY)[i] along the whole
-    width first, then the row transform of each tile along the filters."""
+    As _winograd4_inputs: an image at a time, first a copy with the filters innermost, gc[h, w, f]
+    (the one strided pass), zero past g's edge; then for each row of tiles e = A dY over four rows
+    of gc at once, one long run over (width, filters), and the row transform of each tile along
+    the filters."""
     F, OH, OW = g.shape[0], g.shape[2], g.shape[3]
-    e = np.zeros((6, 4 * tw, F), g.dtype)
-    zero = np.zeros(OW, g.dtype)
+    WP = 4 * tw
+    gc = np.zeros((4 * th, WP * F), g.dtype)
+    e = np.empty((6, WP, F), g.dtype)
+    ef = e.reshape(6, WP * F)
+    e0, e1, e2, e3, e4, e5 = ef[0], ef[1], ef[2], ef[3], ef[4], ef[5]
     for n in range(m):
+        _channels_innermost(g, n0 + n, 0, 0, gc)
+        for f in range(F):
+            plane = g[f, n0 + n].reshape(-1)
+            total = g.dtype.type(0)
+            for k in range(OH * OW):
+                total += plane[k]
+            db[f] += total
         for ty in range(th):
-            p = 4 * ty
-            for f in range(F):
-                r0 = g[f, n0 + n, p]
-                r1 = g[f, n0 + n, p + 1] if p + 1 < OH else zero
-                r2 = g[f, n0 + n, p + 2] if p + 2 < OH else zero
-                r3 = g[f, n0 + n, p + 3] if p + 3 < OH else zero
-                total = 0.0
-                for q in range(OW):
-                    y0, y1, y2, y3 = r0[q], r1[q], r2[q], r3[q]
-                    e[0, q, f], e[1, q, f], e[2, q, f], e[3, q, f], e[4, q, f], e[5, q, f] = _a(y0, y1, y2, y3)
-                    total += y0 + y1 + y2 + y3
-                db[f] += total
+            r = 4 * ty
+            s0, s1, s2, s3 = gc[r], gc[r + 1], gc[r + 2], gc[r + 3]
+            for k in range(WP * F):
+                e0[k], e1[k], e2[k], e3[k], e4[k], e5[k] = _a(s0[k], s1[k], s2[k], s3[k])
             t0 = (n * th + ty) * tw
             for tx in range(tw):
                 t, q = t0 + tx, 4 * tx
                 for i in range(6):
                     a0, a1, a2, a3 = e[i, q], e[i, q + 1], e[i, q + 2], e[i, q + 3]
-                    r = 6 * i
-                    v0, v1, v2, v3, v4, v5 = gt[r, t], gt[r + 1, t], gt[r + 2, t], gt[r + 3, t], gt[r + 4, t], gt[r + 5, t]
+                    r6 = 6 * i
+                    v0, v1, v2, v3, v4, v5 = gt[r6, t], gt[r6 + 1, t], gt[r6 + 2, t], gt[r6 + 3, t], gt[r6 + 4, t], gt[r6 + 5, t]
                     for f in range(F):
                         v0[f], v1[f], v2[f], v3[f], v4[f], v5[f] = _a(a0[f], a1[f], a2[f], a3[f])
 
