@@ -179,11 +179,19 @@ def claim(folder: str, index: int) -> bool:
         return False
 
 
+# The helper imports the cnnc that this process runs, whatever its working folder holds: with
+# `python -m cnnc.precompile`, a source checkout in the working folder shadowed an installed cnnc,
+# so the helper compiled the checkout's kernels into a cache of their own (Numba keys its cache
+# by the source file's path) and this process compiled them all again.
+HELPER = "import sys; sys.path.insert(0, sys.argv[1]); from cnnc.precompile import helper_main; helper_main(sys.argv[2])"
+
+
 def start_helper(groups, claims: str) -> subprocess.Popen | None:
-    """`python -m cnnc.precompile CLAIMS` compiling the groups of (kernel, signature) it can claim, or None."""
+    """A helper process compiling the groups of (kernel, signature) it can claim, or None."""
     names = [[(k.py_func.__module__, k.py_func.__name__, s) for k, s in group] for group in groups]
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        helper = subprocess.Popen([sys.executable, "-m", "cnnc.precompile", claims], stdin=subprocess.PIPE,
+        helper = subprocess.Popen([sys.executable, "-c", HELPER, package_parent, claims], stdin=subprocess.PIPE,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         helper.stdin.write(pickle.dumps(names))
         helper.stdin.close()
@@ -198,7 +206,3 @@ def helper_main(claims: str) -> None:
         if claim(claims, index):
             for module, name, signature in group:
                 getattr(importlib.import_module(module), name).compile(signature)
-
-
-if __name__ == "__main__":
-    helper_main(sys.argv[1])
