@@ -88,7 +88,6 @@ class Estimate:
         return low
 
 
-
 def estimate(g: nx.DiGraph, layout, mode: str, optimizer: str = "sgd") -> Estimate:
     """The memory of one call of the function lowered from `g` ("inference": forward,
     "training": loss_and_grads, which also needs gradients and the optimizer's state)."""
@@ -136,8 +135,9 @@ def gradient_tensors(g: nx.DiGraph, layout) -> list[Tensor]:
             for n in nx.topological_sort(g) if n in needed]
 
 
-def aligned_rows(rows: int, size: int) -> int:
-    """Floats of kernels/aligned.py's aligned_rows(rows, size): each row rounded up to 64 bytes, and a line of slack."""
+def aligned_floats(rows: int, size: int) -> int:
+    """The float32s of kernels/aligned.py's aligned_rows(rows, size, float32): each row rounded up to
+    64 bytes, and a line of slack."""
     return rows * -(-size // LINE) * LINE + LINE
 
 
@@ -153,7 +153,7 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     sh, sw = data["attrs"]["stride"]
     if depthwise_applies(c, data["attrs"]):  # a padded plane's phases (and their gradient), a wide plane, float64 sums
         hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
-        planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + aligned_rows(1, oh * wph))
+        planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + aligned_floats(1, oh * wph))
 
         def depthwise(n: int) -> int:  # small planes of many images: the same for a channel's planes, the batch innermost
             across = n * planes if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
@@ -164,12 +164,12 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
         # wide planes and the flipped filters, at a stride the input gradient's phases
         hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
         phases = sh * sw * (hph + 1) * wph
-        forward_bytes = FLOAT * (c * phases + aligned_rows(4, oh * wph))
+        forward_bytes = FLOAT * (c * phases + aligned_floats(4, oh * wph))
         if (sh, sw) == (1, 1):
-            dx_bytes = f * (h + ekh) * (w + ekw - 1) + aligned_rows(4, h * (w + ekw - 1)) + c * f * kh * kw
-        else:
-            dx_bytes = aligned_rows(c, phases)
-        backward_bytes = FLOAT * (aligned_rows(c, phases) + aligned_rows(f, oh * wph) + dx_bytes)
+            dx_bytes = f * (h + ekh) * (w + ekw - 1) + aligned_floats(4, h * (w + ekw - 1)) + c * f * kh * kw
+        else:  # counted even for a first layer, whose backward needs no dx
+            dx_bytes = aligned_floats(c, phases)
+        backward_bytes = FLOAT * (aligned_floats(c, phases) + aligned_floats(f, oh * wph) + dx_bytes)
         return lambda n: backward_bytes if training else forward_bytes
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw

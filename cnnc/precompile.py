@@ -157,7 +157,7 @@ def families(pairs: list[tuple[CPUDispatcher, tuple]]) -> list[list[tuple[CPUDis
         groups.setdefault(pair[0].py_func.__module__, []).append(pair)
     ordered = sorted(groups.values(), key=total_seconds, reverse=True)
     largest, rest = ordered[0], ordered[1:]
-    if rest and total_seconds(largest) > sum(map(total_seconds, rest)):  # the other process would wait
+    if total_seconds(largest) > sum(map(total_seconds, rest)):  # the other process would wait (or have nothing)
         ordered = sorted([[pair] for pair in largest] + rest, key=total_seconds, reverse=True)
     return ordered
 
@@ -171,7 +171,7 @@ def total_seconds(group: list[tuple[CPUDispatcher, tuple]]) -> float:
 
 
 def claim(folder: str, index: int) -> bool:
-    """Takes item `index` for this process: True for the first process to ask."""
+    """Takes group `index` for this process: True for the first process to ask."""
     try:
         os.close(os.open(os.path.join(folder, str(index)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         return True
@@ -182,8 +182,17 @@ def claim(folder: str, index: int) -> bool:
 # The helper imports the cnnc that this process runs, whatever its working folder holds: with
 # `python -m cnnc.precompile`, a source checkout in the working folder shadowed an installed cnnc,
 # so the helper compiled the checkout's kernels into a cache of their own (Numba keys its cache
-# by the source file's path) and this process compiled them all again.
-HELPER = "import sys; sys.path.insert(0, sys.argv[1]); from cnnc.precompile import helper_main; helper_main(sys.argv[2])"
+# by the source path) and this process compiled them all again. `-P` leaves the working folder
+# off sys.path; the folder holding this cnnc goes in front only when it is not there already (an
+# installed cnnc's site-packages keeps its place behind the standard library).
+HELPER = """
+import sys
+folder = sys.argv[1]
+if folder not in sys.path:
+    sys.path.insert(0, folder)
+from cnnc.precompile import helper_main
+helper_main(sys.argv[2])
+"""
 
 
 def start_helper(groups, claims: str) -> subprocess.Popen | None:
@@ -191,7 +200,7 @@ def start_helper(groups, claims: str) -> subprocess.Popen | None:
     names = [[(k.py_func.__module__, k.py_func.__name__, s) for k, s in group] for group in groups]
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        helper = subprocess.Popen([sys.executable, "-c", HELPER, package_parent, claims], stdin=subprocess.PIPE,
+        helper = subprocess.Popen([sys.executable, "-P", "-c", HELPER, package_parent, claims], stdin=subprocess.PIPE,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         helper.stdin.write(pickle.dumps(names))
         helper.stdin.close()

@@ -51,7 +51,8 @@ def test_the_dry_run_finds_the_signatures_of_the_real_calls():
 
 def test_families_keep_a_modules_kernels_together_unless_one_module_is_most_of_the_work():
     """resnet20: Winograd's two kernels in one group (they share helpers), the costliest first;
-    vgg_small, where Winograd's kernels outweigh all the others, gets them one by one."""
+    vgg_small, where Winograd's kernels outweigh all the others, gets them one by one, as does a
+    model whose kernels all come from one module (or the helper would have nothing to do)."""
     def groups(example):
         net = cnnc.compile(EXAMPLES / f"{example}.cnn")
         x, y = np.ones((1,) + net.input_shape, np.float32), np.zeros(1, np.int64)
@@ -67,6 +68,9 @@ def test_families_keep_a_modules_kernels_together_unless_one_module_is_most_of_t
     vgg_small = groups("vgg_small")
     assert vgg_small[:2] == [{"conv3x3_backward"}, {"conv3x3_forward"}]
     assert {"direct_forward", "direct_backward"} in vgg_small
+    from cnnc.kernels.conv import conv2d_backward, conv2d_forward  # one module's kernels alone: one each
+    alone = families([(conv2d_forward, ()), (conv2d_backward, ())])
+    assert [[k.py_func.__name__ for k, _ in group] for group in alone] == [["conv2d_backward"], ["conv2d_forward"]]
 
 
 def test_claims_go_to_the_first_asker(tmp_path):

@@ -14,8 +14,8 @@ kernel cuts it (kernels/depthwise.py: _pad_phases): phase (a, b) holds the padde
 ... and columns b, b + Sw, ..., HPh + 1 rows of WPh columns (one row of slack at the end). At
 stride 1 there is one phase, the padded plane itself. An output plane is kept as OH rows of WPh
 (its last WPh - OW columns are garbage, never stored), so tap (i, j) of output k = p*WPh + q
-reads its phase at k + (i*Dh // Sh)*WPh + j*Dw // Sw: the same offset for every output
-(_tap_offsets), one flat loop over OH * WPh elements.
+reads phase (i*Dh % Sh, j*Dw % Sw) at k + (i*Dh // Sh)*WPh + j*Dw // Sw: the same offset into
+the phases for every output (_tap_offsets), one flat loop over OH * WPh elements.
 
 The backward runs on the same planes: the output gradient (ReLU-masked, garbage columns zero) is
 a wide plane g; dw[f, c, i, j] is the dot product of g[f] with c's phases at the tap's offset. At
@@ -203,7 +203,7 @@ def _masked_grads(out, dout, n, relu, L, g, db):
 
 @njit(cache=True, fastmath=True)
 def _scatter_input_grads(g, w, offsets, size, dxp):
-    """dxp[c, offsets[t] + k] += the sum over f of w[f, c, t] * g[f, k], k < size: each tap's run
+    """dxp[c, offsets[t] + k] += the sum over f of w[f, c, i, j] * g[f, k], k < size, t = i*KW + j: each tap's run
     of the output gradient, times the tap's weights, added into the input's phases; eight filters
     a pass (each pass loads and stores its run of dxp once; four ran 1.5x slower), the rest one at
     a time."""
@@ -254,28 +254,29 @@ def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     dw[:] = 0
     db[:] = 0
     last = F - 1
-    # dx at stride 1: the flipped filters' convolution of g's padded planes gp (HPg + 1 rows of Lg)
     stride_1 = stride_h == 1 and stride_w == 1
+    convolve_dx, scatter_dx = need_dx and stride_1, need_dx and not stride_1
+    # dx at stride 1: the flipped filters' convolution of g's padded planes gp (HPg + 1 rows of Lg)
     top_g, left_g = (KH - 1) * dil_h - pad_top, (KW - 1) * dil_w - pad_left
     HPg, Lg = _phase_geometry(H, W, KH, KW, 1, 1, dil_h, dil_w)
-    gp = np.zeros((F, (HPg + 1) * Lg) if need_dx and stride_1 else (0, 0), x.dtype)
+    gp = np.zeros((F, (HPg + 1) * Lg) if convolve_dx else (0, 0), x.dtype)
     dx_offsets = _tap_offsets(KH, KW, 1, 1, dil_h, dil_w, HPg, Lg)
-    flipped = _flipped(w) if need_dx and stride_1 else w
-    acc = aligned_rows(4, H * Lg if need_dx and stride_1 else 0, x.dtype)
+    flipped = _flipped(w) if convolve_dx else w
+    acc = aligned_rows(4, H * Lg if convolve_dx else 0, x.dtype)
     no_bias = np.zeros(C, x.dtype)
     into = dx if add_dx else np.empty((0, 0, 0, 0), x.dtype)  # _store adds `into` (dx itself) or nothing
     off = relu and not relu  # no ReLU on dx; False, typed bool: a literal False would compile _convolve_into once more
     # dx above stride 1: the input's phases, as xp
-    dxp = aligned_rows(C if need_dx and not stride_1 else 0, phases, x.dtype)
+    dxp = aligned_rows(C if scatter_dx else 0, phases, x.dtype)
     for n in range(N):
         _fill_phases(x, n, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp)
         _masked_grads(out, dout, n, relu, WPh, g, db)
         for f in range(0, F, 4):
             _weight_grads(xp, g, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), offsets, size, dw)
-        if need_dx and stride_1:
+        if convolve_dx:
             _pad_wide(g, OH, OW, WPh, top_g, left_g, Lg, gp)
             _convolve_into(gp, flipped, dx_offsets, no_bias, into, dx, off, n, Lg, acc)
-        elif need_dx:
+        elif scatter_dx:
             dxp[:] = 0
             _scatter_input_grads(g, w, offsets, size, dxp)
             for c in range(C):

@@ -461,8 +461,8 @@ def _winograd4_grads(g, n0, m, th, tw, gt, db):
     for n in range(m):
         _channels_innermost(g, n0 + n, 0, 0, gc)
         for f in range(F):
-            plane = g[f, n0 + n].reshape(-1)
-            total = g.dtype.type(0)
+            plane = g[f, n0 + n].reshape(-1)  # g is dout or the masked copy: contiguous planes
+            total = g.dtype.type(0)  # a plane's sum in float32 (it vectorizes), as direct._masked_grads
             for k in range(OH * OW):
                 total += plane[k]
             db[f] += total
