@@ -260,6 +260,7 @@ def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     top_g, left_g = (KH - 1) * dil_h - pad_top, (KW - 1) * dil_w - pad_left
     HPg, Lg = _phase_geometry(H, W, KH, KW, 1, 1, dil_h, dil_w)
     gp = np.zeros((F, (HPg + 1) * Lg) if convolve_dx else (0, 0), x.dtype)
+    g_cols = _columns(1, left_g, WPh, Lg)  # g's planes, garbage columns (zero) and all, as the padded image
     dx_offsets = _tap_offsets(KH, KW, 1, 1, dil_h, dil_w, HPg, Lg)
     flipped = _flipped(w) if convolve_dx else w
     acc = aligned_rows(4, H * Lg if convolve_dx else 0, x.dtype)
@@ -274,7 +275,8 @@ def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
         for f in range(0, F, 4):
             _weight_grads(xp, g, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), offsets, size, dw)
         if convolve_dx:
-            _pad_wide(g, OH, OW, WPh, top_g, left_g, Lg, gp)
+            for f in range(F):
+                _pad_phases(g[f, :size].reshape(OH, WPh), top_g, left_g, 1, 1, HPg, Lg, g_cols, gp[f])
             _convolve_into(gp, flipped, dx_offsets, no_bias, into, dx, off, n, Lg, acc)
         elif scatter_dx:
             dxp[:] = 0
@@ -283,22 +285,6 @@ def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
                 if not add_dx:
                     dx[c, n] = 0
                 _unpad_phases_add(dxp[c], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, dx[c, n])
-
-
-@njit(cache=True, fastmath=True)
-def _pad_wide(g, OH, OW, WPh, top, left, Lg, gp):
-    """gp[f, (p + top)*Lg + q + left] = g[f, p*WPh + q] for the OH x OW outputs of each wide plane
-    of g that fall inside gp's padded planes (top and left may be negative); the rest of gp
-    stays as it was (zero). The copy loop indexes views from 0: from a computed start, Numba's
-    negative-index check kept it scalar."""
-    HPg = gp.shape[1] // Lg - 1
-    h0, h1 = max(0, -top), min(OH, HPg - top)
-    w0, w1 = max(0, -left), min(OW, Lg - left)
-    for f in range(g.shape[0]):
-        for h in range(h0, h1):
-            src, dst = g[f, h * WPh + w0:], gp[f, (h + top) * Lg + left + w0:]
-            for k in range(w1 - w0):
-                dst[k] = src[k]
 
 
 @njit(cache=True, fastmath=True)
