@@ -151,8 +151,8 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     kh, kw = data["attrs"]["size"]
     ekh, ekw = effective_size(data["attrs"])
     sh, sw = data["attrs"]["stride"]
+    hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw  # a phase of the input, as the depthwise and direct kernels cut it
     if depthwise_applies(c, data["attrs"]):  # a padded plane's phases (and their gradient), a wide plane, float64 sums
-        hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
         planes = FLOAT * (2 * sh * sw * (hph + 1) * wph + aligned_floats(1, oh * wph))
 
         def depthwise(n: int) -> int:  # small planes of many images: the same for a channel's planes, the batch innermost
@@ -162,7 +162,6 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     if direct_applies(c, data):  # one image's phases and four wide output planes; the backward: the phases,
         # the output gradient's wide planes, and at stride 1 their padded copy, four of the input gradient's
         # wide planes and the flipped filters, at a stride the input gradient's phases
-        hph, wph = oh + (ekh - 1) // sh, ow + (ekw - 1) // sw
         phases = sh * sw * (hph + 1) * wph
         forward_bytes = FLOAT * (c * phases + aligned_floats(4, oh * wph))
         if (sh, sw) == (1, 1):
