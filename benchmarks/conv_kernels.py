@@ -22,6 +22,7 @@ from cnnc.kernels.depthwise import depthwise_backward, depthwise_forward
 from cnnc.kernels.pool import maxpool_backward, maxpool_forward
 
 NO_RESIDUAL = np.empty((0, 0, 0, 0), np.float32)
+NO_SCALE = np.empty(0, np.float32)  # no folded batchnorm
 
 # name, C, F, H (=W), K, padding per side (same for odd K), relu, need_dx (False: first layer)
 CONVS = [
@@ -81,10 +82,10 @@ def conv_cases(name, C, Fo, H, K, pad, relu, need_dx, n, rng):
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
 
     def ours_fwd():
-        conv2d_forward(x, w, b, NO_RESIDUAL, out, 1, 1, pad, pad, 1, 1, 1, relu)
+        conv2d_forward(x, w, b, NO_SCALE, NO_RESIDUAL, out, 1, 1, pad, pad, 1, 1, 1, relu)
 
     def ours_step():
-        conv2d_forward(x, w, b, NO_RESIDUAL, out, 1, 1, pad, pad, 1, 1, 1, relu)
+        conv2d_forward(x, w, b, NO_SCALE, NO_RESIDUAL, out, 1, 1, pad, pad, 1, 1, 1, relu)
         conv2d_backward(x, w, out, dout, dx, dw, db, 1, 1, pad, pad, 1, 1, 1, relu, need_dx)
 
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2, 3)))
@@ -117,7 +118,7 @@ def depthwise_cases(name, C, H, stride, n, rng):
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
 
     def ours_fwd():
-        depthwise_forward(x, w, b, NO_RESIDUAL, out, stride, stride, 1, 1, 1, 1, True)
+        depthwise_forward(x, w, b, NO_SCALE, NO_RESIDUAL, out, stride, stride, 1, 1, 1, 1, True)
 
     def ours_step():
         ours_fwd()

@@ -7,6 +7,14 @@ import math
 import numpy as np
 
 
+def split_scale(w: np.ndarray, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(w / s, s) for a random per-filter scale s of either sign (a folded batchnorm's): a conv
+    kernel given both must give the conv with w, which is the reference to check it against."""
+    rng = np.random.default_rng(seed)
+    s = (rng.uniform(0.5, 2.0, w.shape[0]) * rng.choice([-1.0, 1.0], w.shape[0])).astype(w.dtype)
+    return (w / s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype), s
+
+
 def rel_err(a, b) -> float:
     """Largest absolute difference relative to the reference's largest magnitude."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err
+from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err, split_scale
 
 from cnnc.kernels.conv import conv2d_backward, conv2d_forward
 from cnnc.kernels.winograd import _backward, _forward, conv3x3_backward, conv3x3_forward
@@ -48,9 +48,14 @@ class Layer:
         self.ref_out = cnhw(y)
         self.ref_dx, self.ref_dw, self.ref_db = cnhw(self.xt.grad), self.wt.grad.numpy(), self.bt.grad.numpy()
 
-    def forward(self):
+    def weights(self, scaled=False):
+        """The kernels' filters and scale: w and no scale, or (with `scaled`) w / s and s."""
+        return split_scale(self.w) if scaled else (self.w, np.empty(0, self.w.dtype))
+
+    def forward(self, scaled=False):
         out = np.empty((self.w.shape[0], self.x.shape[1], self.OH, self.OW), self.x.dtype)
-        conv2d_forward(self.x, self.w, self.b, self.residual, out, self.sh, self.sw, self.pt, self.pl,
+        w, scale = self.weights(scaled)
+        conv2d_forward(self.x, w, self.b, scale, self.residual, out, self.sh, self.sw, self.pt, self.pl,
                        self.dh, self.dw, self.groups, self.relu)
         return out
 
@@ -97,6 +102,14 @@ def test_matches_torch(geometry, bias, relu, residual):
     assert rel_err(dw, layer.ref_dw) < RTOL
     assert rel_err(db, layer.ref_db) < RTOL
     assert rel_err(dx - prefill, layer.ref_dx) < RTOL  # added into, not overwritten
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_scaled_outputs_match_torch(geometry):
+    """A folded batchnorm's per-filter scale, applied to the products before bias, residual and
+    ReLU (the pointwise path's epilogue and im2col's)."""
+    layer = Layer(3, 4, 3, *geometry, bias=True, relu=True, residual=True)
+    assert rel_err(layer.forward(scaled=True), layer.ref_out) < RTOL
 
 
 def test_need_dx_false_leaves_dx_alone():
@@ -178,7 +191,18 @@ BACKWARDS = {"F(2x2)": lambda *args: _backward(*args, False), "F(4x4)": lambda *
 def test_winograd_forward_matches_torch(C, Fo, N, H, W, mode, relu, residual, forward):
     layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=relu, seed=N + H, residual=residual)
     out = np.full((Fo, N, layer.OH, layer.OW), np.nan, np.float32)  # every element must be written
-    forward(layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, relu)
+    forward(layer.x, layer.w, layer.b, np.empty(0, np.float32), layer.residual, out, layer.pt, layer.pl, relu)
+    assert rel_err(out, layer.ref_out) < RTOL
+
+
+@pytest.mark.parametrize("forward", FORWARDS.values(), ids=FORWARDS.keys())
+@pytest.mark.parametrize("C, Fo, N, H, W, mode", WINOGRAD)
+def test_winograd_scaled_outputs_match_torch(C, Fo, N, H, W, mode, forward):
+    """A folded batchnorm's scale, which Winograd puts into its transformed filters."""
+    layer = Layer(C, Fo, N, H, W, 3, 3, (1, 1), mode, mode, bias=True, relu=True, seed=N + H, residual=True)
+    out = np.full((Fo, N, layer.OH, layer.OW), np.nan, np.float32)
+    w, scale = layer.weights(scaled=True)
+    forward(layer.x, w, layer.b, scale, layer.residual, out, layer.pt, layer.pl, True)
     assert rel_err(out, layer.ref_out) < RTOL
 
 
@@ -211,7 +235,7 @@ def test_winograd_backward_matches_torch(C, Fo, N, H, W, mode, relu, need_dx, ad
 def test_winograd_with_unequal_top_and_left_padding(mode_h, mode_w, tiles):
     layer = Layer(3, 4, 2, 7, 6, 3, 3, (1, 1), mode_h, mode_w, bias=True, relu=True, seed=5)
     out = np.full((4, 2, layer.OH, layer.OW), np.nan, np.float32)
-    FORWARDS[tiles](layer.x, layer.w, layer.b, layer.residual, out, layer.pt, layer.pl, True)
+    FORWARDS[tiles](layer.x, layer.w, layer.b, np.empty(0, np.float32), layer.residual, out, layer.pt, layer.pl, True)
     assert rel_err(out, layer.ref_out) < RTOL
     dx, dw, db = np.zeros_like(layer.x), np.empty_like(layer.w), np.empty_like(layer.b)
     BACKWARDS[tiles](layer.x, layer.w, out, layer.dout, dx, dw, db, layer.pt, layer.pl, True, True, True)
@@ -228,11 +252,11 @@ def test_winograd_backward_finite_differences_float64(tiles):
 
     def loss():
         out = np.empty((4, 2, 5, 6))
-        forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
+        forward(x, w, b, np.empty(0), np.empty((0, 0, 0, 0)), out, 1, 1, False)
         return (out * dout).sum()
 
     out = np.empty((4, 2, 5, 6))
-    forward(x, w, b, np.empty((0, 0, 0, 0)), out, 1, 1, False)
+    forward(x, w, b, np.empty(0), np.empty((0, 0, 0, 0)), out, 1, 1, False)
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
     backward(x, w, out, dout, dx, dw, db, 1, 1, False, True, True)
     for param, grad in ((x, dx), (w, dw), (b, db)):
@@ -248,7 +272,7 @@ def test_finite_differences_float64():
 
     def loss():
         out = np.empty((3, 2, OH, OW))
-        conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, 1, 1, 1, False)
+        conv2d_forward(x, w, b, np.empty(0), np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, 1, 1, 1, False)
         return (out * dout).sum(), out
 
     _, out = loss()
@@ -319,11 +343,11 @@ def test_dilated_grouped_finite_differences_float64():
 
     def loss():
         out = np.empty((6, 2, OH, OW))
-        conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dh, dw_, groups, False)
+        conv2d_forward(x, w, b, np.empty(0), np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dh, dw_, groups, False)
         return (out * dout).sum()
 
     out = np.empty((6, 2, OH, OW))
-    conv2d_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dh, dw_, groups, False)
+    conv2d_forward(x, w, b, np.empty(0), np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dh, dw_, groups, False)
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
     conv2d_backward(x, w, out, dout, dx, dw, db, sh, sw, pt, pl, dh, dw_, groups, False, True)
     for param, grad in ((x, dx), (w, dw), (b, db)):

@@ -10,9 +10,10 @@ from cnnc.kernels.depthwise import depthwise_backward, depthwise_forward
 EMPTY4 = np.empty((0, 0, 0, 0), np.float32)
 
 
-def forward(layer):
+def forward(layer, scaled=False):
     out = np.full((layer.w.shape[0], layer.x.shape[1], layer.OH, layer.OW), np.nan, np.float32)  # all written
-    depthwise_forward(layer.x, layer.w, layer.b, layer.residual, out, layer.sh, layer.sw, layer.pt, layer.pl,
+    w, scale = layer.weights(scaled)
+    depthwise_forward(layer.x, w, layer.b, scale, layer.residual, out, layer.sh, layer.sw, layer.pt, layer.pl,
                       layer.dh, layer.dw, layer.relu)
     return out
 
@@ -100,6 +101,15 @@ def test_need_dx_false_leaves_dx_alone():
     assert rel_err(dw, layer.ref_dw) < RTOL and rel_err(db, layer.ref_db) < RTOL
 
 
+@pytest.mark.parametrize("N", [2, 16])  # plane by plane, and small planes with the images innermost
+@pytest.mark.parametrize("C, mult, H, W, K, stride, mode, dilation", [g[:2] + g[3:] for g in GEOMETRIES])
+def test_scaled_outputs_match_torch(C, mult, H, W, K, stride, mode, dilation, N):
+    """A folded batchnorm's per-filter scale, applied to the filters, with bias, residual and ReLU."""
+    layer = Layer(C, C * mult, N, H, W, K, K, stride, mode, mode, bias=True, relu=True, seed=H * W + C,
+                  residual=True, dilation=dilation, groups=C)
+    assert rel_err(forward(layer, scaled=True), layer.ref_out) < RTOL
+
+
 def test_mobilenet_sized_layer():
     """A larger layer (64 channels, 16x16, 8 images), as mobilenet_v1's blocks run them."""
     layer = Layer(64, 64, 8, 16, 16, 3, 3, (1, 1), "same", "same", bias=True, relu=True, groups=64)
@@ -128,11 +138,11 @@ def test_finite_differences_float64(stride, dilation, mult, N, H, W):
 
     def loss():
         out = np.empty((C * mult, N, OH, OW))
-        depthwise_forward(x, w, b, no_residual, out, sh, sw, pt, pl, dh, dw_, False)
+        depthwise_forward(x, w, b, np.empty(0), no_residual, out, sh, sw, pt, pl, dh, dw_, False)
         return (out * dout).sum()
 
     out = np.empty((C * mult, N, OH, OW))
-    depthwise_forward(x, w, b, no_residual, out, sh, sw, pt, pl, dh, dw_, False)
+    depthwise_forward(x, w, b, np.empty(0), no_residual, out, sh, sw, pt, pl, dh, dw_, False)
     dx, dw, db = np.zeros_like(x), np.empty_like(w), np.empty_like(b)
     depthwise_backward(x, w, out, dout, dx, dw, db, sh, sw, pt, pl, dh, dw_, False, True)
     for param, grad in ((x, dx), (w, dw), (b, db)):

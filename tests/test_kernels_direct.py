@@ -44,7 +44,17 @@ def layer(case, relu=True, residual=False, bias=True):
 def test_forward_matches_torch(case, relu, residual):
     lay = layer(case, relu, residual)
     out = np.full((lay.w.shape[0], lay.x.shape[1], lay.OH, lay.OW), np.nan, np.float32)  # every element written
-    direct_forward(lay.x, lay.w, lay.b, lay.residual, out, lay.sh, lay.sw, lay.pt, lay.pl, lay.dh, lay.dw, relu)
+    direct_forward(lay.x, lay.w, lay.b, np.empty(0, np.float32), lay.residual, out, lay.sh, lay.sw, lay.pt, lay.pl, lay.dh, lay.dw, relu)
+    assert rel_err(out, lay.ref_out) < RTOL
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_scaled_outputs_match_torch(case):
+    """A folded batchnorm's per-filter scale, applied to the filters, with bias, residual and ReLU."""
+    lay = layer(case, relu=True, residual=True)
+    out = np.full((lay.w.shape[0], lay.x.shape[1], lay.OH, lay.OW), np.nan, np.float32)
+    w, scale = lay.weights(scaled=True)
+    direct_forward(lay.x, w, lay.b, scale, lay.residual, out, lay.sh, lay.sw, lay.pt, lay.pl, lay.dh, lay.dw, True)
     assert rel_err(out, lay.ref_out) < RTOL
 
 
@@ -89,7 +99,7 @@ def test_backward_is_the_adjoint_of_the_forward_float64(H, W, stride, pt, pl, OH
 
     def forward():
         out = np.empty((5, 2, OH, OW))
-        direct_forward(x, w, b, np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dil_h, dil_w, False)
+        direct_forward(x, w, b, np.empty(0), np.empty((0, 0, 0, 0)), out, sh, sw, pt, pl, dil_h, dil_w, False)
         return out
 
     def loss():

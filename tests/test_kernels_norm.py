@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cnnc.kernels.conv import conv2d_forward
 from cnnc.kernels.norm import (
-    batchnorm_backward_apply, batchnorm_grad_sums, batchnorm_infer_forward, batchnorm_sums, batchnorm_train_apply,
-    fold_batchnorm,
+    batchnorm_backward_apply, batchnorm_grad_sums, batchnorm_infer_forward, batchnorm_scale_shift, batchnorm_sums,
+    batchnorm_train_apply,
 )
 from checks import numeric_gradient, rel_err
 
@@ -158,18 +159,21 @@ def test_batchnorm_finite_differences(shape, residual, relu):
         assert rel_err(grad, numeric_gradient(loss, arr)) < 1e-5
 
 
-def test_fold_batchnorm_matches_conv_then_batchnorm():
+def test_batchnorm_scale_shift_folds_into_the_conv():
+    """A conv kernel given the scale and shift computes the conv, then the inference batchnorm."""
     rng = np.random.default_rng(9)
     f, c, k = 6, 3, 3
     x = rng.standard_normal((2, c, 7, 7)).astype(np.float32)
     w = rng.standard_normal((f, c, k, k)).astype(np.float32)
     b = rng.standard_normal(f).astype(np.float32)
     gamma, beta, rmean, rvar = params(rng, f)
-    w_out, b_out = np.empty_like(w), np.empty_like(b)
-    fold_batchnorm(w, b, gamma, beta, rmean, rvar, 1e-5, w_out, b_out)
+    scale, shift = np.empty(f, np.float32), np.empty(f, np.float32)
+    batchnorm_scale_shift(b, gamma, beta, rmean, rvar, 1e-5, scale, shift)
+    out = np.empty((f, 2, 7, 7), np.float32)
+    conv2d_forward(np.ascontiguousarray(x.transpose(1, 0, 2, 3)), w, shift, scale, np.empty((0, 0, 0, 0), np.float32),
+                   out, 1, 1, 1, 1, 1, 1, 1, False)
 
     xt = torch.tensor(x)
     ref = F.batch_norm(F.conv2d(xt, torch.tensor(w), torch.tensor(b), padding=1), torch.tensor(rmean),
                        torch.tensor(rvar), torch.tensor(gamma), torch.tensor(beta), training=False, eps=1e-5)
-    folded = F.conv2d(xt, torch.tensor(w_out), torch.tensor(b_out), padding=1)
-    assert rel_err(folded.numpy(), ref.numpy()) < 1e-4
+    assert rel_err(out.transpose(1, 0, 2, 3), ref.numpy()) < 1e-5

@@ -186,31 +186,38 @@ def _col2im_add(cols, kh, kw, sh, sw, dh, dw, oh, dxp):
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _epilogue(src, bf, res, add, relu, dst, count):
-    """dst[q] = src[q] + bf (+ res[q] when add), then max(0, .) if relu, for q < count: the
-    convolutions' epilogue along a row (dst may be src). The loop-invariant branches are
-    hoisted out of the loop."""
+def _factor(scale, f):
+    """Filter f's scale: scale[f], or 1 when there is none (scale empty)."""
+    return scale[f] if scale.size != 0 else scale.dtype.type(1)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _epilogue(src, sf, bf, res, add, relu, dst, count):
+    """dst[q] = src[q] * sf + bf (+ res[q] when add), then max(0, .) if relu, for q < count: the
+    convolutions' epilogue along a row (dst may be src). sf is a folded batchnorm's scale, else
+    1, which leaves src[q] + bf exactly as it was. The loop-invariant branches are hoisted out
+    of the loop."""
     for q in range(count):
-        v = src[q] + bf
+        v = src[q] * sf + bf
         if add:
             v += res[q]
         dst[q] = max(v, 0) if relu else v
 
 
 @njit(cache=True, fastmath=True)
-def _bias_relu_store(prod, b, residual, relu, n0, ld, out):
-    """out[f, n0+n, p, q] = prod[f, (n*OH + p)*ld + q] + b[f] (+ residual[f, n0+n, p, q] unless
-    it is empty), then max(0, .) if relu."""
+def _bias_relu_store(prod, b, scale, residual, relu, n0, ld, out):
+    """out[f, n0+n, p, q] = prod[f, (n*OH + p)*ld + q] * scale[f] (unless scale is empty) + b[f]
+    (+ residual[f, n0+n, p, q] unless it is empty), then max(0, .) if relu."""
     OH, OW = out.shape[2], out.shape[3]
     m = prod.shape[1] // (OH * ld)
     add = residual.size != 0
     for f in range(prod.shape[0]):
-        bf = b[f]
+        bf, sf = b[f], _factor(scale, f)
         for n in range(m):
             for p in range(OH):
                 dst = out[f, n0 + n, p]
                 res = residual[f, n0 + n, p] if add else dst
-                _epilogue(prod[f, (n * OH + p) * ld:], bf, res, add, relu, dst, OW)
+                _epilogue(prod[f, (n * OH + p) * ld:], sf, bf, res, add, relu, dst, OW)
 
 
 @njit(cache=True, fastmath=True)
@@ -259,7 +266,7 @@ def _columns_of(src, row0, rows, l0, n, dst):
 
 
 @njit(cache=True, fastmath=True)
-def _pointwise_forward(x, w, b, residual, out, groups, relu):
+def _pointwise_forward(x, w, b, scale, residual, out, groups, relu):
     """A 1x1, stride-1, unpadded conv: in CNHW, x is already the column matrix (C, N*H*W) and out
     the product's (F, N*H*W). Taken POINTWISE_COLUMNS columns at a time: the columns are copied
     into a small contiguous block, multiplied, and the product goes into out with bias, residual
@@ -282,7 +289,7 @@ def _pointwise_forward(x, w, b, residual, out, groups, relu):
             np.dot(wk, xc, prod)
             for f in range(group_filters):
                 fo = k * group_filters + f
-                _epilogue(prod[f], b[fo], rf[fo, l0:], add, relu, of[fo, l0:], n)
+                _epilogue(prod[f], _factor(scale, fo), b[fo], rf[fo, l0:], add, relu, of[fo, l0:], n)
 
 
 @njit(cache=True, fastmath=True)
@@ -323,16 +330,18 @@ def _pointwise(KH, KW, pad_top, pad_left, H, W, OH, OW, sh, sw):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, relu):
-    """out = relu?(conv(x, w) + b + residual), the residual (a fused add's other input) unless it
-    is empty. Taps are dil_h x dil_w apart; with groups > 1 each group of F/groups filters sees
+def conv2d_forward(x, w, b, scale, residual, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups,
+                   relu):
+    """out = relu?(conv(x, w) * scale + b + residual), the scale (a folded batchnorm's, one per
+    filter: norm.batchnorm_scale_shift) and the residual (a fused add's other input) unless
+    empty. Taps are dil_h x dil_w apart; with groups > 1 each group of F/groups filters sees
     its C/groups channels (w is (F, C/groups, KH, KW)): one product per group."""
     F, Cg, KH, KW = w.shape
     C, N, OH, OW = x.shape[0], x.shape[1], out.shape[2], out.shape[3]
     in_place = residual.size != 0 and residual.ctypes.data == out.ctypes.data  # out += conv(x, w), as a transposed conv's backward asks
     if _pointwise(KH, KW, pad_top, pad_left, x.shape[2], x.shape[3], OH, OW, stride_h, stride_w) and not in_place:
         columns = x if stride_h * stride_w == 1 else _subsampled(x, stride_h, stride_w, OH, OW)
-        _pointwise_forward(columns, w, b, residual, out, groups, relu)
+        _pointwise_forward(columns, w, b, scale, residual, out, groups, relu)
         return
     EKH, EKW = (KH - 1) * dil_h + 1, (KW - 1) * dil_w + 1  # the extent of the dilated kernel
     HPh, ld = _layout(EKH, EKW, OH, OW, stride_h, stride_w)
@@ -354,7 +363,7 @@ def conv2d_forward(x, w, b, residual, out, stride_h, stride_w, pad_top, pad_left
         for k in range(groups):
             np.dot(_block(wflat, k, group_filters, group_rows), _block(cols_buf, k, group_rows, L),
                    _block(prod_buf, k, group_filters, L))
-        _bias_relu_store(prod, b, residual, relu, n0, ld, out)
+        _bias_relu_store(prod, b, scale, residual, relu, n0, ld, out)
 
 
 @njit(cache=True, fastmath=True)
@@ -470,7 +479,7 @@ def _add_bias_relu(out, b, relu):
     """out[f] += b[f], then max(0, .) if relu."""
     for f in range(out.shape[0]):
         plane = out[f].reshape(-1)
-        _epilogue(plane, b[f], plane, False, relu, plane, plane.size)
+        _epilogue(plane, plane.dtype.type(1), b[f], plane, False, relu, plane, plane.size)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -523,4 +532,4 @@ def convtranspose_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_
     off = relu and not relu  # False, typed bool: a literal False would compile the callees once more
     conv2d_backward(g, w, x, x, dx, dw, unused_db, stride_h, stride_w, pad_top, pad_left, 1, 1, 1, off, off)
     if need_dx:  # dx += conv(g, w): the residual of conv2d_forward is dx itself
-        conv2d_forward(g, w, np.zeros(x.shape[0], x.dtype), dx, dx, stride_h, stride_w, pad_top, pad_left, 1, 1, 1, off)
+        conv2d_forward(g, w, np.zeros(x.shape[0], x.dtype), np.empty(0, x.dtype), dx, dx, stride_h, stride_w, pad_top, pad_left, 1, 1, 1, off)

@@ -21,6 +21,8 @@ The kernels are serial, as the others: the runtime runs slices of the batch side
 import numpy as np
 from numba import njit
 
+from .conv import _factor
+
 # F(4x4) from this many 4x4 tiles a call: a 32x32 image has 64 (1.25x faster at batch 1); one of
 # 16x16 has 16, where F(4x4)'s 36 small products and weight transform made it 1.2x slower, and
 # 8x8 at batch 1 1.8x slower.
@@ -46,18 +48,20 @@ WINOGRAD_TILES = 128
 
 
 @njit(cache=True, fastmath=True)
-def _winograd_weights(w, u):
-    """u[4i+j, c, f] = (G w[f, c] G')[i, j], filters innermost, as u is laid out."""
+def _winograd_weights(w, scale, u):
+    """u[4i+j, c, f] = (G w[f, c] G')[i, j] * scale[f] (no scale when empty: _factor), filters
+    innermost, as u is laid out."""
     F, C = w.shape[0], w.shape[1]
     gg = np.empty((4, 3), w.dtype)  # G g, one filter tap column at a time
     for c in range(C):
         for f in range(F):
-            g = w[f, c]
+            g, s = w[f, c], _factor(scale, f)
             for j in range(3):
-                gg[0, j] = g[0, j]
-                gg[1, j] = 0.5 * (g[0, j] + g[1, j] + g[2, j])
-                gg[2, j] = 0.5 * (g[0, j] - g[1, j] + g[2, j])
-                gg[3, j] = g[2, j]
+                g0, g1, g2 = g[0, j] * s, g[1, j] * s, g[2, j] * s
+                gg[0, j] = g0
+                gg[1, j] = 0.5 * (g0 + g1 + g2)
+                gg[2, j] = 0.5 * (g0 - g1 + g2)
+                gg[3, j] = g2
             for i in range(4):
                 u[4 * i + 0, c, f] = gg[i, 0]
                 u[4 * i + 1, c, f] = 0.5 * (gg[i, 0] + gg[i, 1] + gg[i, 2])
@@ -305,15 +309,16 @@ def _gt(u0, u1, u2, u3, u4, u5):
 
 
 @njit(cache=True, fastmath=True)
-def _winograd4_weights(w, u):
-    """u[6i+j, c, f] = (G w[f, c] G')[i, j], filters innermost, as u is laid out."""
+def _winograd4_weights(w, scale, u):
+    """u[6i+j, c, f] = (G w[f, c] G')[i, j] * scale[f] (as _winograd_weights), filters innermost,
+    as u is laid out."""
     F, C = w.shape[0], w.shape[1]
     gg = np.empty((6, 3), w.dtype)  # G g, one filter tap column at a time
     for c in range(C):
         for f in range(F):
-            g = w[f, c]
+            g, s = w[f, c], _factor(scale, f)
             for j in range(3):
-                gg[0, j], gg[1, j], gg[2, j], gg[3, j], gg[4, j], gg[5, j] = _g(g[0, j], g[1, j], g[2, j])
+                gg[0, j], gg[1, j], gg[2, j], gg[3, j], gg[4, j], gg[5, j] = _g(g[0, j] * s, g[1, j] * s, g[2, j] * s)
             for i in range(6):
                 r = 6 * i
                 u[r, c, f], u[r + 1, c, f], u[r + 2, c, f], u[r + 3, c, f], u[r + 4, c, f], u[r + 5, c, f] = _g(
@@ -407,8 +412,9 @@ def _winograd4_outputs(mm, b, residual, relu, n0, m, th, tw, out):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _forward(x, w, b, residual, out, pad_top, pad_left, relu, four):
-    """conv2d_forward for 3x3 filters at stride 1, by Winograd F(4x4, 3x3) if `four`, else F(2x2, 3x3)."""
+def _forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, four):
+    """conv2d_forward for 3x3 filters at stride 1, by Winograd F(4x4, 3x3) if `four`, else F(2x2, 3x3);
+    a folded batchnorm's scale goes into the transformed filters."""
     F, C = w.shape[0], w.shape[1]
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
     size, planes, chunk = (4, 36, WINOGRAD4_TILES) if four else (2, 16, WINOGRAD_TILES)
@@ -419,9 +425,9 @@ def _forward(x, w, b, residual, out, pad_top, pad_left, relu, four):
     # transforms that read or write all of them at once ran 1.2-5x slower (64 x 64 filters: 126 us).
     u = np.empty((planes, C + 1, F), x.dtype)
     if four:
-        _winograd4_weights(w, u)
+        _winograd4_weights(w, scale, u)
     else:
-        _winograd_weights(w, u)
+        _winograd_weights(w, scale, u)
     v = np.empty((planes, nb * th * tw + 1, C), x.dtype)
     mm = np.empty((planes, nb * th * tw + 1, F), x.dtype)
     for n0 in range(0, N, nb):
@@ -516,9 +522,9 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add
                     flipped[c, f, i, j] = w[f, c, 2 - i, 2 - j]
     u = np.empty((planes, F + 1, C), x.dtype)  # + 1: see _forward
     if four:
-        _winograd4_weights(flipped, u)
+        _winograd4_weights(flipped, np.empty(0, w.dtype), u)
     else:
-        _winograd_weights(flipped, u)
+        _winograd_weights(flipped, np.empty(0, w.dtype), u)
     du = np.zeros((planes, C + 1, F), x.dtype)
     du_part = np.empty((C, F), x.dtype)
     v = np.empty((planes, nb * th * tw + 1, C), x.dtype)
@@ -569,11 +575,11 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv3x3_forward(x, w, b, residual, out, pad_top, pad_left, relu, allow_f4):
+def conv3x3_forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, allow_f4):
     """conv2d_forward for 3x3 filters at stride 1: F(4x4, 3x3) when allow_f4 (inference) and the
     call has enough tiles, else F(2x2, 3x3) (training's forward, always)."""
     four = allow_f4 and x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES
-    _forward(x, w, b, residual, out, pad_top, pad_left, relu, four)
+    _forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, four)
 
 
 @njit(cache=True, nogil=True, fastmath=True)

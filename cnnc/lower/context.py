@@ -11,7 +11,7 @@ from ..graph import inputs
 from ..ops import BUFFER_KINDS
 from ..shapes import parameter_shapes
 
-RESERVED = {"x", "y", "n", "P", "G", "seed", "loss", "np", "EMPTY4", "EMPTY2", "smoothing"}
+RESERVED = {"x", "y", "n", "P", "G", "seed", "loss", "np", "EMPTY4", "EMPTY2", "EMPTY1", "smoothing"}
 
 
 class ParamLayout:

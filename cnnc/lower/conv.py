@@ -68,32 +68,27 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
     src, *residual = ctx.inputs(node)  # a second input is a residual fused in (passes/fuse_add.py)
     res = ctx.var(residual[0]) if residual else "EMPTY4"
     relu = data.get("activation") == "relu"
-    weight, b = ctx.param(node, "weight"), bias(ctx, node)
+    weight, b, scale = ctx.param(node, "weight"), bias(ctx, node), "EMPTY1"
     lines = []
-    if data.get("folded_bn"):
-        bn = data["folded_bn"]
-        eps = data["folded_eps"]
-        w_shape = ctx.layout.slots[f"{node}.weight"][1]
+    if data.get("folded_bn"):  # the kernel scales its outputs: norm.batchnorm_scale_shift
+        bn, filters, v = data["folded_bn"], data["attrs"]["filters"], ctx.var(node)
         lines += [
-            f"{ctx.var(node)}_w = np.empty({w_shape}, np.float32)",
-            f"{ctx.var(node)}_b = np.empty({w_shape[0]}, np.float32)",
-            f"fold_batchnorm({weight}, {b}, {ctx.param(bn, 'gamma')}, {ctx.param(bn, 'beta')},",
-            f"               {ctx.param(bn, 'running_mean')}, {ctx.param(bn, 'running_var')}, {eps},"
-            f" {ctx.var(node)}_w, {ctx.var(node)}_b)",
+            f"{v}_scale, {v}_shift = np.empty({filters}, np.float32), np.empty({filters}, np.float32)",
+            f"batchnorm_scale_shift({b}, {ctx.param(bn, 'gamma')}, {ctx.param(bn, 'beta')}, "
+            f"{ctx.param(bn, 'running_mean')},",
+            f"                      {ctx.param(bn, 'running_var')}, {data['folded_eps']}, {v}_scale, {v}_shift)",
         ]
-        weight, b = f"{ctx.var(node)}_w", f"{ctx.var(node)}_b"
+        b, scale = f"{v}_shift", f"{v}_scale"
     sh, sw, top, left = geometry(ctx, node)
+    head = f"{ctx.var(src)}, {weight}, {b}, {scale}, {res}, {ctx.var(node)}"
     if winograd(ctx, node):
         allow_f4 = not training  # F(4x4)'s coarser rounding only where no gradient follows: kernels/winograd.py
-        call = (f"conv3x3_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
-                f"{scalars(top, left, relu, allow_f4)})")
+        call = f"conv3x3_forward({head}, {scalars(top, left, relu, allow_f4)})"
     elif direct(ctx, node):
-        call = (f"direct_forward({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
-                f"{scalars(sh, sw, top, left, *data['attrs']['dilation'], relu)})")
+        call = f"direct_forward({head}, {scalars(sh, sw, top, left, *data['attrs']['dilation'], relu)})"
     else:
         kernel = "depthwise_forward" if depthwise(ctx, node) else "conv2d_forward"
-        call = (f"{kernel}({ctx.var(src)}, {weight}, {b}, {res}, {ctx.var(node)}, "
-                f"{scalars(sh, sw, top, left, *spacing(ctx, node), relu)})")
+        call = f"{kernel}({head}, {scalars(sh, sw, top, left, *spacing(ctx, node), relu)})"
     return lines + [ctx.empty(node), call]
 
 

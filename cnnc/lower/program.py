@@ -64,7 +64,8 @@ def header(g: nx.DiGraph, layout: ParamLayout, body: list[str]) -> list[str]:
     for module, names in kernel_imports("\n".join(body)).items():
         lines.append(f"from cnnc.kernels.{module} import {', '.join(names)}")
     return lines + ["", "EMPTY4 = np.empty((0, 0, 0, 0), np.float32)  # an array that is not there: no residual, "
-                    "an input gradient nobody needs", "EMPTY2 = np.empty((0, 0), np.float32)"]
+                    "an input gradient nobody needs", "EMPTY2 = np.empty((0, 0), np.float32)",
+                    "EMPTY1 = np.empty(0, np.float32)  # no scale: a conv without a folded batchnorm"]
 
 
 def kernel_imports(code: str) -> dict[str, list[str]]:
