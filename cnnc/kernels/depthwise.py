@@ -202,6 +202,36 @@ def _forward_across_images(x, w, b, residual, out, stride_h, stride_w, pad_top, 
 
 
 @njit(cache=True, fastmath=True)
+def _masked_plane(out, dout, relu, g):
+    """g = dout where out > 0 (all of it without ReLU), one contiguous run; returns its sum. The
+    flag is tested outside the loops: tested per element, in the transposing loop this replaced,
+    the mask's unpredictable branch made a fused ReLU's backward 2.4x slower (512 channels of
+    4x4, 32 images: 1.48 against 0.62 ms)."""
+    total = g.dtype.type(0)
+    if relu:
+        for k in range(g.size):
+            v = dout[k] if out[k] > 0 else 0
+            g[k] = v
+            total += v
+    else:
+        for k in range(g.size):
+            g[k] = dout[k]
+            total += dout[k]
+    return total
+
+
+@njit(cache=True, fastmath=True)
+def _images_inner(planes, N, OH, OW, WPh, gt):
+    """gt[(p*WPh + q)*N + n] = planes[(n*OH + p)*OW + q]: N planes of OH x OW as one wide plane,
+    the image innermost (the columns q >= OW are left as they are)."""
+    for p in range(OH):
+        for q in range(OW):
+            dst, src = gt[(p * WPh + q) * N:], planes[p * OW + q:]
+            for n in range(N):
+                dst[n] = src[n * OH * OW]
+
+
+@njit(cache=True, fastmath=True)
 def _backward_across_images(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                             relu, need_dx):
     """depthwise_backward for small planes, the images innermost: the masked gradient as a wide
@@ -218,6 +248,7 @@ def _backward_across_images(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad
     xt = np.zeros(stride_h * stride_w * (HPh + 1) * WPh * N, x.dtype)
     dxt = np.empty(xt.size, x.dtype)
     gt = np.zeros(run, x.dtype)  # the discarded columns stay zero
+    masked = np.empty(N * OH * OW, x.dtype)
     zero = x.dtype.type(0)  # sums in float32: they vectorize
     for c in range(C):
         _phases_images_inner(x[c], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xt)
@@ -225,15 +256,8 @@ def _backward_across_images(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad
             for k in range(dxt.size):
                 dxt[k] = 0
         for f in range(c * mult, (c + 1) * mult):
-            total = 0.0
-            for n in range(N):
-                for p in range(OH):
-                    src, o, dst = dout[f, n, p], out[f, n, p], gt[p * WPh * N + n:]
-                    for q in range(OW):
-                        v = src[q] if not relu or o[q] > 0 else 0
-                        dst[q * N] = v
-                        total += v
-            db[f] = total
+            db[f] = _masked_plane(out[f].reshape(-1), dout[f].reshape(-1), relu, masked)
+            _images_inner(masked, N, OH, OW, WPh, gt)
             for t in range(KH * KW):
                 tap, s = xt[offsets[t] * N:], zero
                 for k in range(run):
