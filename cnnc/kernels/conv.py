@@ -532,4 +532,6 @@ def convtranspose_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_
     off = relu and not relu  # False, typed bool: a literal False would compile the callees once more
     conv2d_backward(g, w, x, x, dx, dw, unused_db, stride_h, stride_w, pad_top, pad_left, 1, 1, 1, off, off)
     if need_dx:  # dx += conv(g, w): the residual of conv2d_forward is dx itself
-        conv2d_forward(g, w, np.zeros(x.shape[0], x.dtype), np.empty(0, x.dtype), dx, dx, stride_h, stride_w, pad_top, pad_left, 1, 1, 1, off)
+        no_scale = np.empty(0, x.dtype)
+        conv2d_forward(g, w, np.zeros(x.shape[0], x.dtype), no_scale, dx, dx, stride_h, stride_w, pad_top, pad_left,
+                       1, 1, 1, off)
