@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from .aligned import aligned_rows
+from .conv import _factor
 
 # Output planes of at most this many elements run with the images innermost instead
 # (_forward_across_images, _backward_across_images): a plane of 2x2 outputs has too little work
@@ -38,7 +39,7 @@ def _scaled_filters(w, scale):
     F, C, KH, KW = w.shape
     out = np.empty((F, C, KH, KW), w.dtype)
     for f in range(F):  # loops: as an array expression (w[f] * s) this took 3 s longer to compile
-        s = scale[f] if scale.size != 0 else w.dtype.type(1)
+        s = _factor(scale, f)
         for c in range(C):
             for i in range(KH):
                 for j in range(KW):
