@@ -25,7 +25,7 @@ import numpy as np
 
 from .diagnostics import InputError, ModelError, warn
 from .frontend import check_source, optimized, read_model
-from . import lanes, memory
+from . import forked_lanes, lanes, memory
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
 from .precompile import compile_all, kernel_calls
@@ -178,12 +178,14 @@ class Network:
         # Per-channel (mean, std) float32 arrays subtracted from and dividing every input image, in
         # training and inference alike; set by the trainer or loaded with the weights (train/augment.py).
         self.normalization: tuple[np.ndarray, np.ndarray] | None = None
-        self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ...
+        self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ... (threads)
+        self.forked: forked_lanes.ForkedLanes | None = None  # the lanes' processes, when they are processes
         keep_freed_memory()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
         self.compile_seconds = None
+        self.compiled_training = False  # compile(training=True) has run: the kernels a training step calls are ready
         self.model_text: str | None = None  # the model file's text, when compiled from one (checkpoints hash it)
 
     def memory(self, mode: str = "inference", optimizer: str = "sgd") -> memory.Estimate:
@@ -231,6 +233,7 @@ class Network:
                              hint="make the largest layers smaller") from None
         compiled = compile_all(self.kernel_calls)
         self.compile_seconds = time.perf_counter() - started
+        self.compiled_training = self.compiled_training or training
         return compiled
 
     def check_input(self, x) -> np.ndarray:
@@ -272,6 +275,25 @@ class Network:
         return np.concatenate([self.module.forward(x[k * n // groups:(k + 1) * n // groups], self.vector)
                                for k in range(groups)])
 
+    def _forked_step(self, x, y, parts, seed, total, start, smoothing) -> list:
+        """The step's lanes as processes (cnnc/forked_lanes.py), forked when there are none yet for
+        this many lanes and images, after the kernels are compiled (the children inherit them)."""
+        with forked_lanes.one_step:
+            pool = self.forked
+            if pool is None or pool.broken or pool.count != len(parts) or pool.capacity < len(x) or not pool.alive():
+                if pool is not None:
+                    pool.close()
+                self.forked = None
+                if not self.compiled_training:
+                    self.compile(training=True)
+                lanes.set_blas_threads(1)  # before the fork: the children's too
+                widest = max((d["shape"][0] for _, d in self.training_graph.nodes(data=True) if d.get("shape")), default=1)
+                self.forked = pool = forked_lanes.ForkedLanes(
+                    self.module, self.vector, len(parts), len(x), self.input_shape, self.label_shape,
+                    self.grad_vector.size, 2 * widest)  # batchnorm's sums: 2 x channels
+            lanes.set_blas_threads(1)
+            return pool.step(x, y, parts, seed, total, start, smoothing, self.grad_vector)
+
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
         """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.
 
@@ -311,9 +333,13 @@ class Network:
         # One seed for the whole step: each image's dropout mask is keyed by its index in the step,
         # so the masks do not depend on how many lanes or processes share the step.
         seed = int(self.dropout_rng.integers(0, 2**31 - 1))
-        calls = [(x[part], y[part], self.vector, g, seed, total, start + part.start, float(smoothing))
-                 for part, g in zip(parts, grads)]
-        results = lanes.run(self.module.loss_and_grads, calls, threads, replicas=True, across=across)
+        if across is None and len(parts) > 1 and forked_lanes.available():
+            results = self._forked_step(x, y, parts, seed, total, start, float(smoothing))
+            grads = [self.grad_vector] + self.forked.grads[:len(parts) - 1]
+        else:
+            calls = [(x[part], y[part], self.vector, g, seed, total, start + part.start, float(smoothing))
+                     for part, g in zip(parts, grads)]
+            results = lanes.run(self.module.loss_and_grads, calls, threads, replicas=True, across=across)
         for g in grads[1:]:  # each lane's loss and gradients are its share of the step's
             self.grad_vector += g
         loss, correct = float(sum(loss for loss, _ in results)), sum(int(c) for _, c in results)
@@ -367,9 +393,9 @@ def allocate_parameters(layout: ParamLayout, g: nx.DiGraph, limit: int | None) -
     (more than `limit` bytes: zeros would be granted lazily, then initializing them would bring
     the machine to its knees)."""
     if limit is None or layout.size * 4 <= limit:
-        try:
-            return np.zeros(layout.size, np.float32)
-        except (MemoryError, ValueError):  # ValueError: more elements than an array can have
+        try:  # shared: a training step's lanes may be forked processes (cnnc/forked_lanes.py)
+            return forked_lanes.shared_zeros(layout.size, np.float32)
+        except (MemoryError, ValueError, OSError, OverflowError):  # more elements than an array or mapping can have
             pass
     biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
     loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
