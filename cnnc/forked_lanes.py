@@ -1,5 +1,5 @@
 """A training step's lanes as processes: lane 0 runs in this process, lanes 1, 2, ... in children
-forked from it, all of them reading the parameters and writing their gradients in shared memory.
+forked from it, which read a copy of the parameters and write their gradients in shared memory.
 
 Why processes and not threads (cnnc/lanes.py): the same two lanes of resnet20's batch-64 step
 took 58-66 ms as threads of one process, 55-59 ms as processes, and a lane alone 52 ms; two
@@ -7,25 +7,27 @@ threads that did not even meet were 5-11% slower per kernel than one (docs/perfo
 2026-12-01). Threads share the GIL, which every kernel call takes twice, and their meetings at
 the batchnorm sums woke a sleeping thread each time.
 
-What is shared, allocated before the fork (anonymous shared mappings): the parameter vector (the
-network's own, cnnc/runtime.py allocates it with `shared_zeros`), one gradient vector per child,
-the step's images and labels of the children's slices, their results, the step's scalars, the
-meeting arrays of kernels/meet.py and a line of error text per lane. Per step the parent writes
-the children's slices and the scalars, zeroes the meeting counts, and writes a byte to each
-child's pipe; a child runs the generated `loss_and_grads` on its slice, with a `SharedLane` as its
-replicas, and writes its lane number to the common `done` pipe, or the number + 128 after an
-exception, whose text it leaves for the parent. A child sleeps in `read` between steps, ignores
-Ctrl-C (the parent handles it and ends the children), and dies with the parent (Linux's parent
-death signal).
+A pool is the children and what they share, allocated before the fork in anonymous shared
+mappings: a copy of the parameter vector (the network's own stays private, so that a process
+the user forks never shares it), one gradient vector per child, the step's images and labels,
+each lane's slice, result and status, the step's scalars, the meeting arrays of kernels/meet.py
+and a line of error text per lane. Per step the parent copies the parameters and the children's
+slices in, zeroes the meeting counts, and writes a byte to the pipe of each child the step
+needs (a smaller last batch leaves some idle); a child runs the generated `loss_and_grads` on its
+slice with a `SharedLane` as its replicas, sets its status, and writes a byte to the common
+`done` pipe. A child sleeps in `read` between steps, ignores Ctrl-C (the parent handles it and
+ends the children) and ends when its pipe reaches its end: when the parent closes the pool or
+dies.
 
-The children are forked once the kernels are compiled, so they inherit them. They are ended
-when the network is closed or collected, at exit, after a Ctrl-C or a failure (the next step
-forks new ones), and when the step needs other lanes or more room than they were made for;
-weakref.finalize ends them at exit too.
+The children are forked once every kernel of a training step is loaded (they inherit the machine
+code) and while this process holds Numba's compiler lock (so no other thread holds it in the
+child's copy). They are ended when the pool is closed or collected, at exit, after a Ctrl-C or a
+failure (the next step forks new ones), and when a step needs more lanes or images than they
+were made for. A process forked from this one (multiprocessing's workers) disowns the pools it
+inherits: it closes their pipes and never touches their children or buffers.
 """
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import select
@@ -36,13 +38,16 @@ import time
 import weakref
 
 import numpy as np
+from numba.core.compiler_lock import global_compiler_lock
 
+from .diagnostics import CnncError
 from .kernels.meet import LINE, sum_across_lanes
 
 SPINS = 200_000  # turns of a meeting's spin (about a millisecond) before a lane sleeps a moment
 SLEEP = 50e-6
-DONE_TIMEOUT = 1.0  # seconds between checks that the children still live, while waiting for them
+DONE_TIMEOUT = 1000  # milliseconds between checks that the children still live, while waiting for them
 ERROR_BYTES = 2048
+RUNNING, FINISHED, FAILED, STOPPED = 0, 1, 2, 3  # a lane's status in a step; STOPPED: by another lane's failure
 
 
 def shared_zeros(shape, dtype) -> np.ndarray:
@@ -53,9 +58,15 @@ def shared_zeros(shape, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype, count).reshape(shape)
 
 
-def available() -> bool:
-    """Lanes can be processes: Linux (fork), unless $CNNC_LANES says threads."""
-    return sys.platform.startswith("linux") and os.environ.get("CNNC_LANES", "processes") != "threads"
+def available(lanes: int) -> bool:
+    """A step's `lanes` run as processes: on Linux (fork), when each lane has a CPU of its own (a
+    lane spins while it waits for the others), or whenever $CNNC_LANES says `processes`; never
+    when it says `threads`."""
+    choice = os.environ.get("CNNC_LANES", "")
+    if not sys.platform.startswith("linux") or choice == "threads" or lanes < 2:
+        return False
+    from .lanes import usable_cpus
+    return choice == "processes" or lanes <= usable_cpus()
 
 
 # One step at a time in this process: two threads stepping the same network would write the same
@@ -63,209 +74,286 @@ def available() -> bool:
 one_step = threading.Lock()
 
 
-class LaneFailed(RuntimeError):
+class LaneFailed(CnncError, RuntimeError):
     """A child lane raised, or died, during a step."""
+
+    def render(self) -> str:
+        return f"error: {self}\nhint: CNNC_LANES=threads runs a training step's lanes as threads of this process"
 
 
 class SharedLane:
     """One lane's Replicas (cnnc/replicas.py): its sums meet the other lanes' in shared memory."""
 
-    def __init__(self, lanes: "ForkedLanes", index: int):
-        self.lanes, self.index = lanes, index
-        self.count = lanes.count
+    def __init__(self, pool: "ForkedLanes", index: int, count: int):
+        self.pool, self.index, self.count = pool, index, count
         self.first = index == 0
         self.meetings = 0
 
     def sum(self, buffer: np.ndarray) -> None:
-        partials, arrived, abort = self.lanes.meeting
+        partials, arrived, abort = self.pool.meeting
         if buffer.dtype != np.float64 or buffer.size > partials.shape[2] or not buffer.flags.c_contiguous:
             raise ValueError(f"the lanes add up contiguous float64 buffers of at most {partials.shape[2]} values")
         self.meetings += 1
         while True:
-            done = sum_across_lanes(buffer, self.index, self.meetings, partials, arrived, abort, SPINS)
+            done = sum_across_lanes(buffer, self.index, self.count, self.meetings, partials, arrived, abort, SPINS)
             if done == 1:
                 return
             if done == -1:
                 raise LaneFailed("another lane of the step failed")
-            if self.first and not self.lanes.alive():  # a child that died would never arrive
+            if not self.pool.partners_live():  # a lane whose process died would never arrive
                 raise LaneFailed("a lane's process died during the training step")
             time.sleep(SLEEP)
 
 
 class ForkedLanes:
-    """`count` lanes of training steps: this process and count - 1 forked children, for batches
-    of up to `capacity` images; meetings of up to `width` float64s."""
+    """Up to `count` lanes of training steps: this process and count - 1 forked children, for
+    batches of up to `capacity` images; meetings of up to `width` float64s."""
 
-    def __init__(self, module, vector: np.ndarray, count: int, capacity: int, input_shape: tuple,
-                 label_shape: tuple, grad_size: int, width: int):
-        self.module, self.vector, self.count, self.capacity = module, vector, count, capacity
+    def __init__(self, module, count: int, capacity: int, input_shape: tuple, label_shape: tuple,
+                 param_size: int, grad_size: int, width: int):
+        self.module, self.count, self.capacity = module, count, capacity
+        self.owner = os.getpid()
+        self.params = shared_zeros(param_size, np.float32)
         self.x = shared_zeros((capacity,) + tuple(input_shape), np.float32)
         self.y = shared_zeros((capacity,) + tuple(label_shape), np.int64)
         self.grads = [shared_zeros(grad_size, np.float32) for _ in range(count - 1)]
         self.slices = shared_zeros((count, 3), np.int64)  # a lane's images in x, and its first image's index in the step
-        self.scalars = shared_zeros(3, np.float64)  # seed, total, smoothing
+        self.scalars = shared_zeros(4, np.float64)  # seed, total, smoothing, lanes
         self.results = shared_zeros((count, 2), np.float64)  # loss, correct
+        self.status = shared_zeros(count, np.int64)
         self.errors = shared_zeros((count, ERROR_BYTES), np.uint8)
         self.meeting = (shared_zeros((2, count, width), np.float64), shared_zeros(count * LINE, np.int64),
                         shared_zeros(1, np.int64))
         self.children: list[tuple[int, int]] = []  # (pid, the write end of its pipe)
+        self.reaped: set[int] = set()  # children already waited for: their pids may be someone else's now
         self.broken = False
         # Compiled (or loaded from Numba's cache) here, once, rather than in every child: a lone
-        # lane's meeting that gives up at once (the counts are zeroed before each step).
-        sum_across_lanes(np.zeros((2, 1)), 0, 1, *self.meeting, 1)
+        # lane's meeting, which finds itself alone and is done at once.
+        sum_across_lanes(np.zeros((2, 1)), 0, 1, 1, *self.meeting, 1)
+        self.meeting[1][:] = 0
+        self.done, done_write = os.pipe()  # the children's reports
+        self._finalizer = weakref.finalize(self, _end, self.children, self.reaped, self.done, self.owner)
+        _pools.add(self)
+        self._fork(done_write)
+
+    # ---- forking -----------------------------------------------------------------------------
+
+    def _fork(self, done_write: int) -> None:
+        """Forks the children, with Ctrl-C held back and Numba's compiler lock held; on a failure
+        ends the ones already forked, closes every pipe and raises."""
         parent = os.getpid()
-        done_read, done_write = os.pipe()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            for index in range(1, count):
-                go_read, go_write = os.pipe()
-                pid = os.fork()
-                if pid == 0:  # the child: never returns
-                    os.close(go_write)
-                    os.close(done_read)
-                    for _, other in self.children:
-                        os.close(other)
-                    self._serve(index, go_read, done_write, parent)
-                os.close(go_read)
-                self.children.append((pid, go_write))
+            with global_compiler_lock:
+                for index in range(1, self.count):
+                    go_read, go_write = os.pipe()
+                    try:
+                        pid = os.fork()
+                    except BaseException:
+                        os.close(go_read)
+                        os.close(go_write)
+                        raise
+                    if pid == 0:
+                        self._serve(index, go_read, done_write, parent, held)  # never returns
+                    os.close(go_read)
+                    self.children.append((pid, go_write))
         except BaseException:
             self.close()
             raise
         finally:
             os.close(done_write)
-        self.done = done_read
-        self._finalizer = weakref.finalize(self, _end, list(self.children), done_read)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     # ---- the child's side ------------------------------------------------------------------
 
-    def _serve(self, index: int, go: int, done: int, parent: int) -> None:
-        """A child's life: one step per byte read from `go`, until it reads anything else."""
+    def _serve(self, index: int, go: int, done: int, parent: int, mask) -> None:
+        """A child's life: one step per byte read from `go`, until the pipe ends."""
         status = 0
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _die_with_parent(parent)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _close_fds_but(0, 1, 2, go, done)
+            self.parent = parent
             while os.read(go, 1) == b"s":
-                os.write(done, bytes([index + 128 * (not self._run_slice(index))]))
+                self.status[index] = self._run_slice(index)
+                os.write(done, b"d")
         except BaseException:
             status = 1
         finally:
             os._exit(status)
 
-    def _run_slice(self, index: int) -> bool:
-        """Runs lane `index`'s slice of the step; False (the error's text left in `errors`) if it raised."""
+    def _run_slice(self, index: int) -> int:
+        """Runs lane `index`'s slice of the step; its status (the error's text left in `errors`)."""
         begin, end, first_image = (int(v) for v in self.slices[index])
-        seed, total, smoothing = self.scalars
+        seed, total, smoothing, lanes = self.scalars
         try:
             self.results[index] = self.module.loss_and_grads(
-                self.x[begin:end], self.y[begin:end], self.vector, self.grads[index - 1], int(seed), int(total),
-                first_image, float(smoothing), SharedLane(self, index))
-            return True
+                self.x[begin:end], self.y[begin:end], self.params, self.grads[index - 1], int(seed), int(total),
+                first_image, float(smoothing), SharedLane(self, index, int(lanes)))
+            return FINISHED
+        except LaneFailed:
+            return STOPPED
         except BaseException as error:
             self.meeting[2][0] = 1  # the other lanes stop waiting for this one
             text = f"{type(error).__name__}: {error}".encode("utf-8", "replace")[:ERROR_BYTES - 1]
             self.errors[index, :len(text)] = np.frombuffer(text, np.uint8)
             self.errors[index, len(text)] = 0
-            return False
+            return FAILED
+
+    def partners_live(self) -> bool:
+        """In the parent: every child still runs; in a child: the parent does."""
+        if os.getpid() == self.owner:
+            return self.alive()
+        return os.getppid() == self.parent
 
     # ---- the parent's side -----------------------------------------------------------------
 
-    def step(self, x: np.ndarray, y: np.ndarray, parts: list[slice], seed: int, total: int, start: int,
-             smoothing: float, grad0: np.ndarray) -> list:
-        """The step's lanes on `parts` of (x, y), lane 0 here (its gradients into grad0), the others in
-        the children (into `grads`); their (loss, correct) in lane order. Any failure, a Ctrl-C
-        included, ends the children (`broken`) before it is raised."""
+    def step(self, x: np.ndarray, y: np.ndarray, parts: list[slice], vector: np.ndarray, grad0: np.ndarray,
+             seed: int, total: int, start: int, smoothing: float) -> tuple[list, list]:
+        """The step's lanes on `parts` of (x, y) with the parameters `vector`: lane 0 here (its
+        gradients into grad0), the others in the children; their (loss, correct) and gradient
+        vectors, in lane order. Any failure, a Ctrl-C included, ends the children (`broken`)
+        before it is raised."""
+        lanes = len(parts)
         if self.broken or not self.alive():
             raise LaneFailed("the lanes' processes have ended")
+        self.params[:] = vector
         for index, part in enumerate(parts[1:], 1):
             self.x[part] = x[part]
             self.y[part] = y[part]
             self.slices[index] = part.start, part.stop, start + part.start
-        self.scalars[:] = seed, total, smoothing
-        self.errors[:, 0] = 0
+        self.scalars[:] = seed, total, smoothing, lanes
+        self.status[:] = RUNNING
         self.meeting[1][:] = 0
         self.meeting[2][0] = 0
         try:
-            for _, go in self.children:
-                os.write(go, b"s")
             try:
-                own = self.module.loss_and_grads(x[parts[0]], y[parts[0]], self.vector, grad0, seed, total, start,
-                                                 smoothing, SharedLane(self, 0))
-            except LaneFailed:  # stopped by a child's failure: the child's own error is the one to raise
-                self._wait()
+                for _, go in self.children[:lanes - 1]:
+                    os.write(go, b"s")
+            except OSError:  # a child's pipe has closed: it died
+                raise LaneFailed("a lane's process died before the training step") from None
+            try:
+                own = self.module.loss_and_grads(x[parts[0]], y[parts[0]], vector, grad0, seed, total, start,
+                                                 smoothing, SharedLane(self, 0, lanes))
+            except BaseException:
+                self.meeting[2][0] = 1
+                if isinstance(sys.exc_info()[1], LaneFailed):  # stopped by a child: its error is the one to raise
+                    self._wait(lanes - 1)
                 raise
-            self._wait()
+            self._wait(lanes - 1)
         except BaseException:
-            self.meeting[2][0] = 1
             self.close()
             raise
-        return [own] + [(float(loss), int(correct)) for loss, correct in self.results[1:]]
+        results = [own] + [(float(loss), int(correct)) for loss, correct in self.results[1:lanes]]
+        return results, [grad0] + self.grads[:lanes - 1]
 
-    def _wait(self) -> None:
-        """Until every child has reported the step; raises LaneFailed with a child's error, or
-        when a child died."""
-        pending, failed = set(range(1, self.count)), []
-        while pending:
-            ready, _, _ = select.select([self.done], [], [], DONE_TIMEOUT)
-            if not ready:
+    def _wait(self, reports: int) -> None:
+        """Until `reports` children have reported the step; raises a child's error (MemoryError as
+        itself, anything else as LaneFailed with its text), or LaneFailed when a child died."""
+        poller = select.poll()
+        poller.register(self.done, select.POLLIN)
+        while reports:
+            if not poller.poll(DONE_TIMEOUT):
                 if not self.alive():
                     raise LaneFailed("a lane's process died during the training step")
                 continue
-            reported = os.read(self.done, 64)
+            reported = os.read(self.done, 4096)
             if not reported:  # every child's end of the pipe is closed: they have ended
                 raise LaneFailed("a lane's process died during the training step")
-            for byte in reported:
-                pending.discard(byte % 128)
-                if byte >= 128:
-                    failed.append(byte % 128)
-        if failed:
-            text = bytes(self.errors[failed[0]]).split(b"\0", 1)[0].decode("utf-8", "replace")
-            raise LaneFailed(f"lane {failed[0]} of the training step failed: {text}")
+            reports -= len(reported)
+        failed = np.flatnonzero(self.status == FAILED)
+        if len(failed):
+            lane = int(failed[0])
+            text = bytes(self.errors[lane]).split(b"\0", 1)[0].decode("utf-8", "replace")
+            if text.startswith("MemoryError"):
+                raise MemoryError(f"lane {lane} of the training step: {text}")
+            raise LaneFailed(f"lane {lane} of the training step failed: {text}")
 
     def alive(self) -> bool:
-        """Every child still runs."""
+        """Every child still runs (the ones that ended are reaped)."""
+        live = True
         for pid, _ in self.children:
+            if pid in self.reaped:
+                live = False
+                continue
             try:
-                if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                    return False
-            except ChildProcessError:
-                return False
-        return True
+                ended = os.waitpid(pid, os.WNOHANG)[0] == pid
+            except ChildProcessError:  # reaped by someone else
+                ended = True
+            if ended:
+                self.reaped.add(pid)
+                live = False
+        return live
 
     def close(self) -> None:
         """Ends the children (now, without waiting for a step they may be in)."""
         self.broken = True
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is not None:
-            finalizer()
-        else:
-            _end(self.children, None)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a second Ctrl-C waits till they are ended
+        try:
+            self._finalizer()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def disown(self) -> None:
+        """In a process forked from the pool's owner: closes the inherited pipes, and never ends
+        the children, which are the owner's."""
+        self.broken = True
+        if hasattr(self, "_finalizer"):
+            self._finalizer.detach()
+        for fd in [self.done] + [go for _, go in self.children]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self.children = []
 
 
-def _end(children: list[tuple[int, int]], done: int | None) -> None:
-    """Kills and reaps the children and closes the pipes."""
+def _end(children: list[tuple[int, int]], reaped: set[int], done: int, owner: int) -> None:
+    """Kills and reaps the children and closes the pipes, in the process that forked them."""
+    if os.getpid() != owner:
+        return
     for pid, go in children:
-        for action in (lambda: os.close(go), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            os.close(go)
+        except OSError:
+            pass
+        if pid not in reaped:
             try:
-                action()
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
     for pid, _ in children:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-    if done is not None:
-        try:
-            os.close(done)
-        except OSError:
-            pass
-
-
-def _die_with_parent(parent: int) -> None:
-    """Asks Linux to kill this process when its parent ends (prctl PR_SET_PDEATHSIG)."""
+        if pid not in reaped:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            reaped.add(pid)
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+        os.close(done)
+    except OSError:
         pass
-    if os.getppid() != parent:  # the parent ended before the request was made
-        os._exit(0)
+
+
+def _close_fds_but(*kept: int) -> None:
+    """Closes every file descriptor of this process but `kept` (a child needs only its pipes)."""
+    previous = -1
+    for fd in sorted(set(kept)) + [os.sysconf("SC_OPEN_MAX")]:
+        if fd > previous + 1:  # closerange(k, k) would close everything from k on (Python 3.11)
+            os.closerange(previous + 1, fd)
+        previous = fd
+
+
+_pools: weakref.WeakSet = weakref.WeakSet()  # this process's pools, for the fork hook below
+
+
+def _disown_inherited() -> None:
+    """In any forked child: the pools it inherited are not its own."""
+    for pool in list(_pools):
+        if pool.owner != os.getpid():
+            pool.disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_inherited)

@@ -8,14 +8,15 @@ another process wanted a core (resnet20: a median of 5-18 ms).
 Splitting the whole network, not each kernel, costs one hand-over per call instead of one per
 layer, and keeps a lane's activations in its own core's caches.
 
-The lane count is $CNNC_THREADS, else the CPUs this process may run on. A training step's lanes
+The lane count is $CNNC_THREADS, else the CPUs this process may run on (`usable_cpus`). A training step's lanes
 are replicas (cnnc/replicas.py): each call gets its lane's handle, whose sum() adds the
 batchnorm statistics up across the lanes. On Linux a training step's lanes are processes
-instead (cnnc/forked_lanes.py, 5-10% faster); these threads then run inference, and the steps
-shared with other processes under MPI.
+instead (cnnc/forked_lanes.py, 5-10% faster); these threads then run inference, the steps
+shared with other processes under MPI, and steps of more lanes than CPUs.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -34,7 +35,19 @@ def lane_count() -> int:
     configured = os.environ.get("CNNC_THREADS", "").strip()
     if configured.isdigit() and int(configured) > 0:
         return int(configured)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on, and no more than its cgroup's CPU quota (a container's
+    `--cpus`) lets it use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2, or "max": no quota
+        return cpus
 
 
 # One call's lanes at a time: two steps started together from two threads could each get one of

@@ -42,6 +42,13 @@ def kernel_calls(module: types.ModuleType, probes: list[tuple[str, tuple]]) -> l
     return list(calls)
 
 
+def load_all(pairs) -> None:
+    """Loads each (kernel, argument types) pair's machine code into this process, from Numba's
+    cache or by compiling it (a process forked afterwards inherits it)."""
+    for kernel, signature in pairs:
+        kernel.compile(signature)
+
+
 def is_cached(kernel: CPUDispatcher, signature: tuple) -> bool:
     """Whether Numba's cache holds machine code for this signature (without loading it).
 

@@ -28,7 +28,7 @@ from .frontend import check_source, optimized, read_model
 from . import forked_lanes, lanes, memory
 from .lower.context import ParamLayout
 from .lower.program import Lowered, lower
-from .precompile import compile_all, kernel_calls
+from .precompile import compile_all, kernel_calls, load_all
 from .ops import BUFFER_KINDS
 
 
@@ -180,12 +180,14 @@ class Network:
         self.normalization: tuple[np.ndarray, np.ndarray] | None = None
         self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ... (threads)
         self.forked: forked_lanes.ForkedLanes | None = None  # the lanes' processes, when they are processes
+        self.fork_failed = False  # forking them failed once: the lanes stay threads
         keep_freed_memory()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
         self.compile_seconds = None
-        self.compiled_training = False  # compile(training=True) has run: the kernels a training step calls are ready
+        self.compiled_training = False  # compile(training=True) has run: training_calls lists a step's kernels
+        self.training_calls: list = []
         self.model_text: str | None = None  # the model file's text, when compiled from one (checkpoints hash it)
 
     def memory(self, mode: str = "inference", optimizer: str = "sgd") -> memory.Estimate:
@@ -233,7 +235,9 @@ class Network:
                              hint="make the largest layers smaller") from None
         compiled = compile_all(self.kernel_calls)
         self.compile_seconds = time.perf_counter() - started
-        self.compiled_training = self.compiled_training or training
+        if training:
+            self.training_calls = self.kernel_calls
+            self.compiled_training = True
         return compiled
 
     def check_input(self, x) -> np.ndarray:
@@ -275,24 +279,33 @@ class Network:
         return np.concatenate([self.module.forward(x[k * n // groups:(k + 1) * n // groups], self.vector)
                                for k in range(groups)])
 
-    def _forked_step(self, x, y, parts, seed, total, start, smoothing) -> list:
-        """The step's lanes as processes (cnnc/forked_lanes.py), forked when there are none yet for
-        this many lanes and images, after the kernels are compiled (the children inherit them)."""
+    def _forked_step(self, x, y, parts, seed, total, start, smoothing) -> tuple[list, list] | None:
+        """The step's lanes as processes (cnnc/forked_lanes.py): their results and gradient vectors;
+        None when processes cannot be forked here (the step then runs on threads). The children
+        are forked when there are none yet for this many lanes and images, once every kernel of a
+        training step is loaded (they inherit it); a smaller step leaves some of them idle."""
         with forked_lanes.one_step:
             pool = self.forked
-            if pool is None or pool.broken or pool.count != len(parts) or pool.capacity < len(x) or not pool.alive():
+            if pool is None or pool.broken or pool.count < len(parts) or pool.capacity < len(x) or not pool.alive():
                 if pool is not None:
                     pool.close()
                 self.forked = None
                 if not self.compiled_training:
                     self.compile(training=True)
+                load_all(self.training_calls)
                 lanes.set_blas_threads(1)  # before the fork: the children's too
                 widest = max((d["shape"][0] for _, d in self.training_graph.nodes(data=True) if d.get("shape")), default=1)
-                self.forked = pool = forked_lanes.ForkedLanes(
-                    self.module, self.vector, len(parts), len(x), self.input_shape, self.label_shape,
-                    self.grad_vector.size, 2 * widest)  # batchnorm's sums: 2 x channels
+                count, capacity = max(len(parts), pool.count if pool else 0), max(len(x), pool.capacity if pool else 0)
+                try:
+                    self.forked = pool = forked_lanes.ForkedLanes(
+                        self.module, count, capacity, self.input_shape, self.label_shape, self.vector.size,
+                        self.grad_vector.size, 2 * widest)  # batchnorm's sums: 2 x channels
+                except OSError as error:  # no more processes or memory for them: threads it is
+                    warn(f"training on threads: the lanes' processes could not be started ({error.strerror})")
+                    self.fork_failed = True
+                    return None
             lanes.set_blas_threads(1)
-            return pool.step(x, y, parts, seed, total, start, smoothing, self.grad_vector)
+            return pool.step(x, y, parts, self.vector, self.grad_vector, seed, total, start, smoothing)
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
         """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.
@@ -327,16 +340,18 @@ class Network:
         n, threads = len(x), lanes.lane_count()
         total = n if total is None else total
         parts = lanes.slices(n, threads)
-        while len(self.lane_grads) < len(parts) - 1:
-            self.lane_grads.append(np.empty_like(self.grad_vector))
-        grads = [self.grad_vector] + self.lane_grads[:len(parts) - 1]
         # One seed for the whole step: each image's dropout mask is keyed by its index in the step,
         # so the masks do not depend on how many lanes or processes share the step.
         seed = int(self.dropout_rng.integers(0, 2**31 - 1))
-        if across is None and len(parts) > 1 and forked_lanes.available():
-            results = self._forked_step(x, y, parts, seed, total, start, float(smoothing))
-            grads = [self.grad_vector] + self.forked.grads[:len(parts) - 1]
+        forked = None
+        if across is None and not self.fork_failed and forked_lanes.available(len(parts)):
+            forked = self._forked_step(x, y, parts, seed, total, start, float(smoothing))
+        if forked is not None:
+            results, grads = forked
         else:
+            while len(self.lane_grads) < len(parts) - 1:
+                self.lane_grads.append(np.empty_like(self.grad_vector))
+            grads = [self.grad_vector] + self.lane_grads[:len(parts) - 1]
             calls = [(x[part], y[part], self.vector, g, seed, total, start + part.start, float(smoothing))
                      for part, g in zip(parts, grads)]
             results = lanes.run(self.module.loss_and_grads, calls, threads, replicas=True, across=across)
@@ -393,9 +408,9 @@ def allocate_parameters(layout: ParamLayout, g: nx.DiGraph, limit: int | None) -
     (more than `limit` bytes: zeros would be granted lazily, then initializing them would bring
     the machine to its knees)."""
     if limit is None or layout.size * 4 <= limit:
-        try:  # shared: a training step's lanes may be forked processes (cnnc/forked_lanes.py)
-            return forked_lanes.shared_zeros(layout.size, np.float32)
-        except (MemoryError, ValueError, OSError, OverflowError):  # more elements than an array or mapping can have
+        try:
+            return np.zeros(layout.size, np.float32)
+        except (MemoryError, ValueError):  # ValueError: more elements than an array can have
             pass
     biggest = max(layout.slots, key=lambda n: math.prod(layout.slots[n][1]))
     loc = g.nodes[biggest.rsplit(".", 1)[0]]["loc"]
