@@ -197,6 +197,12 @@ def test_the_installed_command_on_a_missing_file(tmp_path):
     assert result.returncode == 1 and "cannot read" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_python_dash_m_cnnc_is_the_command(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cnnc", "compile", str(tmp_path / "nope.cnn")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
 # -- examples and docs ------------------------------------------------------------------------
 
 
