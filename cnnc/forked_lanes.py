@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import select
 import signal
 import sys
@@ -50,11 +51,14 @@ ERROR_BYTES = 2048
 RUNNING, FINISHED, FAILED, STOPPED = 0, 1, 2, 3  # a lane's status in a step; STOPPED: by another lane's failure
 
 
-def shared_zeros(shape, dtype) -> np.ndarray:
-    """A zeroed array in an anonymous shared mapping: a forked child and its parent see one array."""
+def shared_zeros(shape, dtype, mappings: list | None = None) -> np.ndarray:
+    """A zeroed array in an anonymous shared mapping: a forked child and its parent see one array.
+    The mapping is appended to `mappings`."""
     dtype = np.dtype(dtype)
     count = int(np.prod(shape))
     buffer = mmap.mmap(-1, max(1, count * dtype.itemsize))
+    if mappings is not None:
+        mappings.append(buffer)
     return np.frombuffer(buffer, dtype, count).reshape(shape)
 
 
@@ -113,17 +117,18 @@ class ForkedLanes:
                  param_size: int, grad_size: int, width: int):
         self.module, self.count, self.capacity = module, count, capacity
         self.owner = os.getpid()
-        self.params = shared_zeros(param_size, np.float32)
-        self.x = shared_zeros((capacity,) + tuple(input_shape), np.float32)
-        self.y = shared_zeros((capacity,) + tuple(label_shape), np.int64)
-        self.grads = [shared_zeros(grad_size, np.float32) for _ in range(count - 1)]
-        self.slices = shared_zeros((count, 3), np.int64)  # a lane's images in x, and its first image's index in the step
-        self.scalars = shared_zeros(4, np.float64)  # seed, total, smoothing, lanes
-        self.results = shared_zeros((count, 2), np.float64)  # loss, correct
-        self.status = shared_zeros(count, np.int64)
-        self.errors = shared_zeros((count, ERROR_BYTES), np.uint8)
-        self.meeting = (shared_zeros((2, count, width), np.float64), shared_zeros(count * LINE, np.int64),
-                        shared_zeros(1, np.int64))
+        self.mappings: list[mmap.mmap] = []
+        shared = lambda shape, dtype: shared_zeros(shape, dtype, self.mappings)  # noqa: E731
+        self.params = shared(param_size, np.float32)
+        self.x = shared((capacity,) + tuple(input_shape), np.float32)
+        self.y = shared((capacity,) + tuple(label_shape), np.int64)
+        self.grads = [shared(grad_size, np.float32) for _ in range(count - 1)]
+        self.slices = shared((count, 3), np.int64)  # a lane's images in x, and its first image's index in the step
+        self.scalars = shared(4, np.float64)  # seed, total, smoothing, lanes
+        self.results = shared((count, 2), np.float64)  # loss, correct
+        self.status = shared(count, np.int64)
+        self.errors = shared((count, ERROR_BYTES), np.uint8)
+        self.meeting = (shared((2, count, width), np.float64), shared(count * LINE, np.int64), shared(1, np.int64))
         self.children: list[tuple[int, int]] = []  # (pid, the write end of its pipe)
         self.reaped: set[int] = set()  # children already waited for: their pids may be someone else's now
         self.broken = False
@@ -135,34 +140,45 @@ class ForkedLanes:
         self._finalizer = weakref.finalize(self, _end, self.children, self.reaped, self.done, self.owner)
         _pools.add(self)
         self._fork(done_write)
+        for mapping in self.mappings:  # processes forked later (other pools' children, a user's) do not map them
+            mapping.madvise(mmap.MADV_DONTFORK)
 
     # ---- forking -----------------------------------------------------------------------------
 
     def _fork(self, done_write: int) -> None:
-        """Forks the children, with Ctrl-C held back and Numba's compiler lock held; on a failure
+        """Forks the children, holding Numba's compiler lock and then Ctrl-C back; on a failure
         ends the ones already forked, closes every pipe and raises."""
         parent = os.getpid()
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             with global_compiler_lock:
-                for index in range(1, self.count):
-                    go_read, go_write = os.pipe()
-                    try:
-                        pid = os.fork()
-                    except BaseException:
-                        os.close(go_read)
-                        os.close(go_write)
-                        raise
-                    if pid == 0:
-                        self._serve(index, go_read, done_write, parent, held)  # never returns
-                    os.close(go_read)
-                    self.children.append((pid, go_write))
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                try:
+                    for index in range(1, self.count):
+                        self._fork_child(index, done_write, parent, held)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
         except BaseException:
             self.close()
             raise
         finally:
             os.close(done_write)
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _fork_child(self, index: int, done_write: int, parent: int, mask) -> None:
+        go_read, go_write = os.pipe()
+        pid = None
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._serve(index, go_read, done_write, parent, mask)  # never returns
+            self.children.append((pid, go_write))
+        except BaseException:  # an interrupt delivered to another thread lands here even so
+            if pid is not None and (pid, go_write) not in self.children:
+                self.children.append((pid, go_write))  # close() kills and reaps it and closes the pipe
+            elif pid is None:
+                os.close(go_write)
+            raise
+        finally:
+            os.close(go_read)
 
     # ---- the child's side ------------------------------------------------------------------
 
@@ -196,10 +212,22 @@ class ForkedLanes:
             return STOPPED
         except BaseException as error:
             self.meeting[2][0] = 1  # the other lanes stop waiting for this one
-            text = f"{type(error).__name__}: {error}".encode("utf-8", "replace")[:ERROR_BYTES - 1]
-            self.errors[index, :len(text)] = np.frombuffer(text, np.uint8)
-            self.errors[index, len(text)] = 0
+            self._leave_error(index, error)
             return FAILED
+
+    def _leave_error(self, index: int, error: BaseException) -> None:
+        """The error, pickled, in lane `index`'s line of `errors` (its length first), or its text
+        as a LaneFailed when it does not pickle or fit."""
+        try:
+            data = pickle.dumps(error)
+        except Exception:
+            data = b""
+        if not data or len(data) > ERROR_BYTES - 8:
+            text = f"lane {index} of the training step failed: {type(error).__name__}: {error}"
+            data = pickle.dumps(LaneFailed(text[:ERROR_BYTES // 2]))
+        line = self.errors[index]
+        line[:8] = np.frombuffer(len(data).to_bytes(8, "little"), np.uint8)
+        line[8:8 + len(data)] = np.frombuffer(data, np.uint8)
 
     def partners_live(self) -> bool:
         """In the parent: every child still runs; in a child: the parent does."""
@@ -249,8 +277,8 @@ class ForkedLanes:
         return results, [grad0] + self.grads[:lanes - 1]
 
     def _wait(self, reports: int) -> None:
-        """Until `reports` children have reported the step; raises a child's error (MemoryError as
-        itself, anything else as LaneFailed with its text), or LaneFailed when a child died."""
+        """Until `reports` children have reported the step; raises a child's error (itself, or a
+        LaneFailed with its text when it does not pickle), or LaneFailed when a child died."""
         poller = select.poll()
         poller.register(self.done, select.POLLIN)
         while reports:
@@ -263,12 +291,9 @@ class ForkedLanes:
                 raise LaneFailed("a lane's process died during the training step")
             reports -= len(reported)
         failed = np.flatnonzero(self.status == FAILED)
-        if len(failed):
-            lane = int(failed[0])
-            text = bytes(self.errors[lane]).split(b"\0", 1)[0].decode("utf-8", "replace")
-            if text.startswith("MemoryError"):
-                raise MemoryError(f"lane {lane} of the training step: {text}")
-            raise LaneFailed(f"lane {lane} of the training step failed: {text}")
+        if len(failed):  # the error the first failing lane raised, as the thread lanes would raise it
+            line = bytes(self.errors[int(failed[0])])
+            raise pickle.loads(line[8:8 + int.from_bytes(line[:8], "little")])
 
     def alive(self) -> bool:
         """Every child still runs (the ones that ended are reaped)."""
@@ -289,6 +314,7 @@ class ForkedLanes:
     def close(self) -> None:
         """Ends the children (now, without waiting for a step they may be in)."""
         self.broken = True
+        _pools.discard(self)  # its pipes are closed: a later fork must not close their numbers again
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a second Ctrl-C waits till they are ended
         try:
             self._finalizer()
@@ -299,14 +325,14 @@ class ForkedLanes:
         """In a process forked from the pool's owner: closes the inherited pipes, and never ends
         the children, which are the owner's."""
         self.broken = True
-        if hasattr(self, "_finalizer"):
-            self._finalizer.detach()
+        _pools.discard(self)
+        if self._finalizer.detach() is None:  # closed already: its fd numbers may be another file's now
+            return
         for fd in [self.done] + [go for _, go in self.children]:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.children = []
 
 
 def _end(children: list[tuple[int, int]], reaped: set[int], done: int, owner: int) -> None:

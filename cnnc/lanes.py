@@ -16,7 +16,6 @@ shared with other processes under MPI, and steps of more lanes than CPUs.
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -40,14 +39,32 @@ def lane_count() -> int:
 
 def usable_cpus() -> int:
     """The CPUs this process may run on, and no more than its cgroup's CPU quota (a container's
-    `--cpus`) lets it use."""
+    `--cpus`, systemd's CPUQuota) lets it keep busy."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return cpus if quota is None else max(1, min(cpus, int(quota)))
+
+
+@cache
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> float | None:
+    """The smallest CPU quota (cgroup v2 `cpu.max`) of this process's cgroup and its ancestors, in
+    CPUs; None without one. Read once: reading it at every call would cost batch-1 latency."""
     try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()
-        return max(1, min(cpus, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):  # no cgroup v2, or "max": no quota
-        return cpus
+        with open(membership) as f:
+            path = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    quotas = []
+    while True:
+        try:
+            with open(os.path.join(root, path.lstrip("/"), "cpu.max")) as f:
+                limit, period = f.read().split()
+            quotas.append(int(limit) / int(period))
+        except (OSError, ValueError):  # no such file, or "max": no quota at this level
+            pass
+        if path in ("/", ""):
+            return min(quotas, default=None)
+        path = os.path.dirname(path)
 
 
 # One call's lanes at a time: two steps started together from two threads could each get one of

@@ -287,15 +287,16 @@ class Network:
         with forked_lanes.one_step:
             pool = self.forked
             if pool is None or pool.broken or pool.count < len(parts) or pool.capacity < len(x) or not pool.alive():
-                if pool is not None:
+                count, capacity = len(parts), len(x)
+                if pool is not None:  # the next pool serves the most lanes and images of either
+                    count, capacity = max(count, pool.count), max(capacity, pool.capacity)
                     pool.close()
-                self.forked = None
+                self.forked = pool = None  # collected before the next is forked: its memory is freed
                 if not self.compiled_training:
                     self.compile(training=True)
                 load_all(self.training_calls)
                 lanes.set_blas_threads(1)  # before the fork: the children's too
                 widest = max((d["shape"][0] for _, d in self.training_graph.nodes(data=True) if d.get("shape")), default=1)
-                count, capacity = max(len(parts), pool.count if pool else 0), max(len(x), pool.capacity if pool else 0)
                 try:
                     self.forked = pool = forked_lanes.ForkedLanes(
                         self.module, count, capacity, self.input_shape, self.label_shape, self.vector.size,

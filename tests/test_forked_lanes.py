@@ -114,10 +114,9 @@ def test_a_smaller_step_leaves_children_idle_instead_of_forking_again(monkeypatc
 def test_a_childs_error_is_raised_here_and_the_next_step_forks_anew(monkeypatch):
     net = network(monkeypatch, 2)
     real = failing_lane(net, monkeypatch, 6, ValueError("a test's failure in lane 1"))
-    with pytest.raises(forked_lanes.LaneFailed, match="a test's failure in lane 1") as raised:
+    with pytest.raises(ValueError, match="a test's failure in lane 1"):  # as the thread lanes raise it
         steps(net, 1)
     assert net.forked.broken and all(gone(pid) for pid in children(net))
-    assert "CNNC_LANES=threads" in raised.value.render()
     monkeypatch.setattr(net.module, "loss_and_grads", real)
     after = steps(net, 1)[0]
     assert np.isfinite(after[0]) and not net.forked.broken
@@ -127,7 +126,18 @@ def test_the_failing_lane_is_named_not_the_lanes_it_stopped(monkeypatch):
     """Three lanes, the last one fails: lane 1, stopped at a meeting by it, is not what is reported."""
     net = network(monkeypatch, 3)
     failing_lane(net, monkeypatch, 8, ValueError("the real failure"))
-    with pytest.raises(forked_lanes.LaneFailed, match="lane 2 .*the real failure"):
+    with pytest.raises(ValueError, match="the real failure"):
+        steps(net, 1)
+
+
+def test_an_error_that_does_not_pickle_arrives_as_its_text(monkeypatch):
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    net = network(monkeypatch, 2)
+    failing_lane(net, monkeypatch, 6, Unpicklable("its words"))
+    with pytest.raises(forked_lanes.LaneFailed, match="lane 1 .*Unpicklable: its words"):
         steps(net, 1)
 
 
@@ -152,10 +162,11 @@ def test_a_child_that_dies_during_the_step_is_reported_not_waited_for(monkeypatc
     signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the step waited for a dead lane"))
     signal.alarm(60)
     try:
-        with pytest.raises(forked_lanes.LaneFailed, match="died"):
+        with pytest.raises(forked_lanes.LaneFailed, match="died") as raised:
             steps(net, 1)
     finally:
         signal.alarm(0)
+    assert "CNNC_LANES=threads" in raised.value.render()
 
 
 def test_a_child_killed_between_steps_is_replaced(monkeypatch):
@@ -184,6 +195,65 @@ def test_an_interrupt_in_this_lane_ends_the_children(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         steps(net, 1)
     assert net.forked.broken and all(gone(pid) for pid in pids)
+
+
+def my_children() -> set[int]:
+    """The live processes whose parent is this one."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(os.getpid()) and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def test_a_real_ctrl_c_in_a_step_leaves_no_child_behind(monkeypatch):
+    net = network(monkeypatch, 2)
+    steps(net, 1)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        steps(net, 1000)
+    timer.join()
+    assert my_children() <= set(children(net)) and (net.forked.broken or not my_children() ^ set(children(net)))
+    steps(net, 1)
+    assert my_children() == set(children(net))
+
+
+def test_forking_after_a_failed_step_leaves_the_programs_files_alone(monkeypatch, tmp_path):
+    """A failed step closes its pool's pipes; their numbers, reused by files opened afterwards,
+    must not be closed by the fork hook, nor by the next pool's children."""
+    net = network(monkeypatch, 2)
+    real = failing_lane(net, monkeypatch, 6, ValueError("fails once"))
+    with pytest.raises(ValueError):
+        steps(net, 1)
+    monkeypatch.setattr(net.module, "loss_and_grads", real)
+    with open(tmp_path / "log", "w") as log:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(log.fileno(), b"the child writes")
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        assert os.waitpid(pid, 0)[1] == 0
+        steps(net, 1, n=16)  # a new pool, wider than the last
+        log.write(" and so does this process")
+    assert (tmp_path / "log").read_text() == "the child writes and so does this process"
+
+
+def test_two_networks_step_side_by_side(monkeypatch):
+    threads = steps(network(monkeypatch, 2, "threads"), 2)
+    a, b = network(monkeypatch, 2), network(monkeypatch, 2)
+    first_a, first_b = steps(a, 1), steps(b, 1)
+    second_a, second_b = steps(a, 1), steps(b, 1)
+    assert_same_steps(first_a + second_a, threads)
+    assert_same_steps(first_b + second_b, threads)
+    assert not set(children(a)) & set(children(b))
 
 
 def test_closing_ends_the_children(monkeypatch):

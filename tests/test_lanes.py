@@ -179,3 +179,16 @@ def test_inference_in_groups_equals_one_call_per_lane(monkeypatch):
         net.forward_group, calls[:] = group, []
         assert relative_error(net.forward(x), whole) < 1e-6
         assert sorted(calls, reverse=True) == sizes
+
+
+def test_the_cgroup_cpu_quota_is_the_smallest_on_the_path(tmp_path):
+    """A container limited to 1.5 CPUs inside a slice without a limit: 1.5 CPUs, so one lane."""
+    (tmp_path / "proc").write_text("12:cpu:/ignored\n0::/slice/container\n")
+    (tmp_path / "slice" / "container").mkdir(parents=True)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "slice" / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "slice" / "container" / "cpu.max").write_text("150000 100000\n")
+    assert lanes.cgroup_cpu_quota(str(tmp_path), str(tmp_path / "proc")) == 1.5
+    (tmp_path / "slice" / "container" / "cpu.max").write_text("max 100000\n")
+    assert lanes.cgroup_cpu_quota.__wrapped__(str(tmp_path), str(tmp_path / "proc")) == 4.0
+    assert lanes.cgroup_cpu_quota.__wrapped__(str(tmp_path / "none"), str(tmp_path / "proc")) is None
