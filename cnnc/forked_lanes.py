@@ -44,7 +44,12 @@ from numba.core.compiler_lock import global_compiler_lock
 from .diagnostics import CnncError
 from .kernels.meet import LINE, sum_across_lanes
 
-SPINS = 200_000  # turns of a meeting's spin (about a millisecond) before a lane sleeps a moment
+# A lane that waits at a meeting spins SPINS turns (about 50 us), then gives its core away
+# (sched_yield) between spins YIELDS times, then sleeps SLEEP between them. resnet20's batch-64
+# step, two lanes beside a busy process: 117-118 ms so, 126-130 spinning a millisecond at a time
+# (threads: 114-120); on an idle machine both 57-61 ms (docs/performance.md, 2026-12-01).
+SPINS = 10_000
+YIELDS = 100
 SLEEP = 50e-6
 DONE_TIMEOUT = 1000  # milliseconds between checks that the children still live, while waiting for them
 ERROR_BYTES = 2048
@@ -98,6 +103,7 @@ class SharedLane:
         if buffer.dtype != np.float64 or buffer.size > partials.shape[2] or not buffer.flags.c_contiguous:
             raise ValueError(f"the lanes add up contiguous float64 buffers of at most {partials.shape[2]} values")
         self.meetings += 1
+        waits = 0
         while True:
             done = sum_across_lanes(buffer, self.index, self.count, self.meetings, partials, arrived, abort, SPINS)
             if done == 1:
@@ -106,7 +112,11 @@ class SharedLane:
                 raise LaneFailed("another lane of the step failed")
             if not self.pool.partners_live():  # a lane whose process died would never arrive
                 raise LaneFailed("a lane's process died during the training step")
-            time.sleep(SLEEP)
+            waits += 1
+            if waits <= YIELDS:
+                os.sched_yield()
+            else:
+                time.sleep(SLEEP)
 
 
 class ForkedLanes:
