@@ -43,6 +43,7 @@ from numba.core.compiler_lock import global_compiler_lock
 
 from .diagnostics import CnncError
 from .kernels.meet import LINE, sum_across_lanes
+from .lanes import usable_cpus
 
 # A lane that waits at a meeting spins SPINS turns (about 50 us), then gives its core away
 # (sched_yield) between spins YIELDS times, then sleeps SLEEP between them. resnet20's batch-64
@@ -74,7 +75,6 @@ def available(lanes: int) -> bool:
     choice = os.environ.get("CNNC_LANES", "")
     if not sys.platform.startswith("linux") or choice == "threads" or lanes < 2:
         return False
-    from .lanes import usable_cpus
     return choice == "processes" or lanes <= usable_cpus()
 
 
@@ -128,17 +128,17 @@ class ForkedLanes:
         self.module, self.count, self.capacity = module, count, capacity
         self.owner = os.getpid()
         self.mappings: list[mmap.mmap] = []
-        shared = lambda shape, dtype: shared_zeros(shape, dtype, self.mappings)  # noqa: E731
-        self.params = shared(param_size, np.float32)
-        self.x = shared((capacity,) + tuple(input_shape), np.float32)
-        self.y = shared((capacity,) + tuple(label_shape), np.int64)
-        self.grads = [shared(grad_size, np.float32) for _ in range(count - 1)]
-        self.slices = shared((count, 3), np.int64)  # a lane's images in x, and its first image's index in the step
-        self.scalars = shared(4, np.float64)  # seed, total, smoothing, lanes
-        self.results = shared((count, 2), np.float64)  # loss, correct
-        self.status = shared(count, np.int64)
-        self.errors = shared((count, ERROR_BYTES), np.uint8)
-        self.meeting = (shared((2, count, width), np.float64), shared(count * LINE, np.int64), shared(1, np.int64))
+        self.params = self._shared(param_size, np.float32)
+        self.x = self._shared((capacity,) + tuple(input_shape), np.float32)
+        self.y = self._shared((capacity,) + tuple(label_shape), np.int64)
+        self.grads = [self._shared(grad_size, np.float32) for _ in range(count - 1)]
+        self.slices = self._shared((count, 3), np.int64)  # a lane's images in x, and its first image's index in the step
+        self.scalars = self._shared(4, np.float64)  # seed, total, smoothing, lanes
+        self.results = self._shared((count, 2), np.float64)  # loss, correct
+        self.status = self._shared(count, np.int64)
+        self.errors = self._shared((count, ERROR_BYTES), np.uint8)
+        self.meeting = (self._shared((2, count, width), np.float64), self._shared(count * LINE, np.int64),
+                        self._shared(1, np.int64))
         self.children: list[tuple[int, int]] = []  # (pid, the write end of its pipe)
         self.reaped: set[int] = set()  # children already waited for: their pids may be someone else's now
         self.broken = False
@@ -152,6 +152,9 @@ class ForkedLanes:
         self._fork(done_write)
         for mapping in self.mappings:  # processes forked later (other pools' children, a user's) do not map them
             mapping.madvise(mmap.MADV_DONTFORK)
+
+    def _shared(self, shape, dtype) -> np.ndarray:
+        return shared_zeros(shape, dtype, self.mappings)
 
     # ---- forking -----------------------------------------------------------------------------
 
