@@ -132,7 +132,7 @@ class ForkedLanes:
         self.x = self._shared((capacity,) + tuple(input_shape), np.float32)
         self.y = self._shared((capacity,) + tuple(label_shape), np.int64)
         self.grads = [self._shared(grad_size, np.float32) for _ in range(count - 1)]
-        self.slices = self._shared((count, 3), np.int64)  # a lane's images in x, and its first image's index in the step
+        self.slices = self._shared((count, 3), np.int64)  # a lane's images in x, its first image's index in the step
         self.scalars = self._shared(4, np.float64)  # seed, total, smoothing, lanes
         self.results = self._shared((count, 2), np.float64)  # loss, correct
         self.status = self._shared(count, np.int64)

@@ -296,7 +296,8 @@ class Network:
                     self.compile(training=True)
                 load_all(self.training_calls)
                 lanes.set_blas_threads(1)  # before the fork: the children's too
-                widest = max((d["shape"][0] for _, d in self.training_graph.nodes(data=True) if d.get("shape")), default=1)
+                shapes = (d["shape"] for _, d in self.training_graph.nodes(data=True) if d.get("shape"))
+                widest = max((shape[0] for shape in shapes), default=1)
                 try:
                     self.forked = pool = forked_lanes.ForkedLanes(
                         self.module, count, capacity, self.input_shape, self.label_shape, self.vector.size,

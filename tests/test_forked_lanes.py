@@ -365,5 +365,6 @@ def test_the_command_line_reports_a_failed_lane_with_status_1(monkeypatch, capsy
     model.write_text(SOURCES["resnet_tiny"])
     x, y = np.random.default_rng(0).random((16, 3, 32, 32), np.float32), np.arange(16) % 10
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
-    assert cli.main(["train", str(model), str(tmp_path / "d.npz"), "--epochs", "1", "--out", str(tmp_path / "w.npz")]) == 1
+    command = ["train", str(model), str(tmp_path / "d.npz"), "--epochs", "1", "--out", str(tmp_path / "w.npz")]
+    assert cli.main(command) == 1
     assert "died during the training step" in capsys.readouterr().err
