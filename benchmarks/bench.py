@@ -24,7 +24,8 @@ its weights in NCHW and in channels_last layout; the faster of the two is the on
 The machine's float32 matmul rate (numpy, 2048 x 2048, 2 threads) is measured in the same run,
 and each model's training step is reported as a fraction of it. Then, in subprocesses: the cold compile time of `cnnc compile MODEL` (fresh, empty
 CNNC_CACHE_DIR and NUMBA_CACHE_DIR), the cached one (the same command again), and the peak RSS
-of 20 training steps at batch 64 for each framework (benchmarks/peak_memory.py).
+of 20 training steps at batch 64 for each framework (benchmarks/peak_memory.py; cnnc's lanes'
+processes included).
 
 Prints Markdown tables; `--write` replaces the results section of docs/performance.md (the
 text between the bench markers) with them, the machine, the date and the command.
@@ -455,8 +456,9 @@ def report(timings, compiles, memories, context: dict) -> str:
         "command reports; front end only = `cnnc compile MODEL --emit json` (Python start-up, imports, "
         "parsing, shapes and passes, no kernels). The goals are judged on the whole command's wall clock. "
         f"Memory: the RSS high-water mark of a process doing {MEMORY_STEPS} training "
-        f"steps at batch {MEMORY_BATCH} (benchmarks/peak_memory.py), in brackets its RSS after imports, "
-        "model and kernels, before the first step.",
+        f"steps at batch {MEMORY_BATCH} (benchmarks/peak_memory.py; for cnnc, with its lanes' processes: "
+        "the larger of that mark and their summed proportional set sizes after a step), in brackets its "
+        "RSS after imports, model and kernels, before the first step.",
         "",
         *compile_memory_table(compiles, memories),
         "",

@@ -4,6 +4,10 @@
 
 Prints one JSON line: the resident set size after setup (imports, model, compiled or cached
 kernels, data) and its high-water mark at the end (`VmHWM` in /proc/self/status), in MiB.
+When cnnc's lanes are processes (cnnc/forked_lanes.py) the peak is the larger of that mark and
+the most that this process and the lanes' processes held together after a step (the sum of
+their proportional set sizes: a page they share counts once); the freed memory of a step is
+kept for the next, so that is about the peak within a step too.
 benchmarks/bench.py runs it in a subprocess per framework so neither sees the other's memory.
 """
 from __future__ import annotations
@@ -24,6 +28,14 @@ def proc_status_mib(field: str) -> float:
     raise KeyError(field)
 
 
+def pss_mib(pid: int | str) -> float:
+    """A process's proportional set size (/proc/PID/smaps_rollup) in MiB."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError("Pss")
+
+
 def batch(input_shape, classes: int, size: int):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((size, *input_shape), dtype=np.float32)
@@ -40,10 +52,13 @@ def cnnc_steps(model: str, steps: int, size: int) -> float:
     opt = SGD(lr=0.001, momentum=0.9)
     trainable = net.vector[: net.layout.trainable]
     setup = proc_status_mib("VmRSS")
+    together = 0.0
     for _ in range(steps):
         net.loss_and_grads(x, y)
         opt.step(trainable, net.grad_vector)
-    return setup
+        lanes = [pid for pid, _ in net.forked.children] if net.forked is not None else []
+        together = max(together, sum(pss_mib(pid) for pid in ["self"] + lanes) if lanes else 0.0)
+    return setup, together
 
 
 def torch_steps(model: str, steps: int, size: int) -> float:
@@ -64,7 +79,7 @@ def torch_steps(model: str, steps: int, size: int) -> float:
         opt.zero_grad(set_to_none=True)
         torch_model.loss(net, x, y).backward()
         opt.step()
-    return setup
+    return setup, 0.0
 
 
 def main() -> None:
@@ -75,8 +90,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args()
     run = cnnc_steps if args.framework == "cnnc" else torch_steps
-    setup = run(args.model, args.steps, args.batch)
-    print(json.dumps({"setup_mib": round(setup, 1), "peak_mib": round(proc_status_mib("VmHWM"), 1)}))
+    setup, together = run(args.model, args.steps, args.batch)
+    peak = max(proc_status_mib("VmHWM"), together)
+    print(json.dumps({"setup_mib": round(setup, 1), "peak_mib": round(peak, 1)}))
 
 
 if __name__ == "__main__":
