@@ -1,21 +1,24 @@
-"""A training step's lanes as processes: lane 0 runs in this process, lanes 1, 2, ... in children
-forked from it, which read a copy of the parameters and write their gradients in shared memory.
+"""The lanes of a training step or a forward as processes: lane 0 runs in this process, lanes 1,
+2, ... in children forked from it, which read a copy of the parameters and write their gradients
+or outputs in shared memory.
 
 Why processes and not threads (cnnc/lanes.py): the same two lanes of resnet20's batch-64 step
 took 58-66 ms as threads of one process, 55-59 ms as processes, and a lane alone 52 ms; two
 threads that did not even meet were 5-11% slower per kernel than one (docs/performance.md,
 2026-12-01). Threads share the GIL, which every kernel call takes twice, and their meetings at
-the batchnorm sums woke a sleeping thread each time.
+the batchnorm sums woke a sleeping thread each time. A forward gains less (resnet20's batch-256
+inference 70-71 -> 68 ms; vgg_small and mobilenet_v1 alike either way) but no longer varies with
+the GIL's hand-overs (lenet5's median 3.0 -> 2.3 ms at the same best).
 
 A pool is the children and what they share, allocated before the fork in anonymous shared
 mappings: a copy of the parameter vector (the network's own stays private, so that a process
 the user forks never shares it), one gradient vector per child, the step's images and labels,
-each lane's slice, result and status, the step's scalars, the meeting arrays of kernels/meet.py
-and a line of error text per lane. Per step the parent copies the parameters and the children's
-slices in, zeroes the meeting counts, and writes a byte to the pipe of each child the step
-needs (a smaller last batch leaves some idle); a child runs the generated `loss_and_grads` on its
-slice with a `SharedLane` as its replicas, sets its status, and writes a byte to the common
-`done` pipe. A child sleeps in `read` between steps, ignores Ctrl-C (the parent handles it and
+each lane's slice, result and status, a forward's outputs, the step's scalars, the meeting arrays
+of kernels/meet.py and a pickled error per lane. Per call the parent copies the parameters and
+the children's slices in, zeroes the meeting counts, and writes the job (STEP or FORWARD) to the
+pipe of each child the call needs (a smaller last batch leaves some idle); a child runs the
+generated `loss_and_grads` on its slice with a `SharedLane` as its replicas, or `forward` in
+groups, sets its status, and writes a byte to the common `done` pipe. A child sleeps in `read` between steps, ignores Ctrl-C (the parent handles it and
 ends the children) and ends when its pipe reaches its end: when the parent closes the pool or
 dies.
 
@@ -43,7 +46,7 @@ from numba.core.compiler_lock import global_compiler_lock
 
 from .diagnostics import CnncError
 from .kernels.meet import LINE, sum_across_lanes
-from .lanes import usable_cpus
+from .lanes import in_groups, usable_cpus
 
 # A lane that waits at a meeting spins SPINS turns (about 50 us), then gives its core away
 # (sched_yield) between spins YIELDS times, then sleeps SLEEP between them. resnet20's batch-64
@@ -55,6 +58,7 @@ SLEEP = 50e-6
 DONE_TIMEOUT = 1000  # milliseconds between checks that the children still live, while waiting for them
 ERROR_BYTES = 2048
 RUNNING, FINISHED, FAILED, STOPPED = 0, 1, 2, 3  # a lane's status in a step; STOPPED: by another lane's failure
+STEP, FORWARD = b"s", b"f"  # the jobs a child is handed: a training step's slice, a forward's
 
 
 def shared_zeros(shape, dtype, mappings: list | None = None) -> np.ndarray:
@@ -111,7 +115,7 @@ class SharedLane:
             if done == -1:
                 raise LaneFailed("another lane of the step failed")
             if not self.pool.partners_live():  # a lane whose process died would never arrive
-                raise LaneFailed("a lane's process died during the training step")
+                raise LaneFailed("a lane's process died during a training step or forward")
             waits += 1
             if waits <= YIELDS:
                 os.sched_yield()
@@ -124,16 +128,17 @@ class ForkedLanes:
     batches of up to `capacity` images; meetings of up to `width` float64s."""
 
     def __init__(self, module, count: int, capacity: int, input_shape: tuple, label_shape: tuple,
-                 param_size: int, grad_size: int, width: int):
+                 output_shape: tuple, param_size: int, grad_size: int, width: int):
         self.module, self.count, self.capacity = module, count, capacity
         self.owner = os.getpid()
         self.mappings: list[mmap.mmap] = []
         self.params = self._shared(param_size, np.float32)
         self.x = self._shared((capacity,) + tuple(input_shape), np.float32)
         self.y = self._shared((capacity,) + tuple(label_shape), np.int64)
+        self.outputs = self._shared((capacity,) + tuple(output_shape), np.float32)  # a forward's
         self.grads = [self._shared(grad_size, np.float32) for _ in range(count - 1)]
         self.slices = self._shared((count, 3), np.int64)  # a lane's images in x, its first image's index in the step
-        self.scalars = self._shared(4, np.float64)  # seed, total, smoothing, lanes
+        self.scalars = self._shared(5, np.float64)  # seed, total, smoothing, lanes; a forward's group
         self.results = self._shared((count, 2), np.float64)  # loss, correct
         self.status = self._shared(count, np.int64)
         self.errors = self._shared((count, ERROR_BYTES), np.uint8)
@@ -204,22 +209,25 @@ class ForkedLanes:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _close_fds_but(0, 1, 2, go, done)
             self.parent = parent
-            while os.read(go, 1) == b"s":
-                self.status[index] = self._run_slice(index)
+            while (job := os.read(go, 1)) in (STEP, FORWARD):
+                self.status[index] = self._run_slice(index, job)
                 os.write(done, b"d")
         except BaseException:
             status = 1
         finally:
             os._exit(status)
 
-    def _run_slice(self, index: int) -> int:
-        """Runs lane `index`'s slice of the step; its status (the error's text left in `errors`)."""
+    def _run_slice(self, index: int, job: bytes) -> int:
+        """Runs lane `index`'s slice of the step or forward; its status (its error left in `errors`)."""
         begin, end, first_image = (int(v) for v in self.slices[index])
-        seed, total, smoothing, lanes = self.scalars
+        seed, total, smoothing, lanes, group = self.scalars
         try:
-            self.results[index] = self.module.loss_and_grads(
-                self.x[begin:end], self.y[begin:end], self.params, self.grads[index - 1], int(seed), int(total),
-                first_image, float(smoothing), SharedLane(self, index, int(lanes)))
+            if job == FORWARD:
+                self.outputs[begin:end] = in_groups(self.module.forward, self.x[begin:end], self.params, int(group))
+            else:
+                self.results[index] = self.module.loss_and_grads(
+                    self.x[begin:end], self.y[begin:end], self.params, self.grads[index - 1], int(seed), int(total),
+                    first_image, float(smoothing), SharedLane(self, index, int(lanes)))
             return FINISHED
         except LaneFailed:
             return STOPPED
@@ -257,26 +265,45 @@ class ForkedLanes:
         vectors, in lane order. Any failure, a Ctrl-C included, ends the children (`broken`)
         before it is raised."""
         lanes = len(parts)
+        self.y[parts[1].start:parts[-1].stop] = y[parts[1].start:parts[-1].stop]
+
+        def own_lane():
+            return self.module.loss_and_grads(x[parts[0]], y[parts[0]], vector, grad0, seed, total, start, smoothing,
+                                              SharedLane(self, 0, lanes))
+
+        own = self._run(STEP, x, parts, vector, (seed, total, smoothing, lanes, 0), start, own_lane)
+        results = [own] + [(float(loss), int(correct)) for loss, correct in self.results[1:lanes]]
+        return results, [grad0] + self.grads[:lanes - 1]
+
+    def forward(self, x: np.ndarray, parts: list[slice], vector: np.ndarray, group: int) -> np.ndarray:
+        """Inference on `parts` of x, each lane in groups of at most `group` images (0: at once)."""
+        own = self._run(FORWARD, x, parts, vector, (0, 0, 0, len(parts), group), 0,
+                        lambda: in_groups(self.module.forward, x[parts[0]], vector, group))
+        return np.concatenate([own, self.outputs[parts[1].start:parts[-1].stop]])
+
+    def _run(self, job: bytes, x: np.ndarray, parts: list[slice], vector: np.ndarray, scalars: tuple,
+             start: int, own_lane):
+        """Hands the children their slices of the job, runs lane 0's here (`own_lane()`, whose
+        result it returns), and waits for the children."""
+        lanes = len(parts)
         if self.broken or not self.alive():
             raise LaneFailed("the lanes' processes have ended")
         self.params[:] = vector
+        self.x[parts[1].start:parts[-1].stop] = x[parts[1].start:parts[-1].stop]
         for index, part in enumerate(parts[1:], 1):
-            self.x[part] = x[part]
-            self.y[part] = y[part]
             self.slices[index] = part.start, part.stop, start + part.start
-        self.scalars[:] = seed, total, smoothing, lanes
+        self.scalars[:] = scalars
         self.status[:] = RUNNING
         self.meeting[1][:] = 0
         self.meeting[2][0] = 0
         try:
             try:
                 for _, go in self.children[:lanes - 1]:
-                    os.write(go, b"s")
+                    os.write(go, job)
             except OSError:  # a child's pipe has closed: it died
-                raise LaneFailed("a lane's process died before the training step") from None
+                raise LaneFailed("a lane's process died before its work began") from None
             try:
-                own = self.module.loss_and_grads(x[parts[0]], y[parts[0]], vector, grad0, seed, total, start,
-                                                 smoothing, SharedLane(self, 0, lanes))
+                own = own_lane()
             except BaseException:
                 self.meeting[2][0] = 1
                 if isinstance(sys.exc_info()[1], LaneFailed):  # stopped by a child: its error is the one to raise
@@ -286,8 +313,7 @@ class ForkedLanes:
         except BaseException:
             self.close()
             raise
-        results = [own] + [(float(loss), int(correct)) for loss, correct in self.results[1:lanes]]
-        return results, [grad0] + self.grads[:lanes - 1]
+        return own
 
     def _wait(self, reports: int) -> None:
         """Until `reports` children have reported the step; raises a child's error (itself, or a
@@ -297,11 +323,11 @@ class ForkedLanes:
         while reports:
             if not poller.poll(DONE_TIMEOUT):
                 if not self.alive():
-                    raise LaneFailed("a lane's process died during the training step")
+                    raise LaneFailed("a lane's process died during a training step or forward")
                 continue
             reported = os.read(self.done, 4096)
             if not reported:  # every child's end of the pipe is closed: they have ended
-                raise LaneFailed("a lane's process died during the training step")
+                raise LaneFailed("a lane's process died during a training step or forward")
             reports -= len(reported)
         failed = np.flatnonzero(self.status == FAILED)
         if len(failed):  # the error the first failing lane raised, as the thread lanes would raise it

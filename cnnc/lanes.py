@@ -10,9 +10,10 @@ layer, and keeps a lane's activations in its own core's caches.
 
 The lane count is $CNNC_THREADS, else the CPUs this process may run on (`usable_cpus`). A training step's lanes
 are replicas (cnnc/replicas.py): each call gets its lane's handle, whose sum() adds the
-batchnorm statistics up across the lanes. On Linux a training step's lanes are processes
-instead (cnnc/forked_lanes.py, 5-10% faster); these threads then run inference, the steps
-shared with other processes under MPI, and steps of more lanes than CPUs.
+batchnorm statistics up across the lanes. On Linux the lanes of a training step and of a
+forward of up to EVAL_BATCH images are processes instead (cnnc/forked_lanes.py, 5-10% faster);
+these threads then run larger forwards, the steps shared with other processes under MPI, and
+calls of more lanes than CPUs.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
+
+import numpy as np
 
 from .kernels import set_blas_threads
 from .replicas import LaneGroup
@@ -81,6 +84,16 @@ def slices(n: int, lanes: int) -> list[slice]:
     """The batch's images cut into at most `lanes` contiguous, near-equal slices."""
     parts = max(1, min(lanes, n // MIN_IMAGES_PER_LANE))
     return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
+
+
+def in_groups(forward, x, P, group: int) -> np.ndarray:
+    """forward(x, P) on x in equal groups of at most `group` images (0: all at once), concatenated:
+    a group's activations stay in the caches (memory.forward_group)."""
+    groups = -(-len(x) // group) if group else 1
+    if groups <= 1:
+        return forward(x, P)
+    n = len(x)
+    return np.concatenate([forward(x[k * n // groups:(k + 1) * n // groups], P) for k in range(groups)])
 
 
 def run(fn, calls: list[tuple], lanes: int, replicas: bool = False, across=None) -> list:

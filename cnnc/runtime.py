@@ -186,8 +186,7 @@ class Network:
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
         self.compile_seconds = None
-        self.compiled_training = False  # compile(training=True) has run: training_calls lists a step's kernels
-        self.training_calls: list = []
+        self.lane_calls: list | None = None  # the kernels forward and loss_and_grads call, once compile(True) ran
         self.model_text: str | None = None  # the model file's text, when compiled from one (checkpoints hash it)
 
     def memory(self, mode: str = "inference", optimizer: str = "sgd") -> memory.Estimate:
@@ -219,6 +218,7 @@ class Network:
         seconds it took are in `compile_seconds`). Without this, the first call compiles what
         it needs, one kernel after the other."""
         started = time.perf_counter()
+        every_call = training  # what the lanes' processes may call: all of it
         training = training and bool(self.parsed.graph["loss"])
         mode = "training" if training else "inference"
         # The dry run allocates (without touching) the arrays of one image.
@@ -235,9 +235,8 @@ class Network:
                              hint="make the largest layers smaller") from None
         compiled = compile_all(self.kernel_calls)
         self.compile_seconds = time.perf_counter() - started
-        if training:
-            self.training_calls = self.kernel_calls
-            self.compiled_training = True
+        if every_call:
+            self.lane_calls = self.kernel_calls
         return compiled
 
     def check_input(self, x) -> np.ndarray:
@@ -263,51 +262,52 @@ class Network:
         return out
 
     def forward(self, x) -> np.ndarray:
-        """Inference: batchnorm uses running statistics, dropout passes values through."""
+        """Inference: batchnorm uses running statistics, dropout passes values through. Up to
+        EVAL_BATCH images run on the lanes' processes when a training step's would, more on threads."""
         x = self.check_input(x)
         threads = lanes.lane_count()
         parts = lanes.slices(len(x), threads)
-        outputs = lanes.run(self._forward_in_groups, [(x[part],) for part in parts], threads)
+        group = self.forward_group or 0
+        if len(x) <= memory.EVAL_BATCH and self._on_processes(parts):  # larger: no copy of x into the lanes' memory
+            with forked_lanes.one_step:
+                pool = self._lanes_pool(len(parts), len(x))
+                if pool is not None:
+                    return pool.forward(x, parts, self.vector, group)
+        outputs = lanes.run(lanes.in_groups, [(self.module.forward, x[part], self.vector, group) for part in parts],
+                            threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def _forward_in_groups(self, x) -> np.ndarray:
-        """A lane's slice through the forward in equal groups of at most forward_group images."""
-        groups = -(-len(x) // self.forward_group) if self.forward_group else 1
-        if groups <= 1:
-            return self.module.forward(x, self.vector)
-        n = len(x)
-        return np.concatenate([self.module.forward(x[k * n // groups:(k + 1) * n // groups], self.vector)
-                               for k in range(groups)])
+    def _lanes_pool(self, lanes_needed: int, images: int) -> forked_lanes.ForkedLanes | None:
+        """The lanes' processes (cnnc/forked_lanes.py) for this many lanes and images; None when they
+        cannot be forked here (the work then runs on threads). Called holding `one_step`. They
+        are forked when there are none yet for this many lanes and images, once every kernel the
+        lanes call is loaded (the children inherit it); a smaller call leaves some of them idle."""
+        pool = self.forked
+        if pool is None or pool.broken or pool.count < lanes_needed or pool.capacity < images or not pool.alive():
+            count, capacity = lanes_needed, images
+            if pool is not None:  # the next pool serves the most lanes and images of either
+                count, capacity = max(count, pool.count), max(capacity, pool.capacity)
+                pool.close()
+            self.forked = pool = None  # collected before the next is forked: its memory is freed
+            if self.lane_calls is None:
+                self.compile(training=True)
+            load_all(self.lane_calls)
+            lanes.set_blas_threads(1)  # before the fork: the children's too
+            shapes = (d["shape"] for _, d in self.training_graph.nodes(data=True) if d.get("shape"))
+            widest = max((shape[0] for shape in shapes), default=1)
+            try:
+                self.forked = pool = forked_lanes.ForkedLanes(
+                    self.module, count, capacity, self.input_shape, self.label_shape, self.lowered.output_shape,
+                    self.vector.size, self.grad_vector.size, 2 * widest)  # batchnorm's sums: 2 x channels
+            except OSError as error:  # no more processes or memory for them: threads it is
+                warn(f"running on threads: the lanes' processes could not be started ({error.strerror})")
+                self.fork_failed = True
+                return None
+        lanes.set_blas_threads(1)
+        return pool
 
-    def _forked_step(self, x, y, parts, seed, total, start, smoothing) -> tuple[list, list] | None:
-        """The step's lanes as processes (cnnc/forked_lanes.py): their results and gradient vectors;
-        None when processes cannot be forked here (the step then runs on threads). The children
-        are forked when there are none yet for this many lanes and images, once every kernel of a
-        training step is loaded (they inherit it); a smaller step leaves some of them idle."""
-        with forked_lanes.one_step:
-            pool = self.forked
-            if pool is None or pool.broken or pool.count < len(parts) or pool.capacity < len(x) or not pool.alive():
-                count, capacity = len(parts), len(x)
-                if pool is not None:  # the next pool serves the most lanes and images of either
-                    count, capacity = max(count, pool.count), max(capacity, pool.capacity)
-                    pool.close()
-                self.forked = pool = None  # collected before the next is forked: its memory is freed
-                if not self.compiled_training:
-                    self.compile(training=True)
-                load_all(self.training_calls)
-                lanes.set_blas_threads(1)  # before the fork: the children's too
-                shapes = (d["shape"] for _, d in self.training_graph.nodes(data=True) if d.get("shape"))
-                widest = max((shape[0] for shape in shapes), default=1)
-                try:
-                    self.forked = pool = forked_lanes.ForkedLanes(
-                        self.module, count, capacity, self.input_shape, self.label_shape, self.vector.size,
-                        self.grad_vector.size, 2 * widest)  # batchnorm's sums: 2 x channels
-                except OSError as error:  # no more processes or memory for them: threads it is
-                    warn(f"training on threads: the lanes' processes could not be started ({error.strerror})")
-                    self.fork_failed = True
-                    return None
-            lanes.set_blas_threads(1)
-            return pool.step(x, y, parts, self.vector, self.grad_vector, seed, total, start, smoothing)
+    def _on_processes(self, parts: list[slice]) -> bool:
+        return not self.fork_failed and forked_lanes.available(len(parts))
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
         """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.
@@ -346,8 +346,11 @@ class Network:
         # so the masks do not depend on how many lanes or processes share the step.
         seed = int(self.dropout_rng.integers(0, 2**31 - 1))
         forked = None
-        if across is None and not self.fork_failed and forked_lanes.available(len(parts)):
-            forked = self._forked_step(x, y, parts, seed, total, start, float(smoothing))
+        if across is None and self._on_processes(parts):
+            with forked_lanes.one_step:
+                pool = self._lanes_pool(len(parts), n)
+                if pool is not None:
+                    forked = pool.step(x, y, parts, self.vector, self.grad_vector, seed, total, start, float(smoothing))
         if forked is not None:
             results, grads = forked
         else:

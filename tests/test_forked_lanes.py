@@ -91,6 +91,36 @@ def test_processes_give_the_threads_bits(monkeypatch, lanes):
     assert_same_steps(threads, processes)
 
 
+@pytest.mark.parametrize("lanes, group", [(2, 0), (3, 2)])
+def test_a_forward_on_processes_gives_the_threads_bits(monkeypatch, lanes, group):
+    """13 images, each lane at once or in groups of 2; then a training step on the same children,
+    and a wider forward, which forks a wider pool."""
+    x, _ = batch(network(monkeypatch, lanes, "threads"), 40)
+    threads = network(monkeypatch, lanes, "threads")
+    threads.forward_group = group
+    expected = threads.forward(x[:13]), threads.forward(x)
+    net = network(monkeypatch, lanes)
+    net.forward_group = group
+    assert np.array_equal(net.forward(x[:13]), expected[0])
+    pids = children(net)
+    assert len(pids) == lanes - 1
+    steps(net, 1)
+    assert children(net) == pids
+    net.vector[:] = threads.vector  # the step moved the running statistics
+    assert np.array_equal(net.forward(x), expected[1]) and net.forked.capacity == 40
+
+
+def test_a_network_without_a_loss_runs_its_forward_on_processes(monkeypatch):
+    source = "input 1x8x8\nconv filters=4 size=3 padding=same\nbatchnorm\nrelu\nflatten\ndense units=3\nsoftmax\n"
+    monkeypatch.setenv("CNNC_THREADS", "2")
+    x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    monkeypatch.setenv("CNNC_LANES", "threads")
+    expected = cnnc.compile_source(source).forward(x)
+    monkeypatch.setenv("CNNC_LANES", "processes")
+    net = cnnc.compile_source(source)
+    assert np.array_equal(net.forward(x), expected) and len(children(net)) == 1
+
+
 def test_lanes_are_processes_only_when_each_has_a_cpu(monkeypatch):
     monkeypatch.delenv("CNNC_LANES", raising=False)
     monkeypatch.setattr("cnnc.lanes.usable_cpus", lambda: 2)
@@ -332,7 +362,7 @@ def test_a_process_the_user_forks_shares_neither_weights_nor_children(monkeypatc
 def fake_pool(count: int, loss_and_grads) -> forked_lanes.ForkedLanes:
     """A pool whose lanes run `loss_and_grads` on batches of one 1x2x2 image per lane."""
     return forked_lanes.ForkedLanes(types.SimpleNamespace(loss_and_grads=loss_and_grads), count, count,
-                                    (1, 2, 2), (), 10, 10, 4)
+                                    (1, 2, 2), (), (1,), 10, 10, 4)
 
 
 def fake_step(pool: forked_lanes.ForkedLanes) -> list:

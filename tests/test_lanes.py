@@ -167,7 +167,9 @@ def test_two_steps_started_together_from_two_threads_both_finish(monkeypatch):
 
 def test_inference_in_groups_equals_one_call_per_lane(monkeypatch):
     """A lane's slice runs through forward in equal groups of at most forward_group images (10 + 9
-    of 19 on one lane, at most 4 of 10 per lane on two): the probabilities of one call, to rounding."""
+    of 19 on one lane, at most 4 of 10 per lane on two): the probabilities of one call, to rounding.
+    On threads, where this process sees every call (test_forked_lanes.py has the processes')."""
+    monkeypatch.setenv("CNNC_LANES", "threads")
     net = cnnc.compile_source(SOURCES["resnet_tiny"])
     x = np.random.default_rng(3).standard_normal((19, *net.input_shape)).astype(np.float32)
     whole = net.module.forward(net.normalized(x), net.vector)
