@@ -146,10 +146,17 @@ def avgpool_backward(dout, dx, kh, kw, stride_h, stride_w, pad_top, pad_left, pa
 
 @njit(cache=True, nogil=True, fastmath=True)
 def globalavgpool_forward(x, out):
+    """Each plane's mean, summed element by element: `x[c, n].sum()` made a view per plane, 7x
+    slower on mobilenet_v1's 1024 planes of 2x2 per image (1.66 against 0.22 ms at 128 images)."""
     C, N, H, W = x.shape
+    zero = x.dtype.type(0)
     for c in range(C):
         for n in range(N):
-            out[c, n, 0, 0] = x[c, n].sum() / (H * W)
+            total = zero
+            for h in range(H):
+                for w in range(W):
+                    total += x[c, n, h, w]
+            out[c, n, 0, 0] = total / (H * W)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
