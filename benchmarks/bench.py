@@ -56,6 +56,7 @@ import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS that Numba's np.dot 
 import threadpoolctl  # noqa: E402
 
 import cnnc  # noqa: E402
+from cnnc import forked_lanes  # noqa: E402
 from cnnc.lanes import lane_count  # noqa: E402
 from cnnc.summary import summary_rows  # noqa: E402
 from cnnc.train.optim import SGD  # noqa: E402
@@ -343,7 +344,8 @@ def tree_state() -> str:
 def machine(torch_info: dict, onnx_info: dict, matmul_gflops: float) -> list[str]:
     return [
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: PyTorch {torch_info['threads']} and ONNX Runtime "
-        f"{onnx_info['threads']} intra-op (each its own process), cnnc {lane_count()} lanes (CNNC_THREADS) with a "
+        f"{onnx_info['threads']} intra-op (each its own process), cnnc {lane_count()} lanes (CNNC_THREADS; "
+        f"{'processes' if forked_lanes.available(lane_count()) else 'threads'}, cnnc/forked_lanes.py) with a "
         "one-thread BLAS each",
         f"float32 matmul rate (numpy, 2048 x 2048, {THREADS} threads, best of 10): {matmul_gflops:.0f} GFLOP/s; "
         "the percentages beside cnnc's GFLOP/s are of it",
