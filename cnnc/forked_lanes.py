@@ -88,10 +88,10 @@ one_step = threading.Lock()
 
 
 class LaneFailed(CnncError, RuntimeError):
-    """A child lane raised, or died, during a step."""
+    """A child lane raised, or died, during a training step or forward."""
 
     def render(self) -> str:
-        return f"error: {self}\nhint: CNNC_LANES=threads runs a training step's lanes as threads of this process"
+        return f"error: {self}\nhint: CNNC_LANES=threads runs the lanes as threads of this process"
 
 
 class SharedLane:
@@ -124,11 +124,12 @@ class SharedLane:
 
 
 class ForkedLanes:
-    """Up to `count` lanes of training steps: this process and count - 1 forked children, for
-    batches of up to `capacity` images; meetings of up to `width` float64s."""
+    """Up to `count` lanes of training steps (with a `grad_size`) and forwards: this process and
+    count - 1 forked children, for batches of up to `capacity` images; meetings of up to `width`
+    float64s."""
 
     def __init__(self, module, count: int, capacity: int, input_shape: tuple, label_shape: tuple,
-                 output_shape: tuple, param_size: int, grad_size: int, width: int):
+                 output_shape: tuple, param_size: int, grad_size: int | None, width: int):
         self.module, self.count, self.capacity = module, count, capacity
         self.owner = os.getpid()
         self.mappings: list[mmap.mmap] = []
@@ -136,7 +137,8 @@ class ForkedLanes:
         self.x = self._shared((capacity,) + tuple(input_shape), np.float32)
         self.y = self._shared((capacity,) + tuple(label_shape), np.int64)
         self.outputs = self._shared((capacity,) + tuple(output_shape), np.float32)  # a forward's
-        self.grads = [self._shared(grad_size, np.float32) for _ in range(count - 1)]
+        self.steps = grad_size is not None  # it runs training steps; else forwards only
+        self.grads = [self._shared(grad_size, np.float32) for _ in range(count - 1)] if self.steps else []
         self.slices = self._shared((count, 3), np.int64)  # a lane's images in x, its first image's index in the step
         self.scalars = self._shared(5, np.float64)  # seed, total, smoothing, lanes; a forward's group
         self.results = self._shared((count, 2), np.float64)  # loss, correct
@@ -147,10 +149,10 @@ class ForkedLanes:
         self.children: list[tuple[int, int]] = []  # (pid, the write end of its pipe)
         self.reaped: set[int] = set()  # children already waited for: their pids may be someone else's now
         self.broken = False
-        # Compiled (or loaded from Numba's cache) here, once, rather than in every child: a lone
-        # lane's meeting, which finds itself alone and is done at once.
-        sum_across_lanes(np.zeros((2, 1)), 0, 1, 1, *self.meeting, 1)
-        self.meeting[1][:] = 0
+        if self.steps:  # compiled (or loaded from Numba's cache) here, once, rather than in every
+            # child: a lone lane's meeting, which finds itself alone and is done at once
+            sum_across_lanes(np.zeros((2, 1)), 0, 1, 1, *self.meeting, 1)
+            self.meeting[1][:] = 0
         self.done, done_write = os.pipe()  # the children's reports
         self._finalizer = weakref.finalize(self, _end, self.children, self.reaped, self.done, self.owner)
         _pools.add(self)
@@ -244,7 +246,7 @@ class ForkedLanes:
         except Exception:
             data = b""
         if not data or len(data) > ERROR_BYTES - 8:
-            text = f"lane {index} of the training step failed: {type(error).__name__}: {error}"
+            text = f"lane {index} failed: {type(error).__name__}: {error}"
             data = pickle.dumps(LaneFailed(text[:ERROR_BYTES // 2]))
         line = self.errors[index]
         line[:8] = np.frombuffer(len(data).to_bytes(8, "little"), np.uint8)

@@ -24,6 +24,7 @@ import networkx as nx
 import numpy as np
 
 from .diagnostics import InputError, ModelError, warn
+from .distributed import launched_size
 from .frontend import check_source, optimized, read_model
 from . import forked_lanes, lanes, memory
 from .lower.context import ParamLayout
@@ -186,7 +187,7 @@ class Network:
         self.module = load_module(self.lowered.source)
         self.load_seconds = time.perf_counter() - started
         self.compile_seconds = None
-        self.lane_calls: list | None = None  # the kernels forward and loss_and_grads call, once compile(True) ran
+        self.mode_calls: dict[str, list] = {}  # compile()'s kernel calls by mode, for the lanes' processes
         self.model_text: str | None = None  # the model file's text, when compiled from one (checkpoints hash it)
 
     def memory(self, mode: str = "inference", optimizer: str = "sgd") -> memory.Estimate:
@@ -218,7 +219,6 @@ class Network:
         seconds it took are in `compile_seconds`). Without this, the first call compiles what
         it needs, one kernel after the other."""
         started = time.perf_counter()
-        every_call = training  # what the lanes' processes may call: all of it
         training = training and bool(self.parsed.graph["loss"])
         mode = "training" if training else "inference"
         # The dry run allocates (without touching) the arrays of one image.
@@ -235,8 +235,7 @@ class Network:
                              hint="make the largest layers smaller") from None
         compiled = compile_all(self.kernel_calls)
         self.compile_seconds = time.perf_counter() - started
-        if every_call:
-            self.lane_calls = self.kernel_calls
+        self.mode_calls[mode] = self.kernel_calls
         return compiled
 
     def check_input(self, x) -> np.ndarray:
@@ -270,35 +269,36 @@ class Network:
         group = self.forward_group or 0
         if len(x) <= memory.EVAL_BATCH and self._on_processes(parts):  # larger: no copy of x into the lanes' memory
             with forked_lanes.one_step:
-                pool = self._lanes_pool(len(parts), len(x))
+                pool = self._lanes_pool(len(parts), len(x), steps=False)
                 if pool is not None:
                     return pool.forward(x, parts, self.vector, group)
         outputs = lanes.run(lanes.in_groups, [(self.module.forward, x[part], self.vector, group) for part in parts],
                             threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def _lanes_pool(self, lanes_needed: int, images: int) -> forked_lanes.ForkedLanes | None:
-        """The lanes' processes (cnnc/forked_lanes.py) for this many lanes and images; None when they
-        cannot be forked here (the work then runs on threads). Called holding `one_step`. They
-        are forked when there are none yet for this many lanes and images, once every kernel the
-        lanes call is loaded (the children inherit it); a smaller call leaves some of them idle."""
+    def _lanes_pool(self, lanes_needed: int, images: int, steps: bool) -> forked_lanes.ForkedLanes | None:
+        """The lanes' processes (cnnc/forked_lanes.py) for this many lanes and images, and for
+        training steps if `steps` (else forwards only); None when they cannot be forked here (the
+        work then runs on threads). Called holding `one_step`. They are forked when there are
+        none yet for this work, for at least EVAL_BATCH images (the pages a call does not touch
+        cost nothing), once every kernel they call is loaded (the children inherit it); a
+        smaller call leaves some of them idle."""
         pool = self.forked
-        if pool is None or pool.broken or pool.count < lanes_needed or pool.capacity < images or not pool.alive():
-            count, capacity = lanes_needed, images
-            if pool is not None:  # the next pool serves the most lanes and images of either
-                count, capacity = max(count, pool.count), max(capacity, pool.capacity)
+        if (pool is None or pool.broken or pool.count < lanes_needed or pool.capacity < images
+                or (steps and not pool.steps) or not pool.alive()):
+            count, capacity = lanes_needed, max(images, memory.EVAL_BATCH)
+            if pool is not None:  # the next pool serves all the work of either
+                count, capacity, steps = max(count, pool.count), max(capacity, pool.capacity), steps or pool.steps
                 pool.close()
             self.forked = pool = None  # collected before the next is forked: its memory is freed
-            if self.lane_calls is None:
-                self.compile(training=True)
-            load_all(self.lane_calls)
+            load_all(self._calls("training" if steps and self.parsed.graph["loss"] else "inference"))
             lanes.set_blas_threads(1)  # before the fork: the children's too
             shapes = (d["shape"] for _, d in self.training_graph.nodes(data=True) if d.get("shape"))
             widest = max((shape[0] for shape in shapes), default=1)
             try:
                 self.forked = pool = forked_lanes.ForkedLanes(
                     self.module, count, capacity, self.input_shape, self.label_shape, self.lowered.output_shape,
-                    self.vector.size, self.grad_vector.size, 2 * widest)  # batchnorm's sums: 2 x channels
+                    self.vector.size, self.grad_vector.size if steps else None, 2 * widest)  # batchnorm: 2 x channels
             except OSError as error:  # no more processes or memory for them: threads it is
                 warn(f"running on threads: the lanes' processes could not be started ({error.strerror})")
                 self.fork_failed = True
@@ -306,8 +306,17 @@ class Network:
         lanes.set_blas_threads(1)
         return pool
 
+    def _calls(self, mode: str) -> list:
+        """The kernel calls of `mode` ("inference": forward's; "training": loss_and_grads' too),
+        compiled first when compile() has not listed them yet."""
+        if mode not in self.mode_calls and "training" not in self.mode_calls:
+            self.compile(training=mode == "training")
+        return self.mode_calls.get(mode) or self.mode_calls["training"]
+
     def _on_processes(self, parts: list[slice]) -> bool:
-        return not self.fork_failed and forked_lanes.available(len(parts))
+        """The lanes run as processes: not under MPI (some transports object to a fork), nor after
+        a fork failed here."""
+        return not self.fork_failed and launched_size() <= 1 and forked_lanes.available(len(parts))
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
         """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.
@@ -348,7 +357,7 @@ class Network:
         forked = None
         if across is None and self._on_processes(parts):
             with forked_lanes.one_step:
-                pool = self._lanes_pool(len(parts), n)
+                pool = self._lanes_pool(len(parts), n, steps=True)
                 if pool is not None:
                     forked = pool.step(x, y, parts, self.vector, self.grad_vector, seed, total, start, float(smoothing))
         if forked is not None:

@@ -93,21 +93,23 @@ def test_processes_give_the_threads_bits(monkeypatch, lanes):
 
 @pytest.mark.parametrize("lanes, group", [(2, 0), (3, 2)])
 def test_a_forward_on_processes_gives_the_threads_bits(monkeypatch, lanes, group):
-    """13 images, each lane at once or in groups of 2; then a training step on the same children,
-    and a wider forward, which forks a wider pool."""
+    """13 images, each lane at once or in groups of 2, on children forked for forwards only (with
+    the forward's kernels: no training compile); a step forks children that run both, and the
+    next forward, of 40 images, runs on them."""
     x, _ = batch(network(monkeypatch, lanes, "threads"), 40)
     threads = network(monkeypatch, lanes, "threads")
     threads.forward_group = group
     expected = threads.forward(x[:13]), threads.forward(x)
     net = network(monkeypatch, lanes)
     net.forward_group = group
+    net.compile(training=False)
     assert np.array_equal(net.forward(x[:13]), expected[0])
-    pids = children(net)
-    assert len(pids) == lanes - 1
+    assert len(children(net)) == lanes - 1 and not net.forked.steps and "training" not in net.mode_calls
     steps(net, 1)
-    assert children(net) == pids
+    pids = children(net)
+    assert net.forked.steps
     net.vector[:] = threads.vector  # the step moved the running statistics
-    assert np.array_equal(net.forward(x), expected[1]) and net.forked.capacity == 40
+    assert np.array_equal(net.forward(x), expected[1]) and children(net) == pids
 
 
 def test_a_network_without_a_loss_runs_its_forward_on_processes(monkeypatch):
