@@ -316,7 +316,8 @@ class Network:
     def _on_processes(self, parts: list[slice]) -> bool:
         """The lanes run as processes: not under MPI (some transports object to a fork), nor after
         a fork failed here."""
-        return not self.fork_failed and launched_size() <= 1 and forked_lanes.available(len(parts))
+        return (len(parts) > 1 and not self.fork_failed and forked_lanes.available(len(parts))
+                and launched_size() <= 1)  # in this order: a batch-1 forward pays for one comparison
 
     def loss_and_grads(self, x, y) -> tuple[float, dict]:
         """Training-mode loss averaged over the batch, and the gradient of every trainable parameter.
