@@ -12,8 +12,8 @@ The lane count is $CNNC_THREADS, else the CPUs this process may run on (`usable_
 are replicas (cnnc/replicas.py): each call gets its lane's handle, whose sum() adds the
 batchnorm statistics up across the lanes. On Linux the lanes of a training step and of a
 forward of up to EVAL_BATCH images are processes instead (cnnc/forked_lanes.py, 5-10% faster);
-these threads then run larger forwards, the steps shared with other processes under MPI, and
-calls of more lanes than CPUs.
+these threads then run larger forwards, everything under MPI, and calls of more lanes than
+CPUs.
 """
 from __future__ import annotations
 
