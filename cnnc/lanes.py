@@ -8,9 +8,9 @@ another process wanted a core (resnet20: a median of 5-18 ms).
 Splitting the whole network, not each kernel, costs one hand-over per call instead of one per
 layer, and keeps a lane's activations in its own core's caches.
 
-The lane count is $CNNC_THREADS, else the CPUs this process may run on (`usable_cpus`). A training step's lanes
-are replicas (cnnc/replicas.py): each call gets its lane's handle, whose sum() adds the
-batchnorm statistics up across the lanes. On Linux the lanes of a training step and of a
+The lane count is $CNNC_THREADS, else the CPUs this process may run on (`usable_cpus`). A
+training step's lanes are replicas (cnnc/replicas.py): each call gets its lane's handle, whose
+sum() adds the batchnorm statistics up across the lanes. On Linux the lanes of a training step and of a
 forward of up to EVAL_BATCH images are processes instead (cnnc/forked_lanes.py, 5-10% faster);
 these threads then run larger forwards, everything under MPI, and calls of more lanes than
 CPUs.

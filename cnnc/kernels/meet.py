@@ -47,8 +47,8 @@ def _store_release(typingctx, array, index, value):
 def sum_across_lanes(buffer, lane, lanes, meeting, partials, arrived, abort, spins):
     """Lane `lane`'s part in meeting number `meeting` (counted from 1) of lanes 0 to `lanes` - 1:
     publishes its buffer (once: a call that comes back after giving up finds it published), waits
-    for every lane, and leaves their sum, in lane order, in `buffer`. Returns 1 when done, 0 when it gave up after `spins`
-    turns, -1 when a lane failed (abort[0] set)."""
+    for every lane, and leaves their sum, in lane order, in `buffer`. Returns 1 when done, 0 when
+    it gave up after `spins` turns, -1 when a lane failed (abort[0] set)."""
     flat = buffer.ravel()
     rows = partials[meeting % 2]
     n = flat.size
