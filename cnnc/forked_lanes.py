@@ -18,9 +18,9 @@ of kernels/meet.py and a pickled error per lane. Per call the parent copies the 
 the children's slices in, zeroes the meeting counts, and writes the job (STEP or FORWARD) to the
 pipe of each child the call needs (a smaller last batch leaves some idle); a child runs the
 generated `loss_and_grads` on its slice with a `SharedLane` as its replicas, or `forward` in
-groups, sets its status, and writes a byte to the common `done` pipe. A child sleeps in `read` between steps, ignores Ctrl-C (the parent handles it and
-ends the children) and ends when its pipe reaches its end: when the parent closes the pool or
-dies.
+groups, sets its status, and writes a byte to the common `done` pipe. A child sleeps in `read`
+between calls, ignores Ctrl-C (the parent handles it and ends the children) and ends when its
+pipe reaches its end: when the parent closes the pool or dies.
 
 The children are forked once every kernel of a training step is loaded (they inherit the machine
 code) and while this process holds Numba's compiler lock (so no other thread holds it in the
