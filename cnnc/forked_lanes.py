@@ -61,17 +61,6 @@ RUNNING, FINISHED, FAILED, STOPPED = 0, 1, 2, 3  # a lane's status in a step; ST
 STEP, FORWARD = b"s", b"f"  # the jobs a child is handed: a training step's slice, a forward's
 
 
-def shared_zeros(shape, dtype, mappings: list | None = None) -> np.ndarray:
-    """A zeroed array in an anonymous shared mapping: a forked child and its parent see one array.
-    The mapping is appended to `mappings`."""
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    buffer = mmap.mmap(-1, max(1, count * dtype.itemsize))
-    if mappings is not None:
-        mappings.append(buffer)
-    return np.frombuffer(buffer, dtype, count).reshape(shape)
-
-
 def available(lanes: int) -> bool:
     """A step's `lanes` run as processes: on Linux (fork), when each lane has a CPU of its own (a
     lane spins while it waits for the others), or whenever $CNNC_LANES says `processes`; never
@@ -151,8 +140,7 @@ class ForkedLanes:
         self.broken = False
         if self.steps:  # compiled (or loaded from Numba's cache) here, once, rather than in every
             # child: a lone lane's meeting, which finds itself alone and is done at once
-            sum_across_lanes(np.zeros((2, 1)), 0, 1, 1, *self.meeting, 1)
-            self.meeting[1][:] = 0
+            sum_across_lanes(np.zeros((2, 1)), 0, 1, 1, *self.meeting, 1)  # each call zeroes the counts first
         self.done, done_write = os.pipe()  # the children's reports
         self._finalizer = weakref.finalize(self, _end, self.children, self.reaped, self.done, self.owner)
         _pools.add(self)
@@ -161,20 +149,25 @@ class ForkedLanes:
             mapping.madvise(mmap.MADV_DONTFORK)
 
     def _shared(self, shape, dtype) -> np.ndarray:
-        return shared_zeros(shape, dtype, self.mappings)
+        """A zeroed array in an anonymous shared mapping (kept in `mappings`): the children and
+        this process see one array."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        mapping = mmap.mmap(-1, max(1, count * dtype.itemsize))
+        self.mappings.append(mapping)
+        return np.frombuffer(mapping, dtype, count).reshape(shape)
 
     # ---- forking -----------------------------------------------------------------------------
 
     def _fork(self, done_write: int) -> None:
         """Forks the children, holding Numba's compiler lock and then Ctrl-C back; on a failure
         ends the ones already forked, closes every pipe and raises."""
-        parent = os.getpid()
         try:
             with global_compiler_lock:
                 held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
                 try:
                     for index in range(1, self.count):
-                        self._fork_child(index, done_write, parent, held)
+                        self._fork_child(index, done_write, held)
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, held)
         except BaseException:
@@ -183,13 +176,13 @@ class ForkedLanes:
         finally:
             os.close(done_write)
 
-    def _fork_child(self, index: int, done_write: int, parent: int, mask) -> None:
+    def _fork_child(self, index: int, done_write: int, mask) -> None:
         go_read, go_write = os.pipe()
         pid = None
         try:
             pid = os.fork()
             if pid == 0:
-                self._serve(index, go_read, done_write, parent, mask)  # never returns
+                self._serve(index, go_read, done_write, mask)  # never returns
             self.children.append((pid, go_write))
         except BaseException:  # an interrupt delivered to another thread lands here even so
             if pid is not None and (pid, go_write) not in self.children:
@@ -202,7 +195,7 @@ class ForkedLanes:
 
     # ---- the child's side ------------------------------------------------------------------
 
-    def _serve(self, index: int, go: int, done: int, parent: int, mask) -> None:
+    def _serve(self, index: int, go: int, done: int, mask) -> None:
         """A child's life: one step per byte read from `go`, until the pipe ends."""
         status = 0
         try:
@@ -210,7 +203,6 @@ class ForkedLanes:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _close_fds_but(0, 1, 2, go, done)
-            self.parent = parent
             while (job := os.read(go, 1)) in (STEP, FORWARD):
                 self.status[index] = self._run_slice(index, job)
                 os.write(done, b"d")
@@ -253,10 +245,10 @@ class ForkedLanes:
         line[8:8 + len(data)] = np.frombuffer(data, np.uint8)
 
     def partners_live(self) -> bool:
-        """In the parent: every child still runs; in a child: the parent does."""
+        """In the parent (the pool's owner): every child still runs; in a child: the owner does."""
         if os.getpid() == self.owner:
             return self.alive()
-        return os.getppid() == self.parent
+        return os.getppid() == self.owner
 
     # ---- the parent's side -----------------------------------------------------------------
 
