@@ -14,10 +14,11 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 import types
 from collections.abc import MutableMapping
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import networkx as nx
@@ -182,6 +183,10 @@ class Network:
         self.lane_grads: list[np.ndarray] = []  # gradient buffers of lanes 1, 2, ... (threads)
         self.forked: forked_lanes.ForkedLanes | None = None  # the lanes' processes, when they are processes
         self.fork_failed = False  # forking them failed once: the lanes stay threads
+        # What a forward that runs whole on one lane keeps from call to call (the generated forward's
+        # `memo`: Winograd's transformed filters, checked against P at every call); one call at a time.
+        self.memo: dict = {}
+        self.memo_lock = threading.Lock()
         keep_freed_memory()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
@@ -262,7 +267,8 @@ class Network:
 
     def forward(self, x) -> np.ndarray:
         """Inference: batchnorm uses running statistics, dropout passes values through. Up to
-        EVAL_BATCH images run on the lanes' processes when a training step's would, more on threads."""
+        EVAL_BATCH images run on the lanes' processes when a training step's would, more on threads;
+        a batch too small to cut (batch 1) runs here, with the memo (see __init__) when it is free."""
         x = self.check_input(x)
         threads = lanes.lane_count()
         parts = lanes.slices(len(x), threads)
@@ -272,6 +278,12 @@ class Network:
                 pool = self._lanes_pool(len(parts), len(x), steps=False)
                 if pool is not None:
                     return pool.forward(x, parts, self.vector, group)
+        if len(parts) == 1 and self.memo_lock.acquire(blocking=False):  # another thread's call: no memo
+            try:
+                forward = partial(self.module.forward, memo=self.memo)
+                return lanes.run(lanes.in_groups, [(forward, x, self.vector, group)], threads)[0]
+            finally:
+                self.memo_lock.release()
         outputs = lanes.run(lanes.in_groups, [(self.module.forward, x[part], self.vector, group) for part in parts],
                             threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)

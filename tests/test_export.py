@@ -119,7 +119,7 @@ def test_standalone_keeps_the_model_code():
     net = cnnc.compile(Path(__file__).resolve().parent.parent / "examples" / "lenet5.cnn")
     text = standalone(net.source)
     assert not [line for line in text.splitlines() if line.startswith(("from cnnc", "import cnnc"))]
-    assert "def forward(x, P):" in text and "def loss_and_grads(x, y, P, G, seed, total=None, start=0, smoothing=0.0, replicas=None):" in text
+    assert "def forward(x, P, memo=None):" in text and "def loss_and_grads(x, y, P, G, seed, total=None, start=0, smoothing=0.0, replicas=None):" in text
     assert "# conv1 + relu1: conv+relu filters=6 size=5 padding=same -> 6x28x28" in text
 
 

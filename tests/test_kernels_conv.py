@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from checks import cnhw, nchw, numeric_gradient, pads_1d, rel_err, split_scale
 
 from cnnc.kernels.conv import conv2d_backward, conv2d_forward
-from cnnc.kernels.winograd import _backward, _forward, conv3x3_backward, conv3x3_forward
+from cnnc.kernels.winograd import _backward, _forward, conv3x3_backward, conv3x3_forward, winograd_memo
 
 RTOL = 1e-4
 
@@ -177,9 +177,23 @@ WINOGRAD = [
     (2, 3, 8, 10, 9, 2),         # 72
 ]
 # Each tile size by itself, and the kernels that choose between them by the call's tile count.
-FORWARDS = {"F(2x2)": lambda *args: _forward(*args, False), "F(4x4)": lambda *args: _forward(*args, True),
-            "training's": lambda *args: conv3x3_forward(*args, False),
-            "inference's choice": lambda *args: conv3x3_forward(*args, True)}
+def no_memo(w):
+    """The memo arguments that mean none, in w's precision (the float64 checks use the same kernels)."""
+    return np.empty((0, 0, 0), w.dtype), np.empty(0, w.dtype)
+
+
+def memo_forward(*args):
+    """Inference's choice with a memo of the transformed filters: the second call reads them from it."""
+    memo = winograd_memo({}, "layer", args[1].shape[1], args[1].shape[0])
+    conv3x3_forward(*args, True, *memo)
+    conv3x3_forward(*args, True, *memo)
+
+
+FORWARDS = {"F(2x2)": lambda *args: _forward(*args, False, *no_memo(args[1])),
+            "F(4x4)": lambda *args: _forward(*args, True, *no_memo(args[1])),
+            "training's": lambda *args: conv3x3_forward(*args, False, *no_memo(args[1])),
+            "inference's choice": lambda *args: conv3x3_forward(*args, True, *no_memo(args[1])),
+            "inference's, memo": memo_forward}
 BACKWARDS = {"F(2x2)": lambda *args: _backward(*args, False), "F(4x4)": lambda *args: _backward(*args, True),
              "the choice": conv3x3_backward}
 

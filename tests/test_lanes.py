@@ -175,7 +175,7 @@ def test_inference_in_groups_equals_one_call_per_lane(monkeypatch):
     whole = net.module.forward(net.normalized(x), net.vector)
     calls = []
     real = net.module.forward
-    monkeypatch.setattr(net.module, "forward", lambda x, P: calls.append(len(x)) or real(x, P))
+    monkeypatch.setattr(net.module, "forward", lambda x, P, memo=None: calls.append(len(x)) or real(x, P, memo))
     for threads, group, sizes in ((1, 10, [10, 9]), (2, 4, [4, 3, 3, 3, 3, 3])):
         monkeypatch.setattr(lanes, "lane_count", lambda: threads)
         net.forward_group, calls[:] = group, []

@@ -18,6 +18,8 @@ largest error is about 3e-5 of a layer's output spread, against 1.4e-6. So:
 
 The kernels are serial, as the others: the runtime runs slices of the batch side by side.
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -411,23 +413,81 @@ def _winograd4_outputs(mm, b, residual, relu, n0, m, th, tw, out):
                             dst[q] = max(value, 0) if relu else value
 
 
+@njit(cache=True)  # not fastmath: its comparisons must see NaNs
+def _transformed_filters(w, scale, four, memo_u, memo_seen):
+    """The filters as _forward multiplies them: (planes, C + 1, F), transformed for the tile size
+    (`four`) with the scale in. With a memo (memo_seen not empty: winograd_memo's arrays), they
+    live in memo_u and are transformed again only when w, the scale or the tile size differ from
+    what memo_seen holds (w, then the scale, and last the tile size) since the last transform: at
+    batch 1 the transform took a fifth to three fifths of a call (64 -> 64 filters: 29 of 50 us at
+    8x8), the comparison a tenth of that. They are compared as floats: filters with a NaN are
+    transformed at every call, and -0 and +0 count as equal (which can change only the sign of a
+    zero output). A bitwise comparison, through int32 views, cost 0.7 s more of cold compile time.
+
+    One row more than C in each plane: the planes then do not start at the same offset modulo
+    4 KB. 16 or 32 KB apart, they fell into the same L1 sets, and the transforms that read or write
+    all of them at once ran 1.2-5x slower (64 x 64 filters: 126 us)."""
+    F, C = w.shape[0], w.shape[1]
+    shape, tile = (36 if four else 16, C + 1, F), 4 if four else 2
+    flat, seen = w.reshape(w.size), memo_seen
+    n = flat.size
+    if seen.size == 0:
+        u = np.empty(shape, w.dtype)
+    else:
+        u = memo_u[:shape[0]]
+        same = seen[seen.size - 1] == tile
+        for k in range(n):
+            same &= seen[k] == flat[k]
+        for k in range(scale.size):
+            same &= seen[n + k] == scale[k]
+        if same:
+            return u
+    if four:
+        _winograd4_weights(w, scale, u)
+    else:
+        _winograd_weights(w, scale, u)
+    if seen.size != 0:
+        for k in range(n):
+            seen[k] = flat[k]
+        for k in range(scale.size):
+            seen[n + k] = scale[k]
+        seen[seen.size - 1] = tile
+    return u
+
+
+def winograd_memo(memo: dict | None, layer: str, channels: int, filters: int) -> tuple[np.ndarray, np.ndarray]:
+    """The memo arrays (memo_u, memo_seen) of conv3x3_forward for `layer`, kept in `memo` (made on
+    first use, while all of memo's arrays stay within MEMO_BYTES); two empty arrays otherwise, as
+    without a memo. The generated forward asks for them; the runtime hands its memo to one call at
+    a time (runtime.Network.forward)."""
+    if memo is None:
+        return NO_MEMO
+    if layer not in memo:
+        u_shape = (36, channels + 1, filters)  # F(4x4)'s planes; F(2x2) takes the first 16
+        seen_size = filters * channels * 9 + filters + 1  # the tile size last: 0, nothing recorded yet
+        used = sum(a.nbytes + b.nbytes for a, b in memo.values())
+        fits = used + 4 * (math.prod(u_shape) + seen_size) <= MEMO_BYTES
+        memo[layer] = (np.empty(u_shape, np.float32), np.zeros(seen_size, np.float32)) if fits else NO_MEMO
+    return memo[layer]
+
+
+# A network's memo holds four times its Winograd layers' filters (F(4x4)'s 36 values for 9): up to
+# this many bytes of them (resnet20 takes 4.5 MB, vgg_small 1.3; a VGG-16 would take about 300).
+MEMO_BYTES = 32 << 20
+NO_MEMO = (np.empty((0, 0, 0), np.float32), np.empty(0, np.float32))
+
+
 @njit(cache=True, nogil=True, fastmath=True)
-def _forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, four):
+def _forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, four, memo_u, memo_seen):
     """conv2d_forward for 3x3 filters at stride 1, by Winograd F(4x4, 3x3) if `four`, else F(2x2, 3x3);
-    a folded batchnorm's scale goes into the transformed filters."""
+    a folded batchnorm's scale goes into the transformed filters, which memo_u keeps from a call to
+    the next (see _transformed_filters; both empty: no memo)."""
     F, C = w.shape[0], w.shape[1]
     N, OH, OW = x.shape[1], out.shape[2], out.shape[3]
     size, planes, chunk = (4, 36, WINOGRAD4_TILES) if four else (2, 16, WINOGRAD_TILES)
     th, tw = (OH + size - 1) // size, (OW + size - 1) // size
     nb = max(1, min(N, chunk // (th * tw)))
-    # One row more than needed in each (planes, rows, X) buffer: the planes then do not start at
-    # the same offset modulo 4 KB. 16 or 32 KB apart, they fell into the same L1 sets, and the
-    # transforms that read or write all of them at once ran 1.2-5x slower (64 x 64 filters: 126 us).
-    u = np.empty((planes, C + 1, F), x.dtype)
-    if four:
-        _winograd4_weights(w, scale, u)
-    else:
-        _winograd_weights(w, scale, u)
+    u = _transformed_filters(w, scale, four, memo_u, memo_seen)
     v = np.empty((planes, nb * th * tw + 1, C), x.dtype)
     mm = np.empty((planes, nb * th * tw + 1, F), x.dtype)
     for n0 in range(0, N, nb):
@@ -575,11 +635,12 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv3x3_forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, allow_f4):
+def conv3x3_forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, allow_f4, memo_u, memo_seen):
     """conv2d_forward for 3x3 filters at stride 1: F(4x4, 3x3) when allow_f4 (inference) and the
-    call has enough tiles, else F(2x2, 3x3) (training's forward, always)."""
+    call has enough tiles, else F(2x2, 3x3) (training's forward, always). memo_u and memo_seen
+    (winograd_memo's, or empty) keep the transformed filters between calls."""
     four = allow_f4 and x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES
-    _forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, four)
+    _forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, four, memo_u, memo_seen)
 
 
 @njit(cache=True, nogil=True, fastmath=True)

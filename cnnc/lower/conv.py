@@ -83,7 +83,10 @@ def forward(ctx: Context, node: str, training: bool) -> list[str]:
     head = f"{ctx.var(src)}, {weight}, {b}, {scale}, {res}, {ctx.var(node)}"
     if winograd(ctx, node):
         allow_f4 = not training  # F(4x4)'s coarser rounding only where no gradient follows: kernels/winograd.py
-        call = f"conv3x3_forward({head}, {scalars(top, left, relu, allow_f4)})"
+        # inference keeps the transformed filters between calls when the runtime passes a memo
+        filters, channels = data["attrs"]["filters"], ctx.node(src)["shape"][0]
+        memo = "EMPTY3, EMPTY1" if training else f'*winograd_memo(memo, "{node}", {channels}, {filters})'
+        call = f"conv3x3_forward({head}, {scalars(top, left, relu, allow_f4)}, {memo})"
     elif direct(ctx, node):
         call = f"direct_forward({head}, {scalars(sh, sw, top, left, *data['attrs']['dilation'], relu)})"
     else:

@@ -64,7 +64,8 @@ def header(g: nx.DiGraph, layout: ParamLayout, body: list[str]) -> list[str]:
     for module, names in kernel_imports("\n".join(body)).items():
         lines.append(f"from cnnc.kernels.{module} import {', '.join(names)}")
     return lines + ["", "EMPTY4 = np.empty((0, 0, 0, 0), np.float32)  # an array that is not there: no residual, "
-                    "an input gradient nobody needs", "EMPTY2 = np.empty((0, 0), np.float32)",
+                    "an input gradient nobody needs", "EMPTY3 = np.empty((0, 0, 0), np.float32)",
+                    "EMPTY2 = np.empty((0, 0), np.float32)",
                     "EMPTY1 = np.empty(0, np.float32)  # no scale: a conv without a folded batchnorm"]
 
 
@@ -80,14 +81,17 @@ def kernel_imports(code: str) -> dict[str, list[str]]:
 
 
 def kernel_names() -> dict[str, set[str]]:
+    """The kernels (and plain-Python helpers such as winograd_memo) each kernel module defines."""
     import importlib
+    import inspect
 
     from numba.core.registry import CPUDispatcher
 
     table = {}
     for module in KERNEL_MODULES:
         mod = importlib.import_module(f"cnnc.kernels.{module}")
-        table[module] = {n for n, v in vars(mod).items() if isinstance(v, CPUDispatcher) and v.__module__ == mod.__name__}
+        table[module] = {n for n, v in vars(mod).items()
+                         if (isinstance(v, CPUDispatcher) or inspect.isfunction(v)) and v.__module__ == mod.__name__}
     return table
 
 
@@ -118,8 +122,11 @@ def forward_function(ctx: Context) -> list[str]:
                   "return result"]
     else:
         lines.append(f"return {ctx.var(out)}")
-    return function("forward", "x, P", f"Inference on x, float32 N x {show(in_shape)}; "
-                    f"returns N x {show(g.nodes[out]['shape'])}.", lines)
+    return function("forward", "x, P, memo=None", f"Inference on x, float32 N x {show(in_shape)}; "
+                    f"returns N x {show(g.nodes[out]['shape'])}.\n\n"
+                    "    `memo`, a dict that only one call at a time may be given, keeps what depends on P alone\n"
+                    "    (Winograd's transformed filters) for the next call, which checks that P has not changed.",
+                    lines)
 
 
 def function(name: str, args: str, doc: str, lines: list[str]) -> list[str]:
