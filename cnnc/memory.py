@@ -34,14 +34,16 @@ MARGIN = 0.9  # of the available memory, left for Python, NumPy, Numba and the d
 EVAL_BATCH = 256  # what `eval`, `predict` and the test split of `train` run at, at most
 SLACK = 1.1  # on each call's arrays: the kernels' small temporaries and folded weights, not itemized
 # Inference runs a lane's images through the network in groups (Network.forward) whose largest
-# activation is at most GROUP_BYTES: then a layer reads what the one before it wrote from cache,
-# not from memory. Only when a group has GROUP_MIN_IMAGES or more: smaller groups lose more on the
-# products of small planes and the Winograd chunks than the cache gives. Batch 256 on two lanes,
-# A/B in one process: resnet20 88 -> 79 ms (groups of 32 against slices of 128; 16: 85, 64: 81),
-# resnet_tiny 30 -> 25; mobilenet_v1 (whose 32 images take 4 MB) 119 -> 124 with groups of 32,
-# vgg_small within 3%: those two run whole slices.
-GROUP_BYTES = 2 << 20
-GROUP_MIN_IMAGES = 32
+# activation is at most GROUP_BYTES, a core's L2: then a layer reads what the one before it wrote
+# from cache, not from memory. Groups have at least GROUP_MIN_IMAGES: smaller ones lose more on the
+# products of small planes and the Winograd chunks than the cache gives. A network with depthwise
+# layers runs whole slices: on small planes that kernel's vectors run over the images (kernels/
+# depthwise.py). Batch 256 on two lanes, one process, ms (docs/performance.md, 2026-12-01): resnet20
+# 60.6 in groups of 12, 61.1 of 16, 66.0 of 32; vgg_small 32.1 (8), 29.2 (16), 30.6 (32), 31.9 whole
+# slices; resnet_tiny 16.1, 15.5, 15.5, 20.3; lenet5 2.53 (16), 2.37 (64), 2.35; mobilenet_v1 102.7
+# (16), 95.9 (32), 93.0.
+GROUP_BYTES = 1 << 20
+GROUP_MIN_IMAGES = 16
 
 
 @dataclass
@@ -323,11 +325,13 @@ def check(est: Estimate, budget: Budget) -> None:
                      est.locs.get(biggest[0].node), hint)
 
 
-def forward_group(est: Estimate) -> int | None:
-    """The images a lane runs through the inference forward at a time, None for all of its slice
-    (see GROUP_BYTES)."""
-    images = GROUP_BYTES // max(1, est.largest(1)[0].bytes_per_image)
-    return images if images >= GROUP_MIN_IMAGES else None
+def forward_group(est: Estimate, g: nx.DiGraph) -> int | None:
+    """The images a lane runs through the inference forward of graph g at a time, None for all of
+    its slice (see GROUP_BYTES)."""
+    if any(data["op"] == "conv" and depthwise_applies(g.nodes[inputs(g, node)[0]]["shape"][0], data["attrs"])
+           for node, data in g.nodes(data=True)):
+        return None
+    return max(GROUP_MIN_IMAGES, GROUP_BYTES // max(1, est.largest(1)[0].bytes_per_image))
 
 
 def inference_batch(est: Estimate, limit: int | None) -> int:

@@ -176,7 +176,7 @@ class Network:
         self.grads = Params(self.grad_vector, _trainable_only(self.layout))
         self.dropout_rng = np.random.default_rng(seed + 1)
         self.inference_batch = memory.EVAL_BATCH  # the batch whole data sets are run through forward at
-        self.forward_group = memory.forward_group(self.memory())  # images a lane's forward call takes at a time (None: all)
+        self.forward_group = memory.forward_group(self.memory(), self.graph)  # images a lane's forward call takes at a time (None: all)
         # Per-channel (mean, std) float32 arrays subtracted from and dividing every input image, in
         # training and inference alike; set by the trainer or loaded with the weights (train/augment.py).
         self.normalization: tuple[np.ndarray, np.ndarray] | None = None

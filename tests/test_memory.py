@@ -172,3 +172,14 @@ def test_train_checks_again_once_the_data_has_taken_its_share(tmp_path, capsys, 
     code, _, err = run(capsys, "train", "tiny.cnn", "d.npz")
     assert code == 1 and "training at batch 16 needs about" in err and "is available" in err
     assert not Path("tiny.npz").exists()
+
+
+@pytest.mark.parametrize("model, group", [("resnet20", 16), ("vgg_small", 16), ("lenet5", 55), ("mobilenet_v1", None)])
+def test_inference_groups_keep_the_largest_activation_in_a_core_s_l2(model, group):
+    """A group's largest activation is at most GROUP_BYTES, with at least GROUP_MIN_IMAGES images
+    (vgg_small's 128 KB an image: 16, not 8); depthwise networks (mobilenet_v1) run whole slices."""
+    net = cnnc.compile(ROOT / "examples" / f"{model}.cnn")
+    assert net.forward_group == group
+    if group is not None:
+        per_image = net.memory().largest(1)[0].bytes_per_image
+        assert group * per_image <= memory.GROUP_BYTES or group == memory.GROUP_MIN_IMAGES
