@@ -29,6 +29,10 @@ from .conv import _factor
 # 16x16 has 16, where F(4x4)'s 36 small products and weight transform made it 1.2x slower, and
 # 8x8 at batch 1 1.8x slower.
 F4_MIN_TILES = 64
+# ...and from this many when a memo keeps the transformed filters (winograd_memo): with the
+# transform gone, vgg_small's batch-1 forward (its 16x16 layers) took 260-265 us with F(4x4)
+# against 272-286 with F(2x2); resnet20's (its 16x16 layers too; 8x8 has 4 tiles) was the same.
+F4_MEMO_MIN_TILES = 16
 
 
 # ---- 3x3, stride 1: Winograd F(2x2, 3x3) ----------------------------------------------------
@@ -637,9 +641,10 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add
 @njit(cache=True, nogil=True, fastmath=True)
 def conv3x3_forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, allow_f4, memo_u, memo_seen):
     """conv2d_forward for 3x3 filters at stride 1: F(4x4, 3x3) when allow_f4 (inference) and the
-    call has enough tiles, else F(2x2, 3x3) (training's forward, always). memo_u and memo_seen
-    (winograd_memo's, or empty) keep the transformed filters between calls."""
-    four = allow_f4 and x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4) >= F4_MIN_TILES
+    call has enough tiles (fewer with a memo), else F(2x2, 3x3) (training's forward, always).
+    memo_u and memo_seen (winograd_memo's, or empty) keep the transformed filters between calls."""
+    tiles = x.shape[1] * ((out.shape[2] + 3) // 4) * ((out.shape[3] + 3) // 4)
+    four = allow_f4 and tiles >= (F4_MEMO_MIN_TILES if memo_seen.size != 0 else F4_MIN_TILES)
     _forward(x, w, b, scale, residual, out, pad_top, pad_left, relu, four, memo_u, memo_seen)
 
 
