@@ -35,8 +35,9 @@ EVAL_BATCH = 256  # what `eval`, `predict` and the test split of `train` run at,
 SLACK = 1.1  # on each call's arrays: the kernels' small temporaries and folded weights, not itemized
 # Inference runs a lane's images through the network in groups (Network.forward) whose largest
 # activation is at most GROUP_BYTES, a core's L2: then a layer reads what the one before it wrote
-# from cache, not from memory. Groups have at least GROUP_MIN_IMAGES: smaller ones lose more on the
-# products of small planes and the Winograd chunks than the cache gives. A network with depthwise
+# from cache, not from memory. forward_group is at least GROUP_MIN_IMAGES (lanes.in_groups cuts a
+# slice into equal groups of at most that many): smaller groups lose more on the products of small
+# planes and the Winograd chunks than the cache gives. A network with depthwise
 # layers runs whole slices: on small planes that kernel's vectors run over the images (kernels/
 # depthwise.py). Batch 256 on two lanes, one process, ms (docs/performance.md, 2026-12-01): resnet20
 # 60.6 in groups of 12, 61.1 of 16, 66.0 of 32; vgg_small 32.1 (8), 29.2 (16), 30.6 (32), 31.9 whole

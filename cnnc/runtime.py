@@ -268,7 +268,8 @@ class Network:
     def forward(self, x) -> np.ndarray:
         """Inference: batchnorm uses running statistics, dropout passes values through. Up to
         EVAL_BATCH images run on the lanes' processes when a training step's would, more on threads;
-        a batch too small to cut (batch 1) runs here, with the memo (see __init__) when it is free."""
+        a forward that runs whole on one lane (a batch too small to cut, batch 1 say, or a single
+        lane) runs here, with the memo (see __init__) unless another thread's call holds it."""
         x = self.check_input(x)
         threads = lanes.lane_count()
         parts = lanes.slices(len(x), threads)

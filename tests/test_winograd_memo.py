@@ -16,8 +16,8 @@ from cnnc.kernels.winograd import conv3x3_forward, winograd_memo
 
 MODEL = """
 model memo_check
-input 3x8x8
-conv filters=16 size=3 padding=same
+input 3x16x16
+conv filters=32 size=3 padding=same
 batchnorm
 relu
 conv filters=16 size=3 padding=same
@@ -55,15 +55,16 @@ def layer(seed, images=1):
     return x, w, scale
 
 
-@pytest.mark.parametrize("change", ["one weight", "one scale", "the tile size", "nothing"])
+@pytest.mark.parametrize("change", ["the first weight", "a weight", "the last weight", "the first scale",
+                                    "the last scale", "the tile size", "nothing"])
 def test_the_memo_gives_what_a_fresh_transform_gives_after_a_change(change):
     x, w, scale = layer(1)
     memo = fresh()
     assert np.array_equal(call(x, w, scale, memo), call(x, w, scale, NONE))  # 4 tiles: F(2x2) either way
-    if change == "one weight":
-        w[3, 5, 1, 2] += 0.25
-    elif change == "one scale":
-        scale[7] *= 1.5
+    if change.endswith("weight"):
+        w[{"the first weight": (0, 0, 0, 0), "a weight": (3, 5, 1, 2), "the last weight": (15, 15, 2, 2)}[change]] += 0.25
+    elif change.endswith("scale"):
+        scale[0 if change == "the first scale" else 15] *= 1.5
     elif change == "the tile size":  # 4 images of 8x8 have the 16 tiles that F(4x4) takes with a memo
         x = np.concatenate([x] + [layer(k)[0] for k in (2, 3, 4)], axis=1)
     assert np.array_equal(call(x, w, scale, memo), call(x, w, scale, fresh()))
@@ -90,6 +91,17 @@ def test_a_nan_in_the_filters_is_transformed_at_every_call():
     assert np.array_equal(call(x, w, scale, memo), call(x, w, scale, fresh()))
 
 
+def test_one_memo_keeps_two_models_layers_of_the_same_name_apart():
+    """A memo handed to two models' forwards: "conv" of 16 -> 16 filters and of 32 -> 16."""
+    memo = {}
+    for channels in (16, 32, 16):
+        x = np.random.default_rng(channels).standard_normal((channels, 1, 8, 8)).astype(np.float32)
+        w = np.random.default_rng(channels + 1).standard_normal((16, channels, 3, 3)).astype(np.float32)
+        scale = np.ones(16, np.float32)
+        got = call(x, w, scale, winograd_memo(memo, "conv", channels, 16))
+        assert np.array_equal(got, call(x, w, scale, winograd_memo({}, "conv", channels, 16)))
+
+
 def test_layers_past_the_memo_budget_get_no_memo(monkeypatch):
     per_layer = 4 * (36 * 17 * 16 + 16 * 16 * 9 + 16 + 1)
     monkeypatch.setattr(winograd, "MEMO_BYTES", per_layer + 100)
@@ -110,21 +122,23 @@ def plain(net, x):
 
 
 def test_a_batch_one_forward_follows_every_change_to_the_parameters(net):
-    x = np.random.default_rng(7).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)  # 16 tiles: F(4x4)
     assert np.array_equal(net.forward(x), plain(net, x))
     assert net.memo, "the batch-1 forward kept no memo"
     net.params["conv2.weight"][2, 1, 0, 0] += 0.5  # in place, as a user may
     assert np.array_equal(net.forward(x), plain(net, x))
-    net.params["batchnorm2.running_var"][4] *= 3.0  # the folded batchnorm's scale
+    net.params["conv2.weight"][15, 31, 2, 2] += 0.5
+    assert np.array_equal(net.forward(x), plain(net, x))
+    net.params["batchnorm2.running_var"][15] *= 3.0  # the folded batchnorm's scale
     assert np.array_equal(net.forward(x), plain(net, x))
     y = np.array([0, 1, 2, 3])
-    net.fit(np.random.default_rng(8).standard_normal((4, 3, 8, 8)).astype(np.float32), y, epochs=1, verbose=False)
+    net.fit(np.random.default_rng(8).standard_normal((4, 3, 16, 16)).astype(np.float32), y, epochs=1, verbose=False)
     assert np.array_equal(net.forward(x), plain(net, x))
 
 
 def test_batch_one_forwards_from_two_threads_are_both_right(net):
     """One of them holds the memo, the other runs without it."""
-    xs = np.random.default_rng(9).standard_normal((2, 1, 3, 8, 8)).astype(np.float32)
+    xs = np.random.default_rng(9).standard_normal((2, 1, 3, 16, 16)).astype(np.float32)
     expected = [plain(net, x) for x in xs]
     wrong = []
 

@@ -14,7 +14,8 @@ largest error is about 3e-5 of a layer's output spread, against 1.4e-6. So:
   gradient moved by 7e-4 at one test point);
 - the backward and inference's forward (allow_f4 true) are F(4x4) when the call has
   F4_MIN_TILES tiles or more (the backward's rounding stays in the gradient: 5e-6 on that same
-  test point), F(2x2) below. _forward and _backward serve both tile sizes.
+  test point), F(2x2) below; an inference forward given a memo of its transformed filters
+  (winograd_memo) from F4_MEMO_MIN_TILES. _forward and _backward serve both tile sizes.
 
 The kernels are serial, as the others: the runtime runs slices of the batch side by side.
 """
@@ -446,16 +447,17 @@ def _transformed_filters(w, scale, four, memo_u, memo_seen):
             same &= seen[n + k] == scale[k]
         if same:
             return u
-    if four:
-        _winograd4_weights(w, scale, u)
-    else:
-        _winograd_weights(w, scale, u)
-    if seen.size != 0:
-        for k in range(n):
+    if seen.size != 0:  # recorded first, and transformed from the record: a thread writing w meanwhile
+        for k in range(n):  # leaves u as the record says, which the next call then finds changed
             seen[k] = flat[k]
         for k in range(scale.size):
             seen[n + k] = scale[k]
         seen[seen.size - 1] = tile
+        w, scale = seen[:n].reshape(w.shape), seen[n:n + scale.size]
+    if four:
+        _winograd4_weights(w, scale, u)
+    else:
+        _winograd_weights(w, scale, u)
     return u
 
 
@@ -466,13 +468,14 @@ def winograd_memo(memo: dict | None, layer: str, channels: int, filters: int) ->
     a time (runtime.Network.forward)."""
     if memo is None:
         return NO_MEMO
-    if layer not in memo:
+    key = (layer, channels, filters)  # a memo given to two models' forwards keeps their layers apart
+    if key not in memo:
         u_shape = (36, channels + 1, filters)  # F(4x4)'s planes; F(2x2) takes the first 16
         seen_size = filters * channels * 9 + filters + 1  # the tile size last: 0, nothing recorded yet
         used = sum(a.nbytes + b.nbytes for a, b in memo.values())
         fits = used + 4 * (math.prod(u_shape) + seen_size) <= MEMO_BYTES
-        memo[layer] = (np.empty(u_shape, np.float32), np.zeros(seen_size, np.float32)) if fits else NO_MEMO
-    return memo[layer]
+        memo[key] = (np.empty(u_shape, np.float32), np.zeros(seen_size, np.float32)) if fits else NO_MEMO
+    return memo[key]
 
 
 # A network's memo holds four times its Winograd layers' filters (F(4x4)'s 36 values for 9): up to
