@@ -184,9 +184,9 @@ class Network:
         self.forked: forked_lanes.ForkedLanes | None = None  # the lanes' processes, when they are processes
         self.fork_failed = False  # forking them failed once: the lanes stay threads
         # What a forward that runs whole on one lane keeps from call to call (the generated forward's
-        # `memo`: Winograd's transformed filters, checked against P at every call); one call at a time.
-        self.memo: dict = {}
-        self.memo_lock = threading.Lock()
+        # `memo`: Winograd's transformed filters, checked against P at every call): one per thread,
+        # so that calls from several threads run side by side and give the same bits.
+        self.memos = threading.local()
         keep_freed_memory()
         started = time.perf_counter()
         self.module = load_module(self.lowered.source)
@@ -269,7 +269,7 @@ class Network:
         """Inference: batchnorm uses running statistics, dropout passes values through. Up to
         EVAL_BATCH images run on the lanes' processes when a training step's would, more on threads;
         a forward that runs whole on one lane (a batch too small to cut, batch 1 say, or a single
-        lane) runs here, with the memo (see __init__) unless another thread's call holds it."""
+        lane) runs here, with this thread's memo (see __init__)."""
         x = self.check_input(x)
         threads = lanes.lane_count()
         parts = lanes.slices(len(x), threads)
@@ -279,15 +279,19 @@ class Network:
                 pool = self._lanes_pool(len(parts), len(x), steps=False)
                 if pool is not None:
                     return pool.forward(x, parts, self.vector, group)
-        if len(parts) == 1 and self.memo_lock.acquire(blocking=False):  # another thread's call: no memo
-            try:
-                forward = partial(self.module.forward, memo=self.memo)
-                return lanes.run(lanes.in_groups, [(forward, x, self.vector, group)], threads)[0]
-            finally:
-                self.memo_lock.release()
+        if len(parts) == 1:
+            forward = partial(self.module.forward, memo=self.memo)
+            return lanes.run(lanes.in_groups, [(forward, x, self.vector, group)], threads)[0]
         outputs = lanes.run(lanes.in_groups, [(self.module.forward, x[part], self.vector, group) for part in parts],
                             threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    @property
+    def memo(self) -> dict:
+        """This thread's memo of the generated forward (see __init__), made on first use."""
+        if not hasattr(self.memos, "memo"):
+            self.memos.memo = {}
+        return self.memos.memo
 
     def _lanes_pool(self, lanes_needed: int, images: int, steps: bool) -> forked_lanes.ForkedLanes | None:
         """The lanes' processes (cnnc/forked_lanes.py) for this many lanes and images, and for

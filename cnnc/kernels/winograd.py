@@ -464,8 +464,8 @@ def _transformed_filters(w, scale, four, memo_u, memo_seen):
 def winograd_memo(memo: dict | None, layer: str, channels: int, filters: int) -> tuple[np.ndarray, np.ndarray]:
     """The memo arrays (memo_u, memo_seen) of conv3x3_forward for `layer`, kept in `memo` (made on
     first use, while all of memo's arrays stay within MEMO_BYTES); two empty arrays otherwise, as
-    without a memo. The generated forward asks for them; the runtime hands its memo to one call at
-    a time (runtime.Network.forward)."""
+    without a memo. The generated forward asks for them; a memo must serve one call at a time (the
+    runtime keeps one per thread: runtime.Network.memo)."""
     if memo is None:
         return NO_MEMO
     key = (layer, channels, filters)  # a memo given to two models' forwards keeps their layers apart
