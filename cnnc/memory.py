@@ -37,12 +37,12 @@ SLACK = 1.1  # on each call's arrays: the kernels' small temporaries and folded 
 # activation is at most GROUP_BYTES, a core's L2: then a layer reads what the one before it wrote
 # from cache, not from memory. forward_group is at least GROUP_MIN_IMAGES (lanes.in_groups cuts a
 # slice into equal groups of at most that many): smaller groups lose more on the products of small
-# planes and the Winograd chunks than the cache gives. A network with depthwise
-# layers runs whole slices: on small planes that kernel's vectors run over the images (kernels/
-# depthwise.py). Batch 256 on two lanes, one process, ms (docs/performance.md, 2026-12-01): resnet20
-# 60.6 in groups of 12, 61.1 of 16, 66.0 of 32; vgg_small 32.1 (8), 29.2 (16), 30.6 (32), 31.9 whole
-# slices; resnet_tiny 16.1, 15.5, 15.5, 20.3; lenet5 2.53 (16), 2.37 (64), 2.35; mobilenet_v1 102.7
-# (16), 95.9 (32), 93.0.
+# planes and the Winograd chunks than the cache gives. A network with depthwise layers runs whole
+# slices: on small planes that kernel's vectors run over the images (kernels/depthwise.py).
+# Batch 256 on two lanes, one process, ms (docs/performance.md, 2026-12-01): resnet20 60.6 in
+# groups of 12, 61.1 of 16, 66.0 of 32; vgg_small 32.1 (8), 29.2 (16), 30.6 (32), 31.9 whole
+# slices; resnet_tiny 16.1, 15.5, 15.5, 20.3; lenet5 2.53 (16), 2.37 (64), 2.35; mobilenet_v1
+# 102.7 (16), 95.9 (32), 93.0.
 GROUP_BYTES = 1 << 20
 GROUP_MIN_IMAGES = 16
 
