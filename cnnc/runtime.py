@@ -279,11 +279,9 @@ class Network:
                 pool = self._lanes_pool(len(parts), len(x), steps=False)
                 if pool is not None:
                     return pool.forward(x, parts, self.vector, group)
-        if len(parts) == 1:
-            forward = partial(self.module.forward, memo=self.memo)
-            return lanes.run(lanes.in_groups, [(forward, x, self.vector, group)], threads)[0]
-        outputs = lanes.run(lanes.in_groups, [(self.module.forward, x[part], self.vector, group) for part in parts],
-                            threads)
+        # one lane: this thread's memo; several: none (their calls would share it)
+        forward = partial(self.module.forward, memo=self.memo) if len(parts) == 1 else self.module.forward
+        outputs = lanes.run(lanes.in_groups, [(forward, x[part], self.vector, group) for part in parts], threads)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     @property

@@ -447,8 +447,9 @@ def _transformed_filters(w, scale, four, memo_u, memo_seen):
             same &= seen[n + k] == scale[k]
         if same:
             return u
-    if seen.size != 0:  # recorded first, and transformed from the record: a thread writing w meanwhile
-        for k in range(n):  # leaves u as the record says, which the next call then finds changed
+        # recorded first, and transformed from the record: a thread writing w meanwhile leaves u
+        # as the record says, which the next call then finds changed
+        for k in range(n):
             seen[k] = flat[k]
         for k in range(scale.size):
             seen[n + k] = scale[k]
@@ -587,7 +588,7 @@ def _backward(x, w, out, dout, dx, dw, db, pad_top, pad_left, relu, need_dx, add
             for i in range(3):
                 for j in range(3):
                     flipped[c, f, i, j] = w[f, c, 2 - i, 2 - j]
-    u = np.empty((planes, F + 1, C), x.dtype)  # + 1: see _forward
+    u = np.empty((planes, F + 1, C), x.dtype)  # + 1: see _transformed_filters
     if four:
         _winograd4_weights(flipped, np.empty(0, w.dtype), u)
     else:
