@@ -1,7 +1,9 @@
-"""cnnc.kernels.direct against PyTorch and finite differences: every padding mode, odd sizes, even
-kernels, dilation, fused bias + residual + ReLU, filter counts that leave 1, 2 or 3 over from fours,
-kernel rows of 3, 4, 5 and 6 taps (three a pass, the rest one at a time), at stride 1 and at strides
-2 and 3, square or not (on the input's phases, with the input gradient scattered back)."""
+"""cnnc.kernels.direct against PyTorch and finite differences: every padding mode, odd sizes (wide
+planes that end inside a run of sums), even kernels, dilation, fused bias + residual + ReLU, filter
+counts of 3 to 9 and 16 (the forward's passes of eight filters, the last with filters repeated; the
+weight gradients' fours), kernel rows of 3, 4, 5 and 6 taps (the weight gradients' three a pass,
+the rest one at a time), at stride 1 and at strides 2 and 3, square or not (on the input's phases,
+with the input gradient scattered back)."""
 import numpy as np
 import pytest
 from checks import numeric_gradient, rel_err

@@ -6,8 +6,8 @@ im2col + BLAS is weakest where there is least to multiply: lenet5's first layer 
 it, and a product with 6 rows runs far below the machine's rate; on 16 channels at 32x32
 (ResNet-20's first stage) Winograd's transforms cost more than its products save. Here there is
 no column matrix and no BLAS: each image's channels are copied once into zero-padded planes, and
-every (filter, channel, tap) is one multiply-add over a whole plane, one long vectorized run:
-four filters and three taps in each pass over a plane.
+the outputs are made a run of two vector registers (32 with AVX-512) at a time for eight filters, their
+sums held in registers through every channel and tap (_eight_filters).
 
 Phases and "wide" planes: each padded plane is cut into its stride's phases as the depthwise
 kernel cuts it (kernels/depthwise.py: _pad_phases): phase (a, b) holds the padded rows a, a + Sh,
@@ -26,11 +26,14 @@ phases of the input's shape, which then go back into dx's planes.
 The kernels are serial, as the others: the runtime runs slices of the batch side by side.
 """
 import numpy as np
-from numba import njit
+from numba import carray, njit
 
 from .aligned import aligned_rows
 from .conv import _factor
 from .depthwise import _columns, _pad_phases, _phase_geometry, _tap_offsets, _unpad_phases_add
+from .registers import LANES, stack_block
+
+SUMS = 16 * LANES  # _eight_filters' sums: eight filters by two vector registers
 
 
 @njit(cache=True, fastmath=True)
@@ -41,44 +44,64 @@ def _fill_phases(x, n, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp
         _pad_phases(x[c, n], pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp[c])
 
 
-@njit(cache=True, fastmath=True)
-def _four_filters(xp, w, f0, f1, f2, f3, offsets, a0, a1, a2, a3):
-    """a_r += the taps of filter f_r over every channel's phases in xp, tap t's run starting at
-    offsets[t] (a_r: wide planes). Four filters a pass, each input element loaded once for all
-    four (one filter a pass ran 1.5-2x slower), and three taps a pass: three loads feed twelve
-    multiply-adds, and each accumulator is loaded and stored once for three taps. On 16 -> 16
-    filters at 32x32 that ran at 180-190 GFLOP/s, 1.6x faster than one tap a pass; the loop is
-    written out here, as a called function per row it was 15% slower."""
-    C, T = w.shape[1], offsets.size
-    wt = w.reshape(w.shape[0], C, T)
-    threes = T - T % 3
-    for c in range(C):
-        plane = xp[c]
-        for t in range(0, threes, 3):
-            s0, s1, s2 = plane[offsets[t]:], plane[offsets[t + 1]:], plane[offsets[t + 2]:]
-            p0, p1, p2 = wt[f0, c, t], wt[f0, c, t + 1], wt[f0, c, t + 2]
-            q0, q1, q2 = wt[f1, c, t], wt[f1, c, t + 1], wt[f1, c, t + 2]
-            u0, u1, u2 = wt[f2, c, t], wt[f2, c, t + 1], wt[f2, c, t + 2]
-            v0, v1, v2 = wt[f3, c, t], wt[f3, c, t + 1], wt[f3, c, t + 2]
-            for k in range(a0.size):
-                x0, x1, x2 = s0[k], s1[k], s2[k]
-                a0[k] += p0 * x0 + p1 * x1 + p2 * x2
-                a1[k] += q0 * x0 + q1 * x1 + q2 * x2
-                a2[k] += u0 * x0 + u1 * x1 + u2 * x2
-                a3[k] += v0 * x0 + v1 * x1 + v2 * x2
-        for t in range(threes, T):
-            _one_tap(plane[offsets[t]:], wt[f0, c, t], wt[f1, c, t], wt[f2, c, t], wt[f3, c, t], a0, a1, a2, a3)
+# Outputs a pass of _eight_filters makes per filter: two vector registers' worth.
+RUN = 2 * LANES
 
 
 @njit(cache=True, fastmath=True)
-def _one_tap(src, w0, w1, w2, w3, a0, a1, a2, a3):
-    """a_r += w_r * src: one tap of four filters."""
-    for k in range(a0.size):
-        v = src[k]
-        a0[k] += w0 * v
-        a1[k] += w1 * v
-        a2[k] += w2 * v
-        a3[k] += w3 * v
+def _eight_filters(xp, wt, f, last, offsets, size, acc):
+    """acc[r, start:start + RUN] = the taps of filter min(f + r, last) over every channel's
+    phases in xp, tap t's run starting at offsets[t] + start (wt: F x C x taps). Eight filters
+    by two vector registers of outputs: sixteen sums that stay in registers (kernels/registers.py)
+    while the loops run over every channel and tap, each input vector loaded once for eight
+    filters and each weight once for two vectors. On 16 -> 16 filters at 32x32 this inner loop
+    ran at 218-221 GFLOP/s (about the core's peak), the plane-long loops it replaced (four
+    filters, three taps a pass, the sums loaded and stored at each pass) at 208."""
+    C, T = wt.shape[1], offsets.size
+    sums = carray(stack_block(SUMS, wt.dtype), (16, LANES))
+    f0, f1, f2, f3 = f, min(f + 1, last), min(f + 2, last), min(f + 3, last)
+    f4, f5, f6, f7 = min(f + 4, last), min(f + 5, last), min(f + 6, last), min(f + 7, last)
+    for start in range(0, size, RUN):
+        for r in range(16):
+            for j in range(LANES):
+                sums[r, j] = 0
+        for c in range(C):
+            plane = xp[c]
+            for t in range(T):
+                lo, hi = plane[offsets[t] + start:], plane[offsets[t] + start + LANES:]
+                w0, w1, w2, w3 = wt[f0, c, t], wt[f1, c, t], wt[f2, c, t], wt[f3, c, t]
+                w4, w5, w6, w7 = wt[f4, c, t], wt[f5, c, t], wt[f6, c, t], wt[f7, c, t]
+                for j in range(LANES):
+                    v = lo[j]
+                    sums[0, j] += w0 * v
+                    sums[1, j] += w1 * v
+                    sums[2, j] += w2 * v
+                    sums[3, j] += w3 * v
+                    sums[4, j] += w4 * v
+                    sums[5, j] += w5 * v
+                    sums[6, j] += w6 * v
+                    sums[7, j] += w7 * v
+                for j in range(LANES):
+                    v = hi[j]
+                    sums[8, j] += w0 * v
+                    sums[9, j] += w1 * v
+                    sums[10, j] += w2 * v
+                    sums[11, j] += w3 * v
+                    sums[12, j] += w4 * v
+                    sums[13, j] += w5 * v
+                    sums[14, j] += w6 * v
+                    sums[15, j] += w7 * v
+        for r in range(8):
+            for j in range(LANES):
+                acc[r, start + j] = sums[r, j]
+                acc[r, start + LANES + j] = sums[8 + r, j]
+
+
+@njit(cache=True)
+def runs_up(size):
+    """size rounded up to whole runs of _eight_filters: the length of an accumulator row. The
+    last run reads up to RUN - 1 elements past a plane's phases: the slack that follows them."""
+    return -(-size // RUN) * RUN
 
 
 @njit(cache=True, fastmath=True)
@@ -106,16 +129,15 @@ def _store(acc, f, b, scale, residual, relu, n, L, out):
 @njit(cache=True, fastmath=True)
 def _convolve_into(xp, w, offsets, b, scale, residual, out, relu, n, L, acc):
     """out[:, n] = the convolution of one image's phases xp with w, stored by _store (residual
-    may be out itself: the result is then added into out). acc: four aligned rows
-    (aligned_rows) of at least a wide output plane (OH x L) each; a filter count that is not a
-    multiple of four repeats the last filter in its last pass."""
-    F, size = w.shape[0], out.shape[2] * L
-    a0, a1, a2, a3 = acc[0, :size], acc[1, :size], acc[2, :size], acc[3, :size]
-    last = F - 1
-    for f in range(0, F, 4):
-        acc[:] = 0
-        _four_filters(xp, w, f, min(f + 1, last), min(f + 2, last), min(f + 3, last), offsets, a0, a1, a2, a3)
-        for r in range(min(4, F - f)):
+    may be out itself: the result is then added into out). xp: each plane followed by RUN
+    elements of slack (zero), which the last run reads; acc: eight aligned rows (aligned_rows)
+    of runs_up(OH * L) each; a filter count that is not a multiple of eight repeats the last
+    filter in its last pass."""
+    F, C, size = w.shape[0], w.shape[1], out.shape[2] * L
+    wt = w.reshape(F, C, offsets.size)
+    for f in range(0, F, 8):
+        _eight_filters(xp, wt, f, F - 1, offsets, size, acc)
+        for r in range(min(8, F - f)):
             _store(acc[r, :size], f + r, b, scale, residual, relu, n, L, out)
 
 
@@ -128,8 +150,8 @@ def direct_forward(x, w, b, scale, residual, out, stride_h, stride_w, pad_top, p
     HPh, WPh = _phase_geometry(OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w)
     cols = _columns(stride_w, pad_left, x.shape[3], WPh)
     offsets = _tap_offsets(KH, KW, stride_h, stride_w, dil_h, dil_w, HPh, WPh)
-    xp = np.zeros((C, stride_h * stride_w * (HPh + 1) * WPh), x.dtype)
-    acc = aligned_rows(4, OH * WPh, x.dtype)
+    xp = np.zeros((C, stride_h * stride_w * (HPh + 1) * WPh + RUN), x.dtype)
+    acc = aligned_rows(8, runs_up(OH * WPh), x.dtype)
     for n in range(N):
         _fill_phases(x, n, pad_top, pad_left, stride_h, stride_w, HPh, WPh, cols, xp)
         _convolve_into(xp, w, offsets, b, scale, residual, out, relu, n, WPh, acc)
@@ -138,8 +160,9 @@ def direct_forward(x, w, b, scale, residual, out, stride_h, stride_w, pad_top, p
 @njit(cache=True, fastmath=True)
 def _weight_grads(xp, g, f0, f1, f2, f3, offsets, size, dw):
     """dw[f_r, c, tap t] += the dot product of g[f_r, :size] with c's phases from offsets[t] on,
-    for four filters a pass (each input element loaded once for the four), three taps a pass as
-    in _four_filters; a repeated filter (f3 = f2, ... at the end) is counted once."""
+    for four filters a pass (each input element loaded once for the four) and three taps a pass
+    (three loads feed twelve multiply-adds); a repeated filter (f3 = f2, ... at the end) is
+    counted once."""
     C, T = dw.shape[1], offsets.size
     dwt = dw.reshape(dw.shape[0], C, T)
     g0, g1, g2, g3 = g[f0, :size], g[f1, :size], g[f2, :size], g[f3, :size]
@@ -250,7 +273,7 @@ def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     phases, size = stride_h * stride_w * (HPh + 1) * WPh, OH * WPh
     # On 64-byte boundaries (kernels/aligned.py): with Numba's 32, the stride-2 backward took 1.6
     # or 2.0 ms (16 -> 32 channels at 32x32, 32 images) depending on where the arrays fell.
-    xp = aligned_rows(C, phases, x.dtype)
+    xp = aligned_rows(C, phases + RUN, x.dtype)  # with _convolve_into's slack, for _weight_grads too
     xp[:] = 0
     g = aligned_rows(F, size, x.dtype)  # wide planes g[f, :size]: the garbage columns stay zero
     g[:] = 0
@@ -262,11 +285,11 @@ def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     # dx at stride 1: the flipped filters' convolution of g's padded planes gp (HPg + 1 rows of Lg)
     top_g, left_g = (KH - 1) * dil_h - pad_top, (KW - 1) * dil_w - pad_left
     HPg, Lg = _phase_geometry(H, W, KH, KW, 1, 1, dil_h, dil_w)
-    gp = np.zeros((F, (HPg + 1) * Lg) if convolve_dx else (0, 0), x.dtype)
+    gp = np.zeros((F, (HPg + 1) * Lg + RUN) if convolve_dx else (0, 0), x.dtype)
     g_cols = _columns(1, left_g, WPh, Lg)  # g's planes, garbage columns (zero) and all, as the padded image
     dx_offsets = _tap_offsets(KH, KW, 1, 1, dil_h, dil_w, HPg, Lg)
     flipped = _flipped(w) if convolve_dx else w
-    acc = aligned_rows(4, H * Lg if convolve_dx else 0, x.dtype)
+    acc = aligned_rows(8, runs_up(H * Lg) if convolve_dx else 0, x.dtype)
     no_bias, no_scale = np.zeros(C, x.dtype), np.empty(0, x.dtype)
     into = dx if add_dx else np.empty((0, 0, 0, 0), x.dtype)  # _store adds `into` (dx itself) or nothing
     off = relu and not relu  # no ReLU on dx; False, typed bool: a literal False would compile _convolve_into once more
