@@ -21,8 +21,10 @@ from .diagnostics import ModelError
 from .graph import inputs
 from .kernels.conv import COLS_ELEMS, MIN_COLUMNS  # the chunk sizes the workspaces follow
 from .kernels.depthwise import SMALL_PLANE, SMALL_PLANE_IMAGES
+from .kernels.direct import RUN, runs_up
 from .kernels.winograd import WINOGRAD4_TILES, WINOGRAD_TILES
-from .lower.conv import depthwise_applies, direct_applies, winograd_applies, winograd_backward_applies
+from .lower.conv import (depthwise_applies, direct_applies, direct_forward_applies, winograd_applies,
+                         winograd_backward_applies)
 from .lower.program import needs_grad
 from .ops import effective_size
 from .shapes import show
@@ -162,17 +164,18 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
             across = n * planes if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
             return max(planes, across) + 8 * f * (kh * kw + 1)
         return depthwise
-    if direct_applies(c, data):  # one image's phases and four wide output planes; the backward: the phases,
-        # the output gradient's wide planes, and at stride 1 their padded copy, four of the input gradient's
-        # wide planes and the flipped filters, at a stride the input gradient's phases
-        phases = sh * sw * (hph + 1) * wph
-        forward_bytes = FLOAT * (c * phases + aligned_floats(4, oh * wph))
+    phases = sh * sw * (hph + 1) * wph + RUN  # one plane's, and the slack its last run of sums reads
+    direct_forward_bytes = FLOAT * (c * phases + aligned_floats(8, runs_up(oh * wph)))  # and eight wide output planes
+    if direct_applies(c, data):  # the backward: the phases, the output gradient's wide planes, and at stride 1
+        # their padded copy, eight of the input gradient's wide planes and the flipped filters, at a stride
+        # the input gradient's phases
         if (sh, sw) == (1, 1):
-            dx_bytes = f * (h + ekh) * (w + ekw - 1) + aligned_floats(4, h * (w + ekw - 1)) + c * f * kh * kw
+            dx_bytes = (f * ((h + ekh) * (w + ekw - 1) + RUN) + aligned_floats(8, runs_up(h * (w + ekw - 1)))
+                        + c * f * kh * kw)
         else:  # counted even for a first layer, whose backward needs no dx
             dx_bytes = aligned_floats(c, phases)
         backward_bytes = FLOAT * (aligned_floats(c, phases) + aligned_floats(f, oh * wph) + dx_bytes)
-        return lambda n: backward_bytes if training else forward_bytes
+        return lambda n: backward_bytes if training else direct_forward_bytes
     hp, ld = -(-((oh - 1) * sh + ekh) // sh), -(-((ow - 1) * sw + ekw) // sw)  # a stride phase of the input
     rows = c * kh * kw
     groups = data["attrs"]["groups"]
@@ -210,7 +213,8 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
     pointwise = ((kh, kw) == (1, 1) and data["pads"][0] == data["pads"][2] == 0
                  and (oh, ow) == ((h - 1) // sh + 1, (w - 1) // sw + 1))
     copy = FLOAT * oh * ow * c if sh * sw > 1 else 0  # bytes an image of the subsampled input
-    forward = winograd if winograd_applies(c, data) else (lambda n: n * copy) if pointwise else im2col
+    forward = (winograd if winograd_applies(c, data) else (lambda n: direct_forward_bytes)
+               if direct_forward_applies(c, data) else (lambda n: n * copy) if pointwise else im2col)
     if not training:
         return forward
     def pointwise_backward(n: int) -> int:  # the output gradient and one group's input gradient, whole batch
