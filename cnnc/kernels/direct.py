@@ -71,6 +71,8 @@ def _eight_filters(xp, wt, f, last, offsets, size, acc):
                 lo, hi = plane[offsets[t] + start:], plane[offsets[t] + start + LANES:]
                 w0, w1, w2, w3 = wt[f0, c, t], wt[f1, c, t], wt[f2, c, t], wt[f3, c, t]
                 w4, w5, w6, w7 = wt[f4, c, t], wt[f5, c, t], wt[f6, c, t], wt[f7, c, t]
+                # the two registers written out: as a loop over both (unrolled by LLVM) the weights
+                # were broadcast by separate instructions and the forward ran 6% slower
                 for j in range(LANES):
                     v = lo[j]
                     sums[0, j] += w0 * v
