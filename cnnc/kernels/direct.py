@@ -6,8 +6,8 @@ im2col + BLAS is weakest where there is least to multiply: lenet5's first layer 
 it, and a product with 6 rows runs far below the machine's rate; on 16 channels at 32x32
 (ResNet-20's first stage) Winograd's transforms cost more than its products save. Here there is
 no column matrix and no BLAS: each image's channels are copied once into zero-padded planes, and
-the outputs are made a run of two vector registers (32 with AVX-512) at a time for eight filters, their
-sums held in registers through every channel and tap (_eight_filters).
+the outputs are made a run of two vector registers (32 with AVX-512) at a time for eight
+filters, their sums held in registers through every channel and tap (_eight_filters).
 
 Phases and "wide" planes: each padded plane is cut into its stride's phases as the depthwise
 kernel cuts it (kernels/depthwise.py: _pad_phases): phase (a, b) holds the padded rows a, a + Sh,
@@ -50,8 +50,9 @@ RUN = 2 * LANES
 
 @njit(cache=True, fastmath=True)
 def _eight_filters(xp, wt, f, last, offsets, size, acc):
-    """acc[r, start:start + RUN] = the taps of filter min(f + r, last) over every channel's
-    phases in xp, tap t's run starting at offsets[t] + start (wt: F x C x taps). Eight filters
+    """acc[r, :runs_up(size)] = the taps of filter min(f + r, last) over every channel's phases
+    in xp, a run of RUN outputs at a time, tap t's run from start starting at offsets[t] + start
+    (wt: F x C x taps). Eight filters
     by two vector registers of outputs: sixteen sums that stay in registers (kernels/registers.py)
     while the loops run over every channel and tap, each input vector loaded once for eight
     filters and each weight once for two vectors. On 16 -> 16 filters at 32x32 this inner loop

@@ -5,7 +5,7 @@ sum kept in one is loaded and stored at every turn of the loop around it. A bloc
 (`stack_block`: an `alloca` in the function's entry block) belongs to no one else, so once
 the loop over its elements is vectorized into whole registers LLVM keeps those registers for
 the whole loop around it: the direct convolution's inner loop (kernels/direct.py) became sixteen
-fused multiply-adds on registers, eight loads and no stores.
+fused multiply-adds on registers, two vector loads, eight broadcast weights and no stores.
 
 LANES is how many float32 one vector register holds on this machine: the length of a run of
 sums, so that a run is one register."""
@@ -35,4 +35,3 @@ def stack_block(typingctx, count, dtype):
         return cgutils.alloca_once(builder, context.get_value_type(dtype.dtype), size=size)
 
     return types.CPointer(dtype.dtype)(count, dtype), codegen
-
