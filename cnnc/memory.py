@@ -164,8 +164,9 @@ def conv_workspace(g: nx.DiGraph, node: str, training: bool):
             across = n * planes if oh * ow <= SMALL_PLANE and n >= SMALL_PLANE_IMAGES else 0
             return max(planes, across) + 8 * f * (kh * kw + 1)
         return depthwise
-    phases = sh * sw * (hph + 1) * wph + RUN  # one plane's, and the slack its last run of sums reads
-    direct_forward_bytes = FLOAT * (c * phases + aligned_floats(8, runs_up(oh * wph)))  # and eight wide output planes
+    phases = sh * sw * (hph + 1) * wph  # one plane's
+    # the forward's: the phases with the slack their last run of sums reads, eight wide output planes
+    direct_forward_bytes = FLOAT * (c * (phases + RUN) + aligned_floats(8, runs_up(oh * wph)))
     if direct_applies(c, data):  # the backward: the phases, the output gradient's wide planes, and at stride 1
         # their padded copy, eight of the input gradient's wide planes and the flipped filters, at a stride
         # the input gradient's phases

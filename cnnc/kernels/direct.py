@@ -51,13 +51,13 @@ RUN = 2 * LANES
 @njit(cache=True, fastmath=True)
 def _eight_filters(xp, wt, f, last, offsets, size, acc):
     """acc[r, :runs_up(size)] = the taps of filter min(f + r, last) over every channel's phases
-    in xp, a run of RUN outputs at a time, tap t's run from start starting at offsets[t] + start
-    (wt: F x C x taps). Eight filters
-    by two vector registers of outputs: sixteen sums that stay in registers (kernels/registers.py)
-    while the loops run over every channel and tap, each input vector loaded once for eight
-    filters and each weight once for two vectors. On 16 -> 16 filters at 32x32 this inner loop
-    ran at 218-221 GFLOP/s (about the core's peak), the plane-long loops it replaced (four
-    filters, three taps a pass, the sums loaded and stored at each pass) at 208."""
+    in xp (wt: F x C x taps), RUN outputs at a time: the run from output `start` reads tap t's
+    inputs from offsets[t] + start on. Eight filters by two vector registers of outputs: sixteen
+    sums that stay in registers (kernels/registers.py) while the loops run over every channel and
+    tap, each input vector loaded once for eight filters and each weight once for two vectors.
+    On 16 -> 16 filters at 32x32 this inner loop ran at 218-221 GFLOP/s (about the core's peak),
+    the plane-long loops it replaced (four filters, three taps a pass, the sums loaded and stored
+    at each pass) at 208."""
     C, T = wt.shape[1], offsets.size
     sums = carray(stack_block(SUMS, wt.dtype), (16, LANES))
     f0, f1, f2, f3 = f, min(f + 1, last), min(f + 2, last), min(f + 3, last)
@@ -276,7 +276,7 @@ def direct_backward(x, w, out, dout, dx, dw, db, stride_h, stride_w, pad_top, pa
     phases, size = stride_h * stride_w * (HPh + 1) * WPh, OH * WPh
     # On 64-byte boundaries (kernels/aligned.py): with Numba's 32, the stride-2 backward took 1.6
     # or 2.0 ms (16 -> 32 channels at 32x32, 32 images) depending on where the arrays fell.
-    xp = aligned_rows(C, phases + RUN, x.dtype)  # with _convolve_into's slack, for _weight_grads too
+    xp = aligned_rows(C, phases, x.dtype)  # read by _weight_grads, which stays within the phases
     xp[:] = 0
     g = aligned_rows(F, size, x.dtype)  # wide planes g[f, :size]: the garbage columns stay zero
     g[:] = 0
